@@ -1,0 +1,172 @@
+"""Command-line front end shared by the experiment scripts.
+
+``ExperimentCLI`` is a ``LightningCLI`` with the project's defaults: a W&B logger that falls back to
+offline mode by itself, a checkpoint callback keeping ``last.ckpt`` and the best model by validation
+accuracy, a rich progress bar, per-epoch reseeding (exact resume) and a ``--ckpt_path`` argument.
+"""
+
+from __future__ import annotations
+
+import json
+import netrc
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from lightning_modules.profiling import model_cost
+
+WANDB_HOST = "api.wandb.ai"
+
+
+def _wandb_has_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators(WANDB_HOST) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def _host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def configure_wandb_mode() -> str:
+    """Choose W&B's mode before any run starts: an explicit ``WANDB_MODE`` wins; without an API key or
+    without a route to W&B the run is logged offline (sync later with ``wandb sync``)."""
+    if "WANDB_MODE" in os.environ:
+        return os.environ["WANDB_MODE"]
+    if not _wandb_has_credentials():
+        reason = "no W&B API key found (wandb login / WANDB_API_KEY)"
+    elif not _host_reachable(WANDB_HOST):
+        reason = f"{WANDB_HOST} is unreachable"
+    else:
+        return "online"
+    os.environ["WANDB_MODE"] = "offline"
+    print(f"W&B runs offline: {reason}. Sync later with `wandb sync <run dir>`.")
+    return "offline"
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    """The folder of this run: ``<save_dir>/<project or name>/<version>`` (where checkpoints go too)."""
+    logger = trainer.logger
+    if logger is not None and logger.save_dir is not None:
+        version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+        return Path(logger.save_dir) / str(logger.name) / version
+    return Path(trainer.default_root_dir)
+
+
+class LogConfigCallback(SaveConfigCallback):
+    """Write the resolved config into the run folder and send it to the logger (W&B's run config)."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.already_saved or trainer.fast_dev_run:
+            return
+        folder = run_dir(trainer)
+        if trainer.is_global_zero:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.parser.save(self.config, folder / self.config_filename, skip_none=False, overwrite=True,
+                             multifile=False)
+            if trainer.logger is not None:
+                trainer.logger.log_hyperparams({"config": self.config.as_dict()})
+        self.already_saved = True
+
+
+class ExperimentCLI(LightningCLI):
+    """LightningCLI with checkpointing under ``--checkpoint.*`` and a ``--ckpt_path`` to resume from."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--ckpt_path", type=str | None, default=None,
+                            help="Checkpoint to resume from (e.g. <run dir>/checkpoints/last.ckpt).")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": "val/acc",
+            "checkpoint.mode": "max",
+            "checkpoint.save_last": True,
+            "checkpoint.filename": "best-{epoch:03d}",
+        })
+
+
+def trainer_defaults(project: str = "tinyml-pruning") -> dict[str, Any]:
+    return {
+        "logger": {
+            "class_path": "lightning.pytorch.loggers.WandbLogger",
+            "init_args": {"project": project, "save_dir": "logs"},
+        },
+        "callbacks": [
+            {"class_path": "lightning.pytorch.callbacks.RichProgressBar"},
+            {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
+             "init_args": {"logging_interval": "epoch"}},
+            {"class_path": "callbacks.EpochSeed"},
+        ],
+    }
+
+
+def build_cli(
+    model_class: type,
+    datamodule_class: type,
+    default_config: Path | None,
+    args: list[str] | None,
+    project: str = "tinyml-pruning",
+) -> ExperimentCLI:
+    """The CLI of an experiment script: parsed and instantiated, nothing run yet."""
+    configure_wandb_mode()
+    parser_kwargs = {"default_config_files": [str(default_config)]} if default_config else {}
+    return ExperimentCLI(
+        model_class,
+        datamodule_class,
+        subclass_mode_data=True,
+        run=False,
+        args=args,
+        seed_everything_default=0,
+        trainer_defaults=trainer_defaults(project),
+        save_config_callback=LogConfigCallback,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs=parser_kwargs,
+    )
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    return value
+
+
+def write_summary(trainer: L.Trainer, model: L.LightningModule, datamodule: Any, started: float,
+                  extra: dict[str, Any] | None = None) -> Path:
+    """Write ``summary.json`` into the run folder and the logger's run summary; returns its path."""
+    ckpt = trainer.checkpoint_callback
+    image_size = int(getattr(datamodule.hparams, "image_size", 224))
+    summary: dict[str, Any] = {
+        "metrics": {k: _plain(v) for k, v in sorted(trainer.callback_metrics.items())},
+        **model_cost(model.net, image_size),
+        "image_size": image_size,
+        "arch": model.arch,
+        "data_root": str(getattr(datamodule.hparams, "root", "")),
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "wall_time_s": round(time.time() - started, 1),
+        "best_checkpoint": getattr(ckpt, "best_model_path", "") or None,
+        "last_checkpoint": getattr(ckpt, "last_model_path", "") or None,
+        **(extra or {}),
+    }
+    path = run_dir(trainer) / "summary.json"
+    if trainer.is_global_zero:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        experiment = getattr(trainer.logger, "experiment", None)
+        if experiment is not None and hasattr(experiment, "summary"):
+            flat = {f"summary/{k}": v for k, v in summary.items() if isinstance(v, int | float)}
+            experiment.summary.update(flat)
+        print(f"Summary written to {path}")
+    return path

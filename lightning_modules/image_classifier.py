@@ -1,0 +1,217 @@
+"""LightningModule training a MobileNetV1 image classifier.
+
+The network is rebuilt from the hyper-parameters that describe it (``ARCH_KEYS``). Pruning callbacks
+change the network by updating those hyper-parameters and calling :meth:`ImageClassifier.rebuild_net`,
+so a checkpoint saved after pruning carries the pruned architecture: ``load_from_checkpoint`` and
+``trainer.fit(ckpt_path=…)`` rebuild it before loading weights.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_modules.mobilenet_v1 import NUM_BLOCKS, MobileNetV1
+
+#: Hyper-parameters that are MobileNetV1 constructor arguments.
+ARCH_KEYS: tuple[str, ...] = tuple(inspect.signature(MobileNetV1).parameters)
+
+#: Optimiser names accepted on the command line → timm optimiser names.
+OPTIMIZERS: dict[str, str] = {"sgd": "momentum", "nesterov": "nesterov", "adam": "adam", "adamw": "adamw"}
+
+#: A loss term added by a callback: (module, images, labels, logits, task_loss) → new loss.
+LossHook = Callable[["ImageClassifier", torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _normalise_arch(arch: dict[str, Any]) -> dict[str, Any]:
+    out = dict(arch)
+    for key in ("channels", "head_channels"):
+        if out.get(key) is not None:
+            out[key] = [int(c) for c in out[key]]
+    return out
+
+
+class ImageClassifier(L.LightningModule):
+    """Image classification with a MobileNetV1 backbone.
+
+    Args:
+        num_classes, width_mult, channels, stem_stride, num_blocks, head_channels, dropout:
+            the network (see :class:`~lightning_modules.mobilenet_v1.MobileNetV1`).
+        optimizer: ``sgd`` (momentum), ``nesterov``, ``adam`` or ``adamw``; built by timm, with no
+            weight decay on biases and BatchNorm parameters.
+        lr, momentum, weight_decay: optimiser settings.
+        scheduler: ``cosine`` (with linear warm-up), ``step`` or ``none``; built by timm and stepped
+            every optimiser update.
+        warmup_epochs, warmup_lr, min_lr: schedule settings.
+        label_smoothing: of the cross-entropy loss.
+        channels_last: train in NHWC memory format.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        width_mult: float = 1.0,
+        channels: list[int] | None = None,
+        stem_stride: int = 2,
+        num_blocks: int = NUM_BLOCKS,
+        head_channels: Sequence[int] = (),
+        dropout: float = 0.0,
+        in_chans: int = 3,
+        optimizer: Literal["sgd", "nesterov", "adam", "adamw"] = "sgd",
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        scheduler: Literal["cosine", "step", "none"] = "cosine",
+        warmup_epochs: int = 0,
+        warmup_lr: float = 1e-5,
+        min_lr: float = 0.0,
+        label_smoothing: float = 0.0,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = MobileNetV1(**self.arch)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.metrics = nn.ModuleDict(
+            {f"{split}_acc": MulticlassAccuracy(num_classes, average="micro") for split in ("train", "val", "test")}
+        )
+        if num_classes >= 100:
+            for split in ("val", "test"):
+                self.metrics[f"{split}_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+        # Loss terms added by callbacks (distillation, sparsity penalties); not part of the state.
+        self.loss_hooks: dict[str, LossHook] = {}
+        # The LR schedule covers the current training stage; pruning callbacks start a new stage.
+        self.stage_start_step = 0
+        self.stage_epochs: int | None = None
+
+    # ----------------------------------------------------------------------------------- architecture
+    @property
+    def arch(self) -> dict[str, Any]:
+        """The network's constructor arguments, taken from the hyper-parameters."""
+        return _normalise_arch({k: self.hparams[k] for k in ARCH_KEYS if k in self.hparams})
+
+    def rebuild_net(self, net: nn.Module | None = None, **arch: Any) -> None:
+        """Replace the network: update the architecture hyper-parameters and install ``net``.
+
+        ``net`` (e.g. a pruned copy carrying trained weights) must match ``arch``; when it is ``None``
+        a freshly initialised network is built from the updated hyper-parameters.
+        """
+        self.hparams.update(_normalise_arch(arch))
+        device = next(self.parameters()).device
+        self.net = (net if net is not None else MobileNetV1(**self.arch)).to(device)
+        if self.hparams.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+
+    # ---------------------------------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data_classes = getattr(datamodule, "num_classes", None)
+        if data_classes is not None and data_classes != self.hparams.num_classes:
+            from datamodules import check_num_classes
+
+            check_num_classes(data_classes, self.hparams.num_classes, getattr(datamodule.hparams, "root", ""))
+        if self.hparams.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        self.log("train/task_loss", loss.detach(), on_step=False, on_epoch=True)
+        for hook in self.loss_hooks.values():
+            loss = hook(self, x, y, logits, loss)
+        self.metrics["train_acc"](logits.detach(), y)
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.metrics["train_acc"], on_step=False, on_epoch=True)
+        return loss
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+        for name in ("acc", "top5"):
+            metric = self.metrics[f"{split}_{name}"] if f"{split}_{name}" in self.metrics else None
+            if metric is not None:
+                metric(logits, y)
+                self.log(f"{split}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "acc")
+        return logits
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    # ----------------------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        # Frozen parameters (callbacks may freeze parts of the net) stay out of the optimiser; biases
+        # and BatchNorm parameters (ndim <= 1) get no weight decay, as timm's own filter does.
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in trainable if p.ndim > 1]
+        no_decay = [p for p in trainable if p.ndim <= 1]
+        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = create_optimizer_v2(
+            [g for g in groups if g["params"]],
+            opt=OPTIMIZERS[hp.optimizer],
+            lr=hp.lr,
+            weight_decay=hp.weight_decay,
+            momentum=hp.momentum,
+        )
+        if hp.scheduler == "none":
+            return {"optimizer": optimizer}
+        total_epochs = max(int(self.trainer.max_epochs or 1), 1)
+        epochs = self.stage_epochs or total_epochs
+        steps_per_epoch = max(int(self.trainer.estimated_stepping_batches) // total_epochs, 1)
+        scheduler, _ = create_scheduler_v2(
+            optimizer,
+            sched=hp.scheduler,
+            num_epochs=epochs,
+            decay_epochs=max(epochs // 3, 1),
+            warmup_epochs=hp.warmup_epochs,
+            warmup_lr=hp.warmup_lr,
+            min_lr=hp.min_lr,
+            step_on_epochs=False,
+            updates_per_epoch=steps_per_epoch,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any = None) -> None:
+        # timm schedulers are stepped with the number of updates done in the current stage.
+        scheduler.step_update(num_updates=self.global_step - self.stage_start_step)
+
+    def start_stage(self, epochs: int | None = None) -> None:
+        """Begin a new training stage: the LR schedule restarts and spans ``epochs`` epochs.
+
+        Call from a callback, then rebuild the optimiser with ``trainer.strategy.setup_optimizers``.
+        """
+        self.stage_start_step = self.global_step
+        self.stage_epochs = epochs
+
+    # ------------------------------------------------------------------------------ checkpointing
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["stage"] = {"start_step": self.stage_start_step, "epochs": self.stage_epochs}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Called before the weights are loaded: rebuild the saved (possibly pruned) architecture.
+        saved = checkpoint.get("hyper_parameters", {})
+        saved_arch = _normalise_arch({k: saved[k] for k in ARCH_KEYS if k in saved})
+        if saved_arch and saved_arch != self.arch:
+            self.rebuild_net(**saved_arch)
+        stage = checkpoint.get("stage", {})
+        self.stage_start_step = int(stage.get("start_step", 0))
+        self.stage_epochs = stage.get("epochs")

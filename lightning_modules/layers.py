@@ -1,0 +1,81 @@
+"""Small building blocks shared by the backbone and the classifier heads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class ConvBNReLU(nn.Sequential):
+    """Conv (no bias) → BatchNorm → ReLU. ``groups == in_channels`` makes it depthwise."""
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 32,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+    ) -> None:
+        super().__init__(
+            nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride=stride,
+                padding=kernel_size // 2,
+                groups=groups,
+                bias=False,
+            ),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class DepthwiseSeparableConv(nn.Module):
+    """Depthwise 3×3-BN-ReLU followed by pointwise 1×1-BN-ReLU (Howard et al., 2017, Fig. 3)."""
+
+    def __init__(self, in_channels: int = 32, out_channels: int = 64, stride: int = 1) -> None:
+        super().__init__()
+        self.dw = ConvBNReLU(in_channels, in_channels, 3, stride=stride, groups=in_channels)
+        self.pw = ConvBNReLU(in_channels, out_channels, 1)
+
+    @property
+    def out_channels(self) -> int:
+        return self.pw[0].out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pw(self.dw(x))
+
+
+class ClassifierHead(nn.Module):
+    """Optional depthwise-separable blocks → global average pool → dropout → FC.
+
+    With ``hidden_channels=()`` this is the standard MobileNet classifier (a linear probe on pooled
+    features). ``(32, 16)`` is the auxiliary head of de Leon & Atienza (2022); ``(64, 32)`` the one of
+    the public replication of that paper.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1024,
+        num_classes: int = 1000,
+        hidden_channels: Sequence[int] = (),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for width in hidden_channels:
+            layers.append(DepthwiseSeparableConv(channels, int(width), stride=1))
+            channels = int(width)
+        self.blocks = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.blocks(x)).flatten(1)
+        return self.fc(self.dropout(x))

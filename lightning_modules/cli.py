@@ -118,11 +118,12 @@ def build_cli(
     default_config: Path | None,
     args: list[str] | None,
     project: str = "tinyml-pruning",
+    cli_class: type[ExperimentCLI] = ExperimentCLI,
 ) -> ExperimentCLI:
     """The CLI of an experiment script: parsed and instantiated, nothing run yet."""
     configure_wandb_mode()
     parser_kwargs = {"default_config_files": [str(default_config)]} if default_config else {}
-    return ExperimentCLI(
+    return cli_class(
         model_class,
         datamodule_class,
         subclass_mode_data=True,

@@ -19,6 +19,7 @@ from timm.scheduler import create_scheduler_v2
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_modules.aux_heads import AuxiliaryHeads, tap_features
 from lightning_modules.mobilenet_v1 import NUM_BLOCKS, MobileNetV1
 
 #: Hyper-parameters that are MobileNetV1 constructor arguments.
@@ -86,6 +87,10 @@ class ImageClassifier(L.LightningModule):
         if num_classes >= 100:
             for split in ("val", "test"):
                 self.metrics[f"{split}_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+        # Auxiliary classifiers at cut points (depth-pruning sweep) and frozen submodules (by name).
+        self.aux_heads: AuxiliaryHeads | None = None
+        self.aux_metrics = nn.ModuleDict()
+        self.frozen: list[str] = []
         # Loss terms added by callbacks (distillation, sparsity penalties); not part of the state.
         self.loss_hooks: dict[str, LossHook] = {}
         # The LR schedule covers the current training stage; pruning callbacks start a new stage.
@@ -110,11 +115,50 @@ class ImageClassifier(L.LightningModule):
         if self.hparams.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
 
+    def attach_aux_heads(self, head_channels: Sequence[int], cut_points: Sequence[int] | None = None) -> None:
+        """Put an auxiliary classifier at each cut point (all 14 of MobileNetV1 by default)."""
+        device = next(self.parameters()).device
+        self.aux_heads = AuxiliaryHeads(self.net.channels, self.hparams.num_classes, head_channels, cut_points)
+        self.aux_heads.to(device)
+        self.aux_metrics = nn.ModuleDict(
+            {f"{split}_{k}": MulticlassAccuracy(self.hparams.num_classes, average="micro").to(device)
+             for split in ("val", "test") for k in self.aux_heads.cut_points}
+        )
+
+    def detach_aux_heads(self) -> None:
+        self.aux_heads = None
+        self.aux_metrics = nn.ModuleDict()
+
+    def freeze(self, names: Sequence[str] = ()) -> None:
+        """Freeze exactly the named submodules (no gradients, BatchNorm statistics fixed); unfreeze the rest."""
+        self.frozen = list(names)
+        frozen = {id(p) for n in self.frozen for p in self.get_submodule(n).parameters()}
+        for p in self.parameters():
+            p.requires_grad_(id(p) not in frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> ImageClassifier:
+        super().train(mode)
+        for name in getattr(self, "frozen", []):  # frozen parts stay in eval mode (fixed BN statistics)
+            self.get_submodule(name).eval()
+        return self
+
     # ---------------------------------------------------------------------------------------- forward
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.hparams.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
+        return self.net(self._prepare(x))
+
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Logits of the network and of every auxiliary head. A frozen backbone runs without autograd
+        and the heads see detached features, so one pass trains all heads and leaves the backbone as is."""
+        assert self.aux_heads is not None
+        with torch.set_grad_enabled(torch.is_grad_enabled() and "net" not in self.frozen):
+            feats = tap_features(self.net.feature_modules, self._prepare(x))
+            logits = self.net.head(feats[-1])
+        aux = self.aux_heads([f.detach() if "net" in self.frozen else f for f in feats])
+        return logits, aux
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -128,6 +172,8 @@ class ImageClassifier(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
+        if self.aux_heads is not None:
+            return self._aux_training_step(x, y)
         logits = self(x)
         loss = self.criterion(logits, y)
         self.log("train/task_loss", loss.detach(), on_step=False, on_epoch=True)
@@ -138,9 +184,25 @@ class ImageClassifier(L.LightningModule):
         self.log("train/acc", self.metrics["train_acc"], on_step=False, on_epoch=True)
         return loss
 
+    def _aux_training_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits, aux = self.forward_with_aux(x)
+        # Heads have disjoint parameters: summing their losses trains each as if alone.
+        loss = torch.stack([self.criterion(out, y) for out in aux.values()]).sum()
+        if "net" not in self.frozen:
+            loss = loss + self.criterion(logits, y)
+        self.log("train/aux_loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True)
+        return loss
+
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         x, y = batch
-        logits = self(x)
+        if self.aux_heads is None:
+            logits = self(x)
+        else:
+            logits, aux = self.forward_with_aux(x)
+            for k, out in aux.items():
+                metric = self.aux_metrics[f"{split}_{k}"]
+                metric(out, y)
+                self.log(f"{split}/aux_{k}/acc", metric, on_step=False, on_epoch=True)
         loss = self.criterion(logits, y)
         self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
         for name in ("acc", "top5"):
@@ -205,6 +267,12 @@ class ImageClassifier(L.LightningModule):
     # ------------------------------------------------------------------------------ checkpointing
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["stage"] = {"start_step": self.stage_start_step, "epochs": self.stage_epochs}
+        checkpoint["frozen"] = list(self.frozen)
+        if self.aux_heads is not None:
+            checkpoint["aux_heads"] = {
+                "cut_points": self.aux_heads.cut_points,
+                "head_channels": list(self.aux_heads.head_channels),
+            }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Called before the weights are loaded: rebuild the saved (possibly pruned) architecture.
@@ -212,6 +280,12 @@ class ImageClassifier(L.LightningModule):
         saved_arch = _normalise_arch({k: saved[k] for k in ARCH_KEYS if k in saved})
         if saved_arch and saved_arch != self.arch:
             self.rebuild_net(**saved_arch)
+        aux = checkpoint.get("aux_heads")
+        if aux is not None:
+            self.attach_aux_heads(aux["head_channels"], aux["cut_points"])
+        else:
+            self.detach_aux_heads()
+        self.freeze(checkpoint.get("frozen", []))
         stage = checkpoint.get("stage", {})
         self.stage_start_step = int(stage.get("start_step", 0))
         self.stage_epochs = stage.get("epochs")

@@ -1,0 +1,84 @@
+"""Train auxiliary classifiers at every cut point in one pass, on the frozen backbone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+
+from callbacks.stages import log_scalars, restart_optimization
+from lightning_modules.aux_heads import head_channels_of, mobilenet_cut_arch
+from lightning_modules.mobilenet_v1 import MobileNetV1
+from lightning_modules.profiling import model_cost
+
+
+def cut_costs(arch: dict, cut_points: list[int], head_channels: tuple[int, ...], image_size: int) -> dict[int, dict]:
+    """Params and MACs of "stem + blocks ≤ k + head k" for each cut point k."""
+    return {k: model_cost(MobileNetV1(**mobilenet_cut_arch(arch, k, head_channels)), image_size) for k in cut_points}
+
+
+class AuxiliarySweep(L.Callback):
+    """From ``start_epoch`` on: attach a head at each cut point, freeze the backbone (weights and BN
+    statistics), and train all heads together for ``epochs`` epochs on detached features.
+
+    Each validation logs ``val/aux_<k>/acc``; the last one's accuracies are the sweep results that
+    :class:`~callbacks.depth_prune.DepthPrune` chooses the cut from.
+
+    Args:
+        start_epoch: first epoch of the sweep (0 when starting from a trained baseline checkpoint).
+        epochs: length of the sweep stage (its LR schedule spans these epochs).
+        head: head preset (``replication``, ``paper``, ``linear``) or explicit widths.
+        cut_points: which cut points get a head; all (stem + 13 blocks) by default.
+    """
+
+    def __init__(
+        self,
+        start_epoch: int = 0,
+        epochs: int = 1,
+        head: str | list[int] = "replication",
+        cut_points: list[int] | None = None,
+    ) -> None:
+        self.start_epoch = start_epoch
+        self.epochs = epochs
+        self.head_channels = head_channels_of(head)
+        self.cut_points = cut_points
+        self.started = False
+        self.costs: dict[int, dict] = {}
+        self.baseline: dict[str, Any] = {}
+        self.accuracies: dict[int, float] = {}
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.started or trainer.current_epoch < self.start_epoch:
+            return
+        self.started = True
+        pl_module.attach_aux_heads(self.head_channels, self.cut_points)
+        pl_module.freeze(["net"])
+        image_size = int(getattr(trainer.datamodule.hparams, "image_size", 224)) if trainer.datamodule else 224
+        self.costs = cut_costs(pl_module.arch, pl_module.aux_heads.cut_points, self.head_channels, image_size)
+        self.baseline = model_cost(pl_module.net, image_size)
+        restart_optimization(trainer, pl_module, self.epochs)
+        rank_zero_info(f"Auxiliary sweep: {len(self.costs)} heads {self.head_channels} on a frozen backbone "
+                       f"for {self.epochs} epoch(s)")
+        log_scalars(trainer, {f"aux_{k}/params": c["params"] for k, c in self.costs.items()}
+                    | {f"aux_{k}/macs": c["macs"] for k, c in self.costs.items()})
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or pl_module.aux_heads is None:
+            return
+        metrics = trainer.callback_metrics
+        self.accuracies = {k: float(metrics[f"val/aux_{k}/acc"]) for k in pl_module.aux_heads.cut_points
+                           if f"val/aux_{k}/acc" in metrics}
+        if "val/acc" in metrics:
+            self.baseline["acc"] = float(metrics["val/acc"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"started": self.started, "costs": self.costs, "baseline": self.baseline,
+                "accuracies": self.accuracies, "head_channels": list(self.head_channels)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.started = state_dict["started"]
+        self.costs = {int(k): v for k, v in state_dict["costs"].items()}
+        self.baseline = state_dict["baseline"]
+        self.accuracies = {int(k): v for k, v in state_dict["accuracies"].items()}
+        self.head_channels = tuple(state_dict["head_channels"])

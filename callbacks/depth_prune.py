@@ -1,0 +1,117 @@
+"""Cut the network at the chosen block, keep the auxiliary head there, and fine-tune the result."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+
+from callbacks.auxiliary_sweep import AuxiliarySweep
+from callbacks.prune_events import notify_before_prune
+from callbacks.stages import find_callback, log_scalars, reset_best_checkpoint, restart_optimization
+from lightning_modules.aux_heads import cut_mobilenet_v1, head_channels_of
+from lightning_modules.cli import run_dir
+from lightning_modules.depth_report import (
+    Baseline,
+    CutPoint,
+    choose_cut,
+    format_sweep_table,
+    log_sweep_to_wandb,
+    write_sweep_report,
+)
+from lightning_modules.profiling import model_cost
+
+
+def sweep_rows(sweep: AuxiliarySweep) -> tuple[list[CutPoint], Baseline]:
+    """The sweep's measured accuracies joined with each cut's params/MACs."""
+    rows = [CutPoint(cut=k, params=c["params"], macs=c["macs"], acc=sweep.accuracies[k])
+            for k, c in sorted(sweep.costs.items()) if k in sweep.accuracies]
+    base = sweep.baseline
+    return rows, Baseline(params=base["params"], macs=base["macs"], acc=base.get("acc", float("nan")))
+
+
+class DepthPrune(L.Callback):
+    """At ``epoch``: choose the cut, rebuild the network as stem + blocks ≤ k + head k, restart the
+    optimiser and LR schedule, and fine-tune until the end of the fit.
+
+    Args:
+        epoch: the epoch at whose start the network is cut.
+        block: cut after this block (0 = after the stem); ``None`` chooses automatically with ``rule``.
+        rule: ``tolerance`` (smallest model within ``tolerance`` of the baseline accuracy) or ``knee``
+            (knee of the accuracy–params Pareto front).
+        tolerance: accuracy drop allowed by the ``tolerance`` rule (0.01 = one point).
+        head: head widths when there is no sweep (with a sweep, its heads' widths are used).
+        init: ``original`` (kept blocks + the head trained in the sweep), ``original_fresh_head`` or
+            ``random`` (same architecture, re-initialised).
+        finetune: ``all`` parameters (the replication) or ``head`` only (the paper's frozen tail).
+    """
+
+    def __init__(
+        self,
+        epoch: int = 0,
+        block: int | None = None,
+        rule: Literal["tolerance", "knee"] = "tolerance",
+        tolerance: float = 0.01,
+        head: str | list[int] = "replication",
+        init: Literal["original", "original_fresh_head", "random"] = "original",
+        finetune: Literal["all", "head"] = "all",
+    ) -> None:
+        self.epoch = epoch
+        self.block = block
+        self.rule = rule
+        self.tolerance = tolerance
+        self.head_channels = head_channels_of(head)
+        self.init = init
+        self.finetune = finetune
+        self.result: dict[str, Any] = {}
+
+    @property
+    def done(self) -> bool:
+        return bool(self.result)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.done or trainer.current_epoch < self.epoch:
+            return
+        sweep = find_callback(trainer, AuxiliarySweep)
+        image_size = int(getattr(trainer.datamodule.hparams, "image_size", 224)) if trainer.datamodule else 224
+        before = model_cost(pl_module.net, image_size)
+        self.result = {"init": self.init, "finetune": self.finetune, "before": before}
+        head = None
+        if sweep is not None and sweep.accuracies:
+            rows, baseline = sweep_rows(sweep)
+            cut, reason = choose_cut(rows, baseline, self.block, self.rule, self.tolerance)
+            self.head_channels = tuple(sweep.head_channels)
+            rank_zero_info(format_sweep_table(rows, baseline, cut))
+            if trainer.is_global_zero:
+                paths = write_sweep_report(rows, baseline, cut, run_dir(trainer))
+                log_sweep_to_wandb(getattr(trainer.logger, "experiment", None), rows, baseline, cut,
+                                   paths["png"])
+                self.result["report"] = {k: str(v) for k, v in paths.items()}
+            self.result["sweep"] = [vars(r) for r in rows]
+            self.result["baseline"] = vars(baseline)
+            if pl_module.aux_heads is not None:
+                head = pl_module.aux_heads.heads[str(cut)]
+        elif self.block is None:
+            raise RuntimeError("DepthPrune needs an explicit block, or an AuxiliarySweep that ran before it")
+        else:
+            cut, reason = self.block, f"block {self.block} given explicitly"
+        rank_zero_info(f"Depth pruning: cut after block {cut} — {reason}")
+        notify_before_prune(trainer, pl_module)
+        new_net, arch = cut_mobilenet_v1(pl_module.net, pl_module.arch, cut, self.head_channels, head, self.init)
+        pl_module.detach_aux_heads()
+        pl_module.rebuild_net(new_net, **arch)
+        pl_module.freeze(["net.stem", "net.blocks"] if self.finetune == "head" else [])
+        restart_optimization(trainer, pl_module, int(trainer.max_epochs) - trainer.current_epoch)
+        reset_best_checkpoint(trainer)
+        after = model_cost(pl_module.net, image_size)
+        self.result.update(cut=cut, reason=reason, after=after, arch=arch)
+        log_scalars(trainer, {"prune/cut": cut, "prune/params": after["params"], "prune/macs": after["macs"],
+                              "prune/params_ratio": after["params"] / before["params"],
+                              "prune/macs_ratio": after["macs"] / before["macs"]})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"result": self.result}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.result = state_dict["result"]

@@ -1,0 +1,39 @@
+"""Helpers shared by callbacks that change the network or the training stage inside one ``fit``."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+
+def restart_optimization(trainer: L.Trainer, pl_module: L.LightningModule, epochs: int) -> None:
+    """Start a new stage of ``epochs`` epochs: fresh optimiser over the trainable parameters and a fresh
+    LR schedule, both built by the module's ``configure_optimizers`` through the strategy."""
+    if trainer.world_size > 1:
+        rank_zero_warn("Changing the network during a multi-process fit is untested; prefer --trainer.devices 1.")
+    pl_module.start_stage(max(int(epochs), 1))
+    trainer.strategy.setup_optimizers(trainer)
+
+
+def reset_best_checkpoint(trainer: L.Trainer) -> None:
+    """Forget the best score so that "best" refers to the new (pruned) network; files stay on disk."""
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, ModelCheckpoint):
+            cb.best_k_models = {}
+            cb.best_model_path = ""
+            cb.best_model_score = None
+            cb.kth_best_model_path = ""
+            cb.kth_value = torch.tensor(float("inf") if cb.mode == "min" else -float("inf"))
+
+
+def log_scalars(trainer: L.Trainer, metrics: dict[str, float]) -> None:
+    """Log stage-level numbers (params, MACs, chosen cut) to the logger and print them."""
+    if trainer.logger is not None:
+        trainer.logger.log_metrics(metrics, step=trainer.global_step)
+    rank_zero_info("  ".join(f"{k}={v:,.4g}" if isinstance(v, float) else f"{k}={v:,}" for k, v in metrics.items()))
+
+
+def find_callback(trainer: L.Trainer, cls: type) -> L.Callback | None:
+    return next((cb for cb in trainer.callbacks if isinstance(cb, cls)), None)

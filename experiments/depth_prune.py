@@ -1,0 +1,108 @@
+"""Depth pruning with auxiliary networks, the whole pipeline in one ``fit`` (one W&B run):
+
+    baseline training → auxiliary sweep (a head at every cut point, frozen backbone)
+    → cut at the chosen block (stem + blocks ≤ k + head k) → fine-tune → test
+
+    python experiments/depth_prune.py --trainer.devices 1                     # CIFAR-10 @32 px, CPU scale
+    python experiments/depth_prune.py --config experiments/configs/depth_cifar10_224_cut6_original.yaml
+    python experiments/depth_prune.py --baseline_ckpt PATH                     # skip the baseline stage
+    python experiments/depth_prune.py --ckpt_path <run dir>/checkpoints/last.ckpt \\
+        --trainer.logger.init_args.id <run id>                                 # resume
+
+de Leon & Atienza, *Depth Pruning with Auxiliary Networks for TinyML*, arXiv:2204.10546 (2022).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from callbacks.auxiliary_sweep import AuxiliarySweep
+from callbacks.depth_prune import DepthPrune
+from datamodules import DatasetError, ImageFolderDataModule
+from lightning_modules.cli import ExperimentCLI, build_cli, write_summary
+from lightning_modules.image_classifier import ImageClassifier
+from lightning_modules.profiling import model_cost
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "depth_prune_cifar10_32.yaml"
+
+
+class DepthPruneCLI(ExperimentCLI):
+    """Adds the sweep (``--sweep.*``), the cut (``--prune.*``) and ``--baseline_ckpt``."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_lightning_class_args(AuxiliarySweep, "sweep")
+        parser.add_lightning_class_args(DepthPrune, "prune")
+        parser.add_argument("--baseline_ckpt", type=str | None, default=None,
+                            help="Start from this trained baseline and skip the baseline stage.")
+
+
+def load_baseline(model: ImageClassifier, path: str) -> None:
+    """Load a trained, unpruned baseline's weights (its architecture must match the model's)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    saved = {k: ckpt["hyper_parameters"].get(k) for k in model.arch}
+    if saved != model.arch:
+        raise SystemExit(f"error: baseline checkpoint {path} has architecture {saved}, "
+                         f"but the model is {model.arch}; pass the matching --model.* arguments")
+    model.load_state_dict(ckpt["state_dict"])
+
+
+def check_stages(trainer, sweep: AuxiliarySweep, prune: DepthPrune) -> None:
+    if sweep.epochs > 0 and prune.epoch != sweep.start_epoch + sweep.epochs:
+        raise SystemExit(f"error: --prune.epoch ({prune.epoch}) must equal --sweep.start_epoch + --sweep.epochs "
+                         f"({sweep.start_epoch} + {sweep.epochs})")
+    if trainer.max_epochs is None or trainer.max_epochs <= prune.epoch:
+        raise SystemExit(f"error: --trainer.max_epochs ({trainer.max_epochs}) must exceed --prune.epoch "
+                         f"({prune.epoch}) to leave epochs for fine-tuning")
+
+
+def main(args: list[str] | None = None) -> Path:
+    """Run the pipeline, test the best pruned checkpoint, write ``summary.json``; returns its path."""
+    started = time.time()
+    try:
+        cli = build_cli(ImageClassifier, ImageFolderDataModule, DEFAULT_CONFIG, args, cli_class=DepthPruneCLI)
+        trainer, model, data = cli.trainer, cli.model, cli.datamodule
+        sweep = next(cb for cb in trainer.callbacks if isinstance(cb, AuxiliarySweep))
+        prune = next(cb for cb in trainer.callbacks if isinstance(cb, DepthPrune))
+        if cli.config.baseline_ckpt and not cli.config.ckpt_path:
+            load_baseline(model, cli.config.baseline_ckpt)
+            shift = sweep.start_epoch  # the baseline stage is done: start at the sweep
+            sweep.start_epoch, prune.epoch = 0, prune.epoch - shift
+            trainer.fit_loop.max_epochs -= shift
+        if sweep.epochs == 0:
+            trainer.callbacks.remove(sweep)
+        check_stages(trainer, sweep, prune)
+        trainer.fit(model, data, ckpt_path=cli.config.ckpt_path)
+        fit_metrics = dict(trainer.callback_metrics)
+        best = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
+        trainer.test(model, data, ckpt_path=best)
+    except DatasetError as err:
+        raise SystemExit(f"error: {err}") from err
+    trainer.callback_metrics.update({k: v for k, v in fit_metrics.items() if k not in trainer.callback_metrics})
+    image_size = int(data.hparams.image_size)
+    result = prune.result
+    extra = {
+        "stage": "depth_prune",
+        "dataset": type(data).__name__.removesuffix("DataModule"),
+        "baseline": {**result.get("before", {}), "acc": result.get("baseline", {}).get("acc")},
+        "sweep": result.get("sweep", []),
+        "chosen_cut": result.get("cut"),
+        "cut_reason": result.get("reason"),
+        "init": result.get("init"),
+        "finetune": result.get("finetune"),
+        "pruned": {**model_cost(model.net, image_size), "acc": _metric(trainer, "test/acc")},
+        "baseline_ckpt": cli.config.baseline_ckpt,
+    }
+    return write_summary(trainer, model, data, started, extra)
+
+
+def _metric(trainer, key: str) -> float | None:
+    value = trainer.callback_metrics.get(key)
+    return None if value is None else float(value)
+
+
+if __name__ == "__main__":
+    main()

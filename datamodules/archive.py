@@ -1,0 +1,193 @@
+"""Dataset roots: folders or ``.tar``/``.tar.gz``/``.tgz`` archives extracted once into a cache.
+
+An archive is never extracted next to itself (its folder may be read-only). It is unpacked into
+``<cache root>/<archive name>-<hash>/data``, where the hash covers the archive's absolute path, size and
+modification time, so an archive that changes gets a fresh cache entry. Extraction goes to a temporary
+folder that is renamed to ``data`` only once complete: a killed extraction never looks finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import rich.progress
+
+from datamodules.errors import DatasetError
+
+__all__ = [
+    "ARCHIVE_SUFFIXES",
+    "CACHE_ENV_VAR",
+    "cache_entry",
+    "cache_root",
+    "extract_archive",
+    "is_archive",
+    "locate_dataset_dir",
+    "resolve_root",
+]
+
+ARCHIVE_SUFFIXES: tuple[str, ...] = (".tar.gz", ".tgz", ".tar")
+CACHE_ENV_VAR: str = "TINYML_CACHE_DIR"
+DEFAULT_CACHE_ROOT: str = "~/.cache/tinyml-pruning/datasets"
+EXTRACTED_DIRNAME: str = "data"
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """Return the folder that holds all cache entries.
+
+    Args:
+        cache_dir: explicit cache folder; if ``None``, the ``TINYML_CACHE_DIR`` environment variable,
+            else ``~/.cache/tinyml-pruning/datasets``.
+    """
+    chosen = cache_dir if cache_dir is not None else os.environ.get(CACHE_ENV_VAR) or DEFAULT_CACHE_ROOT
+    return Path(chosen).expanduser().absolute()
+
+
+def is_archive(path: str | Path = "") -> bool:
+    """Whether ``path`` names a file with a supported archive suffix."""
+    return str(path).lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _archive_stem(path: Path) -> str:
+    name = path.name
+    for suffix in ARCHIVE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def cache_entry(path: str | Path = "", cache_dir: str | Path | None = None) -> Path:
+    """Return the cache folder that belongs to a dataset archive or folder (not created here).
+
+    Archives are keyed by absolute path, size and modification time; folders by absolute path
+    (the decoded-tensor files inside are keyed by the images' sizes and times themselves).
+    """
+    path = Path(path).expanduser().absolute()
+    if path.is_file():
+        stat = path.stat()
+        key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+        stem = _archive_stem(path)
+    else:
+        key, stem = str(path), path.name or "root"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return cache_root(cache_dir) / f"{stem}-{digest}"
+
+
+def extract_archive(archive: str | Path = "", target: str | Path = "") -> Path:
+    """Extract ``archive`` into the folder ``target`` atomically, with a progress bar.
+
+    The members are unpacked with ``tarfile``'s ``"data"`` filter (no absolute paths, no escaping links,
+    no device files) into a temporary sibling of ``target``, which is renamed to ``target`` at the end.
+    If another process finished the same extraction first, its result is kept.
+
+    Raises:
+        DatasetError: the archive is truncated, corrupt or holds unsafe members.
+    """
+    archive, target = Path(archive), Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        with (
+            rich.progress.open(archive, "rb", description=f"Extracting {archive.name}") as stream,
+            tarfile.open(fileobj=stream, mode="r|*") as tar,
+        ):
+            tar.extractall(partial, filter="data")
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise DatasetError(
+            f"cannot extract archive {archive}: {err}. The file is truncated or corrupt (or the disk is "
+            f"full); download or copy it again, or pass root=<folder> with the extracted dataset"
+        ) from err
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    try:
+        os.rename(partial, target)
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)
+        if not target.is_dir():
+            raise
+    return target
+
+
+def resolve_root(root: str | Path = "", cache_dir: str | Path | None = None) -> Path:
+    """Return a folder holding the dataset given as a folder or an archive file.
+
+    A folder is returned as it is. An archive is extracted once into its cache entry
+    (see :func:`cache_entry`) and the extracted folder is returned; later calls reuse it.
+
+    Args:
+        root: dataset folder, or ``.tar``/``.tar.gz``/``.tgz`` archive file.
+        cache_dir: cache folder for extracted archives (see :func:`cache_root`).
+
+    Raises:
+        DatasetError: ``root`` is missing, is not a folder or archive, or the archive is corrupt.
+    """
+    path = Path(root).expanduser()
+    if path.is_dir():
+        return path.absolute()
+    if not path.exists():
+        raise DatasetError(
+            f"dataset root {path} does not exist; pass root=<dataset folder or .tar/.tar.gz/.tgz archive>, "
+            f"or download=True where the dataset supports it"
+        )
+    if not is_archive(path):
+        raise DatasetError(
+            f"dataset root {path} is a file but not a .tar/.tar.gz/.tgz archive; pass a dataset folder "
+            f"or one of those archives"
+        )
+    target = cache_entry(path, cache_dir) / EXTRACTED_DIRNAME
+    if not target.is_dir():
+        extract_archive(path, target)
+    return target
+
+
+def _is_visible_dir(path: Path) -> bool:
+    return path.is_dir() and not path.name.startswith((".", "__MACOSX"))
+
+
+def locate_dataset_dir(
+    folder: str | Path = "",
+    has_layout: Callable[[Path], bool] = _is_visible_dir,
+    expected: str = "train/ and val/ folders",
+    source: str | Path = "",
+) -> Path:
+    """Find the folder that holds a dataset's splits: ``folder`` itself or one sub-folder of it.
+
+    Archives commonly wrap the dataset in one top-level folder (``cifar10/train/...``); this finds it.
+
+    Args:
+        folder: where to look.
+        has_layout: predicate telling whether a folder holds the expected splits.
+        expected: description of the expected layout, used in the error message.
+        source: the path the user gave (folder or archive), used in the error message.
+
+    Raises:
+        DatasetError: no folder, or more than one, has the expected layout.
+    """
+    folder = Path(folder)
+    source = source or folder
+    if has_layout(folder):
+        return folder
+    children = sorted(p for p in folder.iterdir() if _is_visible_dir(p))
+    matches = [child for child in children if has_layout(child)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        names = ", ".join(m.name for m in matches)
+        raise DatasetError(
+            f"{source} holds several datasets ({names}); pass root=<one of them> so it is unambiguous"
+        )
+    found = (
+        ", ".join(p.name + ("/" if p.is_dir() else "") for p in sorted(folder.iterdir())[:12]) or "nothing"
+    )
+    raise DatasetError(
+        f"{source} does not have the expected layout: expected {expected} directly inside it or inside "
+        f"one sub-folder, found {found}; point root at the dataset folder (or an archive of it)"
+    )

@@ -9,9 +9,8 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.auxiliary_sweep import AuxiliarySweep
 from callbacks.prune_events import notify_before_prune
-from callbacks.stages import find_callback, log_scalars, reset_best_checkpoint, restart_optimization
+from callbacks.stages import find_callback, log_scalars, reset_best_checkpoint, restart_optimization, run_dir
 from lightning_modules.aux_heads import cut_mobilenet_v1, head_channels_of
-from lightning_modules.cli import run_dir
 from lightning_modules.depth_report import (
     Baseline,
     CutPoint,

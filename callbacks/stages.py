@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from callbacks.last_checkpoint import LastCheckpoint
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    """The folder of this run: ``<save_dir>/<project or name>/<version>`` (where checkpoints go too)."""
+    logger = trainer.logger
+    if logger is not None and logger.save_dir is not None:
+        version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+        return Path(logger.save_dir) / str(logger.name) / version
+    return Path(trainer.default_root_dir)
 
 
 def restart_optimization(trainer: L.Trainer, pl_module: L.LightningModule, epochs: int) -> None:
@@ -20,7 +33,7 @@ def restart_optimization(trainer: L.Trainer, pl_module: L.LightningModule, epoch
 def reset_best_checkpoint(trainer: L.Trainer) -> None:
     """Forget the best score so that "best" refers to the new (pruned) network; files stay on disk."""
     for cb in trainer.checkpoint_callbacks:
-        if isinstance(cb, ModelCheckpoint):
+        if isinstance(cb, ModelCheckpoint) and not isinstance(cb, LastCheckpoint):
             cb.best_k_models = {}
             cb.best_model_path = ""
             cb.best_model_score = None

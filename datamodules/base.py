@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
 from datamodules import transforms as T
 from datamodules.archive import cache_entry, locate_dataset_dir, resolve_root
@@ -281,6 +281,14 @@ class ImageFolderDataModule(LightningDataModule):
         images = load_or_decode(part, cache_file, resize_to, crop_to, description)
         return images[indices] if part is full and indices is not None else images
 
+    def _train_sampler(self, dataset: Dataset) -> Sampler:
+        """Shuffle as a function of (seed, epoch): a resumed run sees the same order as an uninterrupted
+        one. ``DistributedSampler`` with one replica is exactly that; Lightning calls its ``set_epoch``
+        every epoch. With several processes Lightning installs its own distributed sampler instead."""
+        if self.trainer is not None and self.trainer.world_size > 1:
+            return RandomSampler(dataset)
+        return DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=self.hparams.seed)
+
     def _loader(self, name: str) -> DataLoader:
         dataset = getattr(self, f"{name}_dataset")
         if dataset is None:
@@ -293,7 +301,10 @@ class ImageFolderDataModule(LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,  # RandomSampler on the global torch RNG, reseeded by the training loop
+            sampler=self._train_sampler(dataset) if train else None,
+            shuffle=False if train else None,
+            # a private generator: making the loader's iterator never consumes the global RNG
+            generator=torch.Generator().manual_seed(hp.seed),
             num_workers=0 if in_memory else hp.num_workers,
             collate_fn=collate_batch if in_memory else None,
             pin_memory=torch.cuda.is_available(),

@@ -22,7 +22,7 @@ import torch
 from callbacks.auxiliary_sweep import AuxiliarySweep
 from callbacks.depth_prune import DepthPrune
 from datamodules import DatasetError, ImageFolderDataModule
-from lightning_modules.cli import ExperimentCLI, build_cli, write_summary
+from lightning_modules.cli import ExperimentCLI, build_cli, checkpoint_paths, close_logger, write_summary
 from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.profiling import model_cost
 
@@ -76,8 +76,8 @@ def main(args: list[str] | None = None) -> Path:
             trainer.callbacks.remove(sweep)
         check_stages(trainer, sweep, prune)
         trainer.fit(model, data, ckpt_path=cli.config.ckpt_path)
-        fit_metrics = dict(trainer.callback_metrics)
-        best = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
+        fit_metrics, checkpoints = dict(trainer.callback_metrics), checkpoint_paths(trainer)
+        best = "best" if checkpoints["best_checkpoint"] else None
         trainer.test(model, data, ckpt_path=best)
     except DatasetError as err:
         raise SystemExit(f"error: {err}") from err
@@ -95,8 +95,11 @@ def main(args: list[str] | None = None) -> Path:
         "finetune": result.get("finetune"),
         "pruned": {**model_cost(model.net, image_size), "acc": _metric(trainer, "test/acc")},
         "baseline_ckpt": cli.config.baseline_ckpt,
+        **checkpoints,
     }
-    return write_summary(trainer, model, data, started, extra)
+    path = write_summary(trainer, model, data, started, extra)
+    close_logger(trainer)
+    return path
 
 
 def _metric(trainer, key: str) -> float | None:

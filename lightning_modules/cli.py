@@ -16,9 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 
+from callbacks.epoch_seed import EpochSeed
+from callbacks.last_checkpoint import LastCheckpoint
+from callbacks.stages import run_dir
 from lightning_modules.profiling import model_cost
 
 WANDB_HOST = "api.wandb.ai"
@@ -57,15 +61,6 @@ def configure_wandb_mode() -> str:
     return "offline"
 
 
-def run_dir(trainer: L.Trainer) -> Path:
-    """The folder of this run: ``<save_dir>/<project or name>/<version>`` (where checkpoints go too)."""
-    logger = trainer.logger
-    if logger is not None and logger.save_dir is not None:
-        version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
-        return Path(logger.save_dir) / str(logger.name) / version
-    return Path(trainer.default_root_dir)
-
-
 class LogConfigCallback(SaveConfigCallback):
     """Write the resolved config into the run folder and send it to the logger (W&B's run config)."""
 
@@ -92,9 +87,18 @@ class ExperimentCLI(LightningCLI):
         parser.set_defaults({
             "checkpoint.monitor": "val/acc",
             "checkpoint.mode": "max",
-            "checkpoint.save_last": True,
+            "checkpoint.save_last": False,  # LastCheckpoint writes last.ckpt every epoch
             "checkpoint.filename": "best-{epoch:03d}",
         })
+
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        # The default rich progress bar yields to --trainer.enable_progress_bar false.
+        if self._get(self.config_init, "trainer", default={}).get("enable_progress_bar") is False:
+            self.trainer_defaults["callbacks"] = [
+                cb for cb in self.trainer_defaults.get("callbacks", []) if not isinstance(cb, RichProgressBar)
+            ]
+        return super().instantiate_trainer(**kwargs)
 
 
 def trainer_defaults(project: str = "tinyml-pruning") -> dict[str, Any]:
@@ -103,12 +107,9 @@ def trainer_defaults(project: str = "tinyml-pruning") -> dict[str, Any]:
             "class_path": "lightning.pytorch.loggers.WandbLogger",
             "init_args": {"project": project, "save_dir": "logs"},
         },
-        "callbacks": [
-            {"class_path": "lightning.pytorch.callbacks.RichProgressBar"},
-            {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
-             "init_args": {"logging_interval": "epoch"}},
-            {"class_path": "callbacks.EpochSeed"},
-        ],
+        # Persistent callbacks (instances, added to whatever --trainer.callbacks lists).
+        "callbacks": [RichProgressBar(), LearningRateMonitor(logging_interval="epoch"), EpochSeed(),
+                      LastCheckpoint()],
     }
 
 
@@ -143,10 +144,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def checkpoint_paths(trainer: L.Trainer) -> dict[str, str | None]:
+    """Best and last checkpoint of the fit. Read them right after ``fit``: testing a checkpoint restores
+    the checkpoint callback's state as it was when that file was written."""
+    best = next((cb for cb in trainer.checkpoint_callbacks if not isinstance(cb, LastCheckpoint)), None)
+    last = next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, LastCheckpoint)), None)
+    return {"best_checkpoint": getattr(best, "best_model_path", "") or None,
+            "last_checkpoint": getattr(last, "path", "") or None}
+
+
 def write_summary(trainer: L.Trainer, model: L.LightningModule, datamodule: Any, started: float,
                   extra: dict[str, Any] | None = None) -> Path:
     """Write ``summary.json`` into the run folder and the logger's run summary; returns its path."""
-    ckpt = trainer.checkpoint_callback
     image_size = int(getattr(datamodule.hparams, "image_size", 224))
     summary: dict[str, Any] = {
         "metrics": {k: _plain(v) for k, v in sorted(trainer.callback_metrics.items())},
@@ -157,17 +166,21 @@ def write_summary(trainer: L.Trainer, model: L.LightningModule, datamodule: Any,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "wall_time_s": round(time.time() - started, 1),
-        "best_checkpoint": getattr(ckpt, "best_model_path", "") or None,
-        "last_checkpoint": getattr(ckpt, "last_model_path", "") or None,
+        **checkpoint_paths(trainer),
         **(extra or {}),
     }
     path = run_dir(trainer) / "summary.json"
     if trainer.is_global_zero:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        experiment = getattr(trainer.logger, "experiment", None)
-        if experiment is not None and hasattr(experiment, "summary"):
+        if isinstance(trainer.logger, WandbLogger):
             flat = {f"summary/{k}": v for k, v in summary.items() if isinstance(v, int | float)}
-            experiment.summary.update(flat)
+            trainer.logger.experiment.summary.update(flat)
         print(f"Summary written to {path}")
     return path
+
+
+def close_logger(trainer: L.Trainer) -> None:
+    """Finish the W&B run, so that a later run in the same process starts a new one."""
+    if isinstance(trainer.logger, WandbLogger) and trainer.is_global_zero:
+        trainer.logger.experiment.finish()

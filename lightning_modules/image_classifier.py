@@ -202,7 +202,8 @@ class ImageClassifier(L.LightningModule):
             for k, out in aux.items():
                 metric = self.aux_metrics[f"{split}_{k}"]
                 metric(out, y)
-                self.log(f"{split}/aux_{k}/acc", metric, on_step=False, on_epoch=True)
+                self.log(f"{split}/aux_{k}/acc", metric, on_step=False, on_epoch=True,
+                         metric_attribute=f"aux_metrics.{split}_{k}")
         loss = self.criterion(logits, y)
         self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
         for name in ("acc", "top5"):

@@ -1,0 +1,130 @@
+"""The experiment CLIs driven in-process on real CIFAR-10: training, exact resume, the depth pipeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from experiments import depth_prune, train
+from lightning_modules.image_classifier import ImageClassifier
+
+STOP_AFTER = ["--trainer.callbacks+=tests.stop_after.StopAfterEpoch", "--trainer.callbacks.epoch"]
+
+
+def tiny_args(real_data_dir: Path, out: Path, train_subset: int = 256, eval_subset: int = 128) -> list[str]:
+    return [
+        "--data.root", str(real_data_dir / "cifar10-jpg.tar.gz"),
+        "--data.train_subset", str(train_subset),
+        "--data.eval_subset", str(eval_subset),
+        "--data.batch_size", "64",
+        "--model.width_mult", "0.25",
+        "--trainer.logger.init_args.save_dir", str(out),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+        "--trainer.accelerator", "cpu",
+    ]
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs"
+
+
+def test_fast_dev_run_on_real_cifar10(real_data_dir: Path, tmp_path: Path) -> None:
+    summary_path = train.main([
+        "--data.root", str(real_data_dir / "cifar10-jpg.tar.gz"),
+        "--trainer.fast_dev_run", "true",
+        "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.enable_progress_bar", "false",
+    ])
+    summary = json.loads(Path(summary_path).read_text())
+    assert summary["params"] == 3_217_226
+    assert 0.0 <= summary["metrics"]["test/acc"] <= 1.0
+    assert summary["data_root"].endswith("cifar10-jpg.tar.gz")
+
+
+def test_resume_reproduces_uninterrupted_training(real_data_dir: Path, tmp_path: Path) -> None:
+    args = tiny_args(real_data_dir, tmp_path / "logs")
+    straight = json.loads(train.main([*args, "--trainer.max_epochs", "2"]).read_text())
+
+    # the same 2-epoch job, killed after its first epoch
+    first = json.loads(train.main([*args, "--trainer.max_epochs", "2", *STOP_AFTER, "0"]).read_text())
+    assert first["epochs"] == 1
+    first_weights = load_weights(first["last_checkpoint"])  # the resumed run overwrites this file
+    run_id = Path(first["last_checkpoint"]).parent.parent.name
+    resumed = json.loads(train.main([
+        *args, "--trainer.max_epochs", "2", "--ckpt_path", first["last_checkpoint"],
+        "--trainer.logger.init_args.id", run_id,
+    ]).read_text())
+
+    assert resumed["epochs"] == straight["epochs"] == 2
+    assert Path(resumed["last_checkpoint"]).parent.parent.name == run_id  # the same W&B run continues
+    assert_same_weights(load_weights(straight["last_checkpoint"]), load_weights(resumed["last_checkpoint"]))
+    assert resumed["metrics"]["test/acc"] == pytest.approx(straight["metrics"]["test/acc"])
+    # and the first stage alone really differs from two epochs (the comparison can fail)
+    with pytest.raises(AssertionError):
+        assert_same_weights(first_weights, load_weights(straight["last_checkpoint"]))
+
+
+def pipeline_args(real_data_dir: Path, out: Path) -> list[str]:
+    return [
+        *tiny_args(real_data_dir, out),
+        "--trainer.max_epochs", "4",
+        "--sweep.start_epoch", "1", "--sweep.epochs", "1",
+        "--prune.epoch", "2", "--prune.block", "6",
+        "--sweep.head", "[16, 8]",
+    ]
+
+
+def test_depth_pipeline_kill_after_cut_and_resume(real_data_dir: Path, tmp_path: Path) -> None:
+    args = pipeline_args(real_data_dir, tmp_path / "logs")
+    straight = json.loads(depth_prune.main(args).read_text())
+
+    assert straight["chosen_cut"] == 6
+    assert len(straight["sweep"]) == 14
+    assert straight["pruned"]["params"] < straight["baseline"]["params"]
+    assert straight["pruned"]["macs"] < straight["baseline"]["macs"]
+    run_dir = Path(straight["last_checkpoint"]).parent.parent
+    for name in ("depth_sweep.csv", "depth_sweep.json", "depth_sweep.png", "config.yaml"):
+        assert (run_dir / name).is_file(), name
+
+    killed = json.loads(depth_prune.main([*args, *STOP_AFTER, "2"]).read_text())
+    assert killed["epochs"] == 3 and killed["chosen_cut"] == 6  # stopped right after the first cut epoch
+    resumed = json.loads(depth_prune.main([*args, "--ckpt_path", killed["last_checkpoint"]]).read_text())
+    assert_same_weights(load_weights(straight["last_checkpoint"]), load_weights(resumed["last_checkpoint"]))
+
+    # load_from_checkpoint rebuilds the cut network, and it scores what the summary says
+    model = ImageClassifier.load_from_checkpoint(straight["best_checkpoint"], map_location="cpu")
+    assert model.hparams.num_blocks == 6 and len(model.net.blocks) == 6
+    assert sum(p.numel() for p in model.net.parameters()) == straight["pruned"]["params"]
+    from datamodules import CIFAR10DataModule
+
+    data = CIFAR10DataModule(root=str(real_data_dir / "cifar10-jpg.tar.gz"), train_subset=256,
+                             eval_subset=128, batch_size=64)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    acc = trainer.test(model, data, verbose=False)[0]["test/acc"]
+    assert acc == pytest.approx(straight["pruned"]["acc"])
+
+
+def test_missing_data_root_is_a_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "cifar.tar.gz"
+    with pytest.raises(SystemExit) as exc:
+        train.main(["--data.root", str(missing), "--trainer.fast_dev_run", "true",
+                    "--trainer.default_root_dir", str(tmp_path)])
+    assert str(missing) in str(exc.value.code)
+
+
+def test_class_count_mismatch_is_a_clear_error(real_data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        train.main([*tiny_args(real_data_dir, tmp_path), "--model.num_classes", "7",
+                    "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path)])
+    assert "10" in str(exc.value.code) and "7" in str(exc.value.code)

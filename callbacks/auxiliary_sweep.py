@@ -7,7 +7,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
-from callbacks.stages import log_scalars, restart_optimization
+from callbacks.stages import log_scalars, restart_optimization, save_stage_checkpoint
 from lightning_modules.aux_heads import head_channels_of, mobilenet_cut_arch
 from lightning_modules.mobilenet_v1 import MobileNetV1
 from lightning_modules.profiling import model_cost
@@ -47,11 +47,13 @@ class AuxiliarySweep(L.Callback):
         self.costs: dict[int, dict] = {}
         self.baseline: dict[str, Any] = {}
         self.accuracies: dict[int, float] = {}
+        self.baseline_checkpoint: str | None = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.started or trainer.current_epoch < self.start_epoch:
             return
         self.started = True
+        self.baseline_checkpoint = save_stage_checkpoint(trainer, "baseline.ckpt")
         pl_module.attach_aux_heads(self.head_channels, self.cut_points)
         pl_module.freeze(["net"])
         image_size = int(getattr(trainer.datamodule.hparams, "image_size", 224)) if trainer.datamodule else 224
@@ -74,7 +76,8 @@ class AuxiliarySweep(L.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {"started": self.started, "costs": self.costs, "baseline": self.baseline,
-                "accuracies": self.accuracies, "head_channels": list(self.head_channels)}
+                "accuracies": self.accuracies, "head_channels": list(self.head_channels),
+                "baseline_checkpoint": self.baseline_checkpoint}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.started = state_dict["started"]
@@ -82,3 +85,4 @@ class AuxiliarySweep(L.Callback):
         self.baseline = state_dict["baseline"]
         self.accuracies = {int(k): v for k, v in state_dict["accuracies"].items()}
         self.head_channels = tuple(state_dict["head_channels"])
+        self.baseline_checkpoint = state_dict.get("baseline_checkpoint")

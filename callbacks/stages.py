@@ -21,6 +21,16 @@ def run_dir(trainer: L.Trainer) -> Path:
     return Path(trainer.default_root_dir)
 
 
+def save_stage_checkpoint(trainer: L.Trainer, name: str) -> str | None:
+    """Save the state at a stage boundary (e.g. the trained baseline) next to the run's checkpoints."""
+    folder = next((cb.dirpath for cb in trainer.checkpoint_callbacks if cb.dirpath), None)
+    if folder is None:
+        return None
+    path = str(Path(folder) / name)
+    trainer.save_checkpoint(path)
+    return path
+
+
 def restart_optimization(trainer: L.Trainer, pl_module: L.LightningModule, epochs: int) -> None:
     """Start a new stage of ``epochs`` epochs: fresh optimiser over the trainable parameters and a fresh
     LR schedule, both built by the module's ``configure_optimizers`` through the strategy."""

@@ -8,7 +8,10 @@ folder that is renamed to ``data`` only once complete: a killed extraction never
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
+import lzma
 import os
 import shutil
 import tarfile
@@ -79,6 +82,29 @@ def cache_entry(path: str | Path = "", cache_dir: str | Path | None = None) -> P
     return cache_root(cache_dir) / f"{stem}-{digest}"
 
 
+_DECOMPRESSORS = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open), (b"\xfd7zXZ", lzma.open))
+
+
+def check_archive_complete(archive: str | Path = "") -> None:
+    """Raise ``EOFError`` if ``archive`` is cut short.
+
+    ``tarfile`` takes a truncated member header for the end of the archive and stops without an error,
+    so the compressed stream is read to its end-of-stream marker (gzip, bz2 and xz raise ``EOFError``
+    without it), and an uncompressed tar must be a whole number of 512-byte blocks.
+    """
+    archive = Path(archive)
+    with archive.open("rb") as f:
+        magic = f.read(6)
+    for signature, opener in _DECOMPRESSORS:
+        if magic.startswith(signature):
+            with opener(archive, "rb") as stream:
+                while stream.read(1 << 22):
+                    pass
+            return
+    if archive.stat().st_size % tarfile.BLOCKSIZE:
+        raise EOFError(f"size is not a multiple of {tarfile.BLOCKSIZE} bytes")
+
+
 def extract_archive(archive: str | Path = "", target: str | Path = "") -> Path:
     """Extract ``archive`` into the folder ``target`` atomically, with a progress bar.
 
@@ -93,12 +119,13 @@ def extract_archive(archive: str | Path = "", target: str | Path = "") -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
+        check_archive_complete(archive)
         with (
             rich.progress.open(archive, "rb", description=f"Extracting {archive.name}") as stream,
             tarfile.open(fileobj=stream, mode="r|*") as tar,
         ):
             tar.extractall(partial, filter="data")
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as err:
         shutil.rmtree(partial, ignore_errors=True)
         raise DatasetError(
             f"cannot extract archive {archive}: {err}. The file is truncated or corrupt (or the disk is "

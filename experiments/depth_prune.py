@@ -69,7 +69,8 @@ def main(args: list[str] | None = None) -> Path:
         prune = next(cb for cb in trainer.callbacks if isinstance(cb, DepthPrune))
         if cli.config.baseline_ckpt and not cli.config.ckpt_path:
             load_baseline(model, cli.config.baseline_ckpt)
-            shift = sweep.start_epoch  # the baseline stage is done: start at the sweep
+            # the baseline stage is done: start at the sweep, or at the cut when there is no sweep
+            shift = sweep.start_epoch if sweep.epochs > 0 else prune.epoch
             sweep.start_epoch, prune.epoch = 0, prune.epoch - shift
             trainer.fit_loop.max_epochs -= shift
         if sweep.epochs == 0:
@@ -95,6 +96,7 @@ def main(args: list[str] | None = None) -> Path:
         "finetune": result.get("finetune"),
         "pruned": {**model_cost(model.net, image_size), "acc": _metric(trainer, "test/acc")},
         "baseline_ckpt": cli.config.baseline_ckpt,
+        "baseline_checkpoint": sweep.baseline_checkpoint,
         **checkpoints,
     }
     path = write_summary(trainer, model, data, started, extra)

@@ -136,3 +136,19 @@ def test_locate_nested_ambiguous_and_wrong_layout(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="expected train/ and test/") as info:
         locate_dataset_dir(tmp_path / "bad", has_split_dirs, expected="train/ and test/", source="bad.tgz")
     assert "bad.tgz" in str(info.value) and "train/" in str(info.value)
+
+
+@pytest.mark.parametrize("suffix", [".tar.gz", ".tar"])
+def test_every_truncation_point_is_detected(tmp_path: Path, suffix: str) -> None:
+    """tarfile alone accepts some truncated archives as complete; the completeness check never does."""
+    from datamodules.archive import check_archive_complete
+
+    source = fake_data.make_image_folder(tmp_path / "src" / "cifar10", {"train": 6, "test": 2})
+    packed = fake_data.make_archive(source, tmp_path / f"whole{suffix}")
+    check_archive_complete(packed)  # the whole archive passes
+    data = packed.read_bytes()
+    for fraction in (0.1, 0.3, 0.5, 0.7, 0.9, 0.99):
+        cut = tmp_path / f"cut{suffix}"
+        cut.write_bytes(data[: int(len(data) * fraction) - 1])
+        with pytest.raises(EOFError):
+            check_archive_complete(cut)

@@ -7,7 +7,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from torch.utils.data import RandomSampler
+from torch.utils.data import DistributedSampler
 
 from datamodules import CIFAR10DataModule, ImagenetteDataModule, archive, memory
 from datamodules.datasets import InMemoryImageDataset
@@ -168,13 +168,27 @@ def test_changed_image_invalidates_cache(
 def test_loader_settings(cifar_dir: Path, tmp_path: Path) -> None:
     dm = _cifar(cifar_dir, tmp_path / "c", batch_size=29, eval_batch_size=5)
     train, val = dm.train_dataloader(), dm.val_dataloader()
-    assert isinstance(train.sampler, RandomSampler) and train.sampler.generator is None
+    assert isinstance(train.sampler, DistributedSampler) and train.sampler.num_replicas == 1
     assert train.drop_last  # 30 % 29 == 1: a lone last image would break BatchNorm
     assert not val.drop_last and val.batch_size == 5 and len(val) == 3
-    torch.manual_seed(0)
-    first = next(iter(dm.train_dataloader()))[1]
-    torch.manual_seed(0)
-    assert torch.equal(first, next(iter(dm.train_dataloader()))[1])  # shuffling follows the global RNG
+
+
+def test_shuffle_is_a_function_of_seed_and_epoch(cifar_dir: Path, tmp_path: Path) -> None:
+    """Resuming reproduces the data order: it depends on (seed, epoch) only, never on the global RNG."""
+    dm = _cifar(cifar_dir, tmp_path / "c", batch_size=30)
+    loader = dm.train_dataloader()
+
+    def order(epoch: int) -> torch.Tensor:
+        loader.sampler.set_epoch(epoch)
+        torch.manual_seed(epoch * 7 + 1)  # the global RNG must not matter
+        return torch.tensor(list(iter(loader.sampler)))
+
+    assert torch.equal(order(1), order(1))
+    assert not torch.equal(order(0), order(1))
+    assert sorted(order(2).tolist()) == list(range(len(loader.dataset)))
+    state = torch.get_rng_state()
+    iter(dm.train_dataloader())  # making an iterator leaves the global RNG alone
+    assert torch.equal(state, torch.get_rng_state())
 
 
 def test_hyperparameters_are_saved(tmp_path: Path) -> None:

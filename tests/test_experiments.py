@@ -128,3 +128,22 @@ def test_class_count_mismatch_is_a_clear_error(real_data_dir: Path, tmp_path: Pa
         train.main([*tiny_args(real_data_dir, tmp_path), "--model.num_classes", "7",
                     "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path)])
     assert "10" in str(exc.value.code) and "7" in str(exc.value.code)
+
+
+def test_depth_prune_from_baseline_checkpoint_with_random_init(real_data_dir: Path, tmp_path: Path) -> None:
+    args = pipeline_args(real_data_dir, tmp_path / "logs")
+    full = json.loads(depth_prune.main(args).read_text())
+    baseline = full["baseline_checkpoint"]
+    assert Path(baseline).is_file()
+    assert ImageClassifier.load_from_checkpoint(baseline, map_location="cpu").hparams.num_blocks == 13
+
+    summary = json.loads(depth_prune.main([
+        *args, "--baseline_ckpt", baseline, "--sweep.epochs", "0", "--prune.init", "random",
+        "--prune.head", "[16, 8]",
+    ]).read_text())
+    assert summary["init"] == "random" and summary["chosen_cut"] == 6 and summary["sweep"] == []
+    assert summary["epochs"] == 2  # the baseline and sweep stages are skipped: only fine-tuning ran
+    assert summary["pruned"]["params"] == full["pruned"]["params"]
+
+    with pytest.raises(SystemExit, match="architecture"):
+        depth_prune.main([*args, "--baseline_ckpt", baseline, "--model.width_mult", "0.5"])

@@ -26,7 +26,7 @@ from lightning_modules.cli import ExperimentCLI, build_cli, checkpoint_paths, cl
 from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.profiling import model_cost
 
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "depth_prune_cifar10_32.yaml"
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "depth_cifar10_32.yaml"
 
 
 class DepthPruneCLI(ExperimentCLI):

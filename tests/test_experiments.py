@@ -9,7 +9,7 @@ import lightning as L
 import pytest
 import torch
 
-from experiments import depth_prune, train
+from experiments import depth_prune, report, train
 from lightning_modules.image_classifier import ImageClassifier
 
 STOP_AFTER = ["--trainer.callbacks+=tests.stop_after.StopAfterEpoch", "--trainer.callbacks.epoch"]
@@ -147,3 +147,12 @@ def test_depth_prune_from_baseline_checkpoint_with_random_init(real_data_dir: Pa
 
     with pytest.raises(SystemExit, match="architecture"):
         depth_prune.main([*args, "--baseline_ckpt", baseline, "--model.width_mult", "0.5"])
+
+    # the results page is generated from these two runs' summaries
+    out = report.main(["--runs", str(tmp_path / "logs"), "--out", str(tmp_path / "docs" / "RESULTS.md")])
+    text = out.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| CIFAR10 | 32 |")]
+    assert len(rows) == 2 and any("| original |" in r for r in rows) and any("| random |" in r for r in rows)
+    assert f"{100 * full['pruned']['acc']:.2f}" in text and f"{100 * summary['pruned']['acc']:.2f}" in text
+    assert text.count("← chosen") == 1  # one sweep table (the random-init run had no sweep)
+    assert (tmp_path / "docs" / "figures" / "depth_sweep_cifar10_32.png").is_file()

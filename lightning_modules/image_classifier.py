@@ -247,6 +247,7 @@ class ImageClassifier(L.LightningModule):
             decay_epochs=max(epochs // 3, 1),
             warmup_epochs=hp.warmup_epochs,
             warmup_lr=hp.warmup_lr,
+            warmup_prefix=True,  # the cosine starts at the base LR once warm-up ends
             min_lr=hp.min_lr,
             step_on_epochs=False,
             updates_per_epoch=steps_per_epoch,

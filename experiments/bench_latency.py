@@ -1,0 +1,104 @@
+"""Do fewer MACs mean proportionally less latency? Unpruned MobileNetV1-1.0 against pruned versions.
+
+    python experiments/bench_latency.py                              # 224 px, 1 thread, 50 runs
+    python experiments/bench_latency.py --image_size 64 --runs 5     # quick check
+
+Networks: MobileNetV1-1.0; the block-6 depth cut with the (64, 32) head (de Leon & Atienza,
+arXiv:2204.10546); width 0.5 and 0.25. For each: MACs, MAC ratio (MACs of the unpruned net / MACs),
+batch-1 latency with PyTorch and onnxruntime, speed-up (unpruned latency / latency), and efficiency =
+speed-up / MAC ratio, which is 1 when latency falls exactly as the MACs do (target ``--target``).
+All networks are measured in one process, one after the other, on ``--threads`` CPU threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from lightning_modules.export import export_onnx
+from lightning_modules.mobilenet_v1 import MobileNetV1
+from lightning_modules.profiling import count_macs, measure_latency_onnx, measure_latency_torch
+
+
+def benchmark_nets(num_classes: int = 1000) -> dict[str, nn.Module]:
+    """The unpruned network first, then the pruned ones."""
+    return {
+        "mobilenet_v1_1.0": MobileNetV1(num_classes=num_classes),
+        "depth_cut6_head64_32": MobileNetV1(num_classes=num_classes, num_blocks=6, head_channels=(64, 32)),
+        "width_0.5": MobileNetV1(num_classes=num_classes, width_mult=0.5),
+        "width_0.25": MobileNetV1(num_classes=num_classes, width_mult=0.25),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--num_classes", type=int, default=1000)
+    parser.add_argument("--target", type=float, default=0.8, help="wanted speed-up / MAC ratio")
+    parser.add_argument("--no_onnx", action="store_true", help="measure PyTorch only")
+    parser.add_argument("--out", type=str, default=None, help="write the rows as JSON here")
+    return parser
+
+
+def add_ratios(rows: list[dict[str, Any]], backends: list[str], target: float = 0.8) -> list[dict[str, Any]]:
+    """MAC ratio, speed-up and efficiency of every row relative to the first (unpruned) one."""
+    base = rows[0]
+    for row in rows:
+        row["mac_ratio"] = base["macs"] / row["macs"]
+        for backend in backends:
+            speedup = base[f"{backend}_ms"] / row[f"{backend}_ms"]
+            row[f"{backend}_speedup"] = speedup
+            row[f"{backend}_efficiency"] = speedup / row["mac_ratio"]
+            row[f"{backend}_target_met"] = row[f"{backend}_efficiency"] >= target
+    return rows
+
+
+def format_rows(rows: list[dict[str, Any]], backends: list[str]) -> str:
+    header = f"{'network':<22} {'MMACs':>8} {'MAC ratio':>9}"
+    for b in backends:
+        header += f" | {b + ' ms':>10} {'speed-up':>8} {'sp/MACr':>7} {'≥target':>7}"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        line = f"{row['name']:<22} {row['macs'] / 1e6:>8.1f} {row['mac_ratio']:>9.2f}"
+        for b in backends:
+            met = "yes" if row[f"{b}_target_met"] else "no"
+            line += (f" | {row[f'{b}_ms']:>10.3f} {row[f'{b}_speedup']:>8.2f}"
+                     f" {row[f'{b}_efficiency']:>7.2f} {met:>7}")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main(args: list[str] | None = None) -> list[dict[str, Any]]:
+    """Measure every network; prints a table, writes ``--out`` (JSON) if given, returns the rows."""
+    opts = build_parser().parse_args(args)
+    backends = ["torch"] if opts.no_onnx else ["torch", "onnx"]
+    size, rows = opts.image_size, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, net in benchmark_nets(opts.num_classes).items():
+            net.eval()
+            row: dict[str, Any] = {"name": name, "image_size": size, "threads": opts.threads,
+                                   "macs": count_macs(net, size)}
+            row["torch_ms"] = measure_latency_torch(net, size, opts.threads, opts.warmup, opts.runs)["median_ms"]
+            if "onnx" in backends:
+                path = export_onnx(net, Path(tmp) / f"{name}.onnx", size)
+                row["onnx_ms"] = measure_latency_onnx(path, size, opts.threads, opts.warmup, opts.runs)["median_ms"]
+            rows.append(row)
+    add_ratios(rows, backends, opts.target)
+    print(f"{size} px, batch 1, {opts.threads} thread(s), median of {opts.runs} runs; target sp/MACr ≥ {opts.target}")
+    print(format_rows(rows, backends))
+    if opts.out is not None:
+        Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(opts.out).write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""ImageClassifier: optimiser/schedule choices, precision and memory format, freezing, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_modules.image_classifier import ImageClassifier
+
+
+def tiny_loader(n: int = 16, size: int = 32, classes: int = 4) -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(n, 3, size, size, generator=g), torch.randint(0, classes, (n,), generator=g))
+    return DataLoader(data, batch_size=8)
+
+
+def fit(module: ImageClassifier, epochs: int = 1, **trainer_kwargs) -> L.Trainer:
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, **trainer_kwargs)
+    trainer.fit(module, tiny_loader(), tiny_loader())
+    return trainer
+
+
+@pytest.mark.parametrize(("name", "cls", "nesterov"), [
+    ("sgd", torch.optim.SGD, False), ("nesterov", torch.optim.SGD, True),
+    ("adam", torch.optim.Adam, None), ("adamw", torch.optim.AdamW, None),
+])
+def test_optimizer_choice(name: str, cls: type, nesterov: bool | None) -> None:
+    module = ImageClassifier(num_classes=4, width_mult=0.25, optimizer=name, lr=0.01, scheduler="none")
+    trainer = fit(module)
+    opt = trainer.optimizers[0]
+    assert isinstance(opt, cls)
+    if nesterov is not None:
+        assert opt.param_groups[0]["nesterov"] is nesterov
+    # biases and BatchNorm parameters carry no weight decay
+    assert sorted(g["weight_decay"] for g in opt.param_groups) == [0.0, 5e-4]
+
+
+def test_cosine_schedule_with_warmup_steps_per_update() -> None:
+    module = ImageClassifier(num_classes=4, width_mult=0.25, lr=0.1, warmup_epochs=1, warmup_lr=1e-4)
+    lrs: list[float] = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, *_):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    fit(module, epochs=4, callbacks=[Record()])
+    assert lrs[0] == pytest.approx(1e-4)  # warm-up starts low
+    assert max(lrs) == pytest.approx(0.1, rel=0.05)  # reaches the base LR after warm-up
+    assert lrs[-1] < 0.06  # then decays along the cosine
+    assert len(set(lrs)) == len(lrs)  # stepped every update, not every epoch
+
+
+def test_bf16_mixed_and_channels_last_train() -> None:
+    module = ImageClassifier(num_classes=4, width_mult=0.25, channels_last=True)
+    fit(module, precision="bf16-mixed")
+    weight = module.net.blocks[0].pw[0].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.isfinite(weight).all()
+
+
+def test_label_smoothing_changes_the_loss() -> None:
+    logits, y = torch.tensor([[4.0, 0.0, 0.0, 0.0]]), torch.tensor([0])
+    plain = ImageClassifier(num_classes=4, width_mult=0.25).criterion(logits, y)
+    smooth = ImageClassifier(num_classes=4, width_mult=0.25, label_smoothing=0.1).criterion(logits, y)
+    assert smooth > plain
+
+
+def test_freeze_head_only_finetuning() -> None:
+    module = ImageClassifier(num_classes=4, width_mult=0.25, num_blocks=6, head_channels=[16, 8])
+    module.freeze(["net.stem", "net.blocks"])
+    before = {k: v.clone() for k, v in module.net.state_dict().items()}
+    fit(module)
+    after = module.net.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("head.") for k in changed)
+
+
+def test_checkpoint_rebuilds_a_changed_architecture(tmp_path: Path) -> None:
+    module = ImageClassifier(num_classes=4, width_mult=0.25)
+    trainer = fit(module)
+    module.rebuild_net(num_blocks=3, head_channels=[16], channels=module.net.channels[:4])
+    trainer.save_checkpoint(tmp_path / "cut.ckpt")
+    loaded = ImageClassifier.load_from_checkpoint(tmp_path / "cut.ckpt")
+    assert len(loaded.net.blocks) == 3 and loaded.hparams.head_channels == [16]
+    for key, value in module.net.state_dict().items():
+        assert torch.equal(value, loaded.net.state_dict()[key]), key

@@ -92,19 +92,21 @@ class _Tracer(TorchFunctionMode):
         self.trace = ActivationTrace()
         self.depth = 0  # > 0 inside a leaf module: its internal calls are part of that op
         self.alias: dict[int, int] = {}
-        self.keep: list[Tensor] = []  # holding every tensor stops storage addresses being reused
+        self.keep: list[Tensor] = []  # every tensor seen: their storage addresses are never reused
+        self.seen: set[int] = set()
         self.weights = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
 
     def buffer(self, t: Tensor) -> int | None:
         if t.numel() == 0:
             return None
         storage = t.untyped_storage()
+        if storage.data_ptr() not in self.seen:  # hold it, even when aliased, so no later tensor reuses it
+            self.seen.add(storage.data_ptr())
+            self.keep.append(t)
         ptr = self.alias.get(storage.data_ptr(), storage.data_ptr())
         if ptr in self.weights:
             return None
-        if ptr not in self.trace.sizes:
-            self.trace.sizes[ptr] = storage.nbytes() // t.element_size()
-            self.keep.append(t)
+        self.trace.sizes.setdefault(ptr, storage.nbytes() // t.element_size())
         return ptr
 
     def buffers(self, value: Any) -> list[int]:
@@ -187,8 +189,8 @@ def peak_activation_memory(
     """Peak activation RAM in bytes at batch 1 when the layers run in execution order.
 
     Conventions: the input image counts; in-place ops (``ReLU(inplace=True)``), views (``flatten``) and
-    identities share their input's buffer; BatchNorm is folded into the preceding convolution and adds
-    no buffer; buffers a leaf module allocates internally are not counted (a fused kernel keeps none).
+    identities share their input's buffer; BatchNorm adds no buffer (folded into the preceding
+    convolution, as in :func:`flash_size`, or applied in place); buffers a leaf module allocates internally are not counted (a fused kernel keeps none).
     ``bytes_per_element``: 1 for int8, 4 for float32.
     """
     return peak_live_elements(trace_activations(model, image_size, in_chans)) * bytes_per_element

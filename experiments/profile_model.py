@@ -1,13 +1,16 @@
 """TinyML budget of a network: parameters, MACs, peak activation RAM, flash, latency, ONNX and int8.
 
-    python experiments/profile.py --ckpt PATH --image_size 32 --latency         # a trained (pruned) net
-    python experiments/profile.py --width_mult 0.25 --image_size 224             # from architecture args
-    python experiments/profile.py --ckpt PATH --image_size 32 --onnx out/net.onnx --int8 \\
+    python experiments/profile_model.py --ckpt PATH --image_size 32 --latency     # a trained (pruned) net
+    python experiments/profile_model.py --width_mult 0.25 --image_size 224         # from architecture args
+    python experiments/profile_model.py --ckpt PATH --image_size 32 --onnx out/net.onnx --int8 \\
         --calib_images 512 --eval_images 2000 --out out/profile.json
 
 ``--int8`` quantises the exported network with onnxruntime (static, QDQ, per-channel), calibrated on
 ``--calib_images`` CIFAR-10 training images, and reports its top-1 accuracy on ``--eval_images`` test
 images next to the float ONNX model's.
+
+(Not ``profile.py``: scripts run from ``experiments/`` put it first on ``sys.path``, where that name would
+shadow the standard library's ``profile``, which ``torch._dynamo`` imports through ``cProfile``.)
 """
 
 from __future__ import annotations
@@ -81,7 +84,8 @@ def cifar10_batches(
 
     data = CIFAR10DataModule(
         root=root, image_size=image_size, batch_size=batch_size, num_workers=0,
-        train_subset=images if split == "train" else None, eval_subset=images if split == "test" else None,
+        # fitting also builds the validation set from the test split: a subset keeps it from being decoded whole
+        train_subset=images if split == "train" else None, eval_subset=images,
     )
     loader = data.train_dataloader() if split == "train" else data.test_dataloader()
     for batch in loader:
@@ -108,7 +112,7 @@ def int8_report(args: argparse.Namespace, onnx_path: Path, int8_path: Path) -> d
 def _human(key: str, value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if "diff" in key else f"{value:.4f}"
-    if isinstance(value, int) and ("bytes" in key or "ram" in key or "flash" in key):
+    if isinstance(value, int) and key.startswith(("peak_ram", "flash", "onnx")) and not key.endswith("images"):
         return f"{value:,} B ({value / 1024:.1f} KiB)"
     if isinstance(value, int) and key in ("params", "macs"):
         return f"{value:,} ({value / 1e6:.3f} M)"

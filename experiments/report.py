@@ -15,6 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from lightning_modules.depth_report import Baseline, CutPoint, choose_cut
+
 #: Published replication (MobileNetV1, head DS→64/DS→32, cut after block 6): test accuracy in %.
 REFERENCE_DEPTH = {
     ("CIFAR10", 224): {"baseline": 89.73, "original": 88.80, "random": 88.68},
@@ -74,6 +76,17 @@ def depth_table(runs: list[dict]) -> list[str]:
     return lines
 
 
+def automatic_choices(summary: dict, tolerance: float = 0.01) -> str:
+    """What the automatic cut rules pick from the sweep rows (same function the pipeline uses)."""
+    rows = [CutPoint(**r) for r in summary["sweep"]]
+    base = summary["baseline"]
+    if base.get("acc") is None:
+        return ""
+    baseline = Baseline(params=base["params"], macs=base["macs"], acc=base["acc"])
+    picks = [f"{rule} → cut {choose_cut(rows, baseline, None, rule, tolerance)[0]}" for rule in ("tolerance", "knee")]
+    return f"Automatic rules on this sweep: {', '.join(picks)} (tolerance {100 * tolerance:.0f} point)."
+
+
 def sweep_table(summary: dict) -> list[str]:
     base = summary["baseline"]
     lines = ["| cut (blocks kept) | params | MACs | aux head val acc % | Δ vs baseline (pp) |", "|---|---|---|---|---|"]
@@ -110,7 +123,7 @@ def render(summaries: list[dict], out: Path) -> str:
         title = f"{s['dataset']} @{s['image_size']} px"
         lines += [f"### Cut-point sweep — {title}", "",
                   f"One sweep stage ({len(s['sweep'])} heads trained at once on the frozen baseline). "
-                  f"Chosen: {s.get('cut_reason')}", "", *sweep_table(s), ""]
+                  f"Chosen: {s.get('cut_reason')}", "", automatic_choices(s), "", *sweep_table(s), ""]
         png = Path(s["_path"]).parent / "depth_sweep.png"
         if png.is_file():
             figure = out.parent / "figures" / f"depth_sweep_{s['dataset'].lower()}_{s['image_size']}.png"

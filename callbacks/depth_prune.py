@@ -75,7 +75,8 @@ class DepthPrune(L.Callback):
         sweep = find_callback(trainer, AuxiliarySweep)
         image_size = int(getattr(trainer.datamodule.hparams, "image_size", 224)) if trainer.datamodule else 224
         before = model_cost(pl_module.net, image_size)
-        self.result = {"init": self.init, "finetune": self.finetune, "before": before}
+        self.result = {"init": self.init, "finetune": self.finetune, "before": before,
+                       "arch_before": dict(pl_module.arch)}
         head = None
         if sweep is not None and sweep.accuracies:
             rows, baseline = sweep_rows(sweep)

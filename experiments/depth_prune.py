@@ -22,9 +22,10 @@ import torch
 from callbacks.auxiliary_sweep import AuxiliarySweep
 from callbacks.depth_prune import DepthPrune
 from datamodules import DatasetError, ImageFolderDataModule
-from lightning_modules.cli import ExperimentCLI, build_cli, checkpoint_paths, close_logger, write_summary
+from lightning_modules.cli import ExperimentCLI, build_cli, close_logger, fit_and_test, write_summary
 from lightning_modules.image_classifier import ImageClassifier
-from lightning_modules.profiling import model_cost
+from lightning_modules.mobilenet_v1 import MobileNetV1
+from lightning_modules.profiling import model_cost, tinyml_budget
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "depth_cifar10_32.yaml"
 
@@ -76,25 +77,24 @@ def main(args: list[str] | None = None) -> Path:
         if sweep.epochs == 0:
             trainer.callbacks.remove(sweep)
         check_stages(trainer, sweep, prune)
-        trainer.fit(model, data, ckpt_path=cli.config.ckpt_path)
-        fit_metrics, checkpoints = dict(trainer.callback_metrics), checkpoint_paths(trainer)
-        best = "best" if checkpoints["best_checkpoint"] else None
-        trainer.test(model, data, ckpt_path=best)
+        checkpoints = fit_and_test(cli)
     except DatasetError as err:
         raise SystemExit(f"error: {err}") from err
-    trainer.callback_metrics.update({k: v for k, v in fit_metrics.items() if k not in trainer.callback_metrics})
     image_size = int(data.hparams.image_size)
     result = prune.result
     extra = {
         "stage": "depth_prune",
         "dataset": type(data).__name__.removesuffix("DataModule"),
-        "baseline": {**result.get("before", {}), "acc": result.get("baseline", {}).get("acc")},
+        "baseline": {**result.get("before", {}), "acc": result.get("baseline", {}).get("acc"),
+                     "budget": tinyml_budget(MobileNetV1(**result["arch_before"]), image_size)
+                     if "arch_before" in result else None},
         "sweep": result.get("sweep", []),
         "chosen_cut": result.get("cut"),
         "cut_reason": result.get("reason"),
         "init": result.get("init"),
         "finetune": result.get("finetune"),
-        "pruned": {**model_cost(model.net, image_size), "acc": _metric(trainer, "test/acc")},
+        "pruned": {**model_cost(model.net, image_size), "acc": _metric(trainer, "test/acc"),
+                   "budget": tinyml_budget(model.net, image_size)},
         "baseline_ckpt": cli.config.baseline_ckpt,
         "baseline_checkpoint": sweep.baseline_checkpoint,
         **checkpoints,

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from lightning_modules.depth_report import Baseline, CutPoint, choose_cut
+from lightning_modules.mobilenet_v1 import MobileNetV1
+from lightning_modules.profiling import tinyml_budget
 
 #: Published replication (MobileNetV1, head DS→64/DS→32, cut after block 6): test accuracy in %.
 REFERENCE_DEPTH = {
@@ -52,6 +54,24 @@ def _minutes(seconds: float | None) -> str:
     return "—" if seconds is None else f"{seconds / 60:.1f}"
 
 
+def budget_of(entry: dict, arch: dict | None, image_size: int) -> dict:
+    """A run's TinyML budget: the stored one, else computed from its architecture (it depends on nothing else)."""
+    if entry.get("budget"):
+        return entry["budget"]
+    if arch is None:
+        return {}
+    return tinyml_budget(MobileNetV1(**arch), image_size)
+
+
+def unpruned_arch(arch: dict) -> dict:
+    """The full MobileNetV1 a depth-pruned ``arch`` was cut from (same width and classes)."""
+    return {**arch, "num_blocks": 13, "head_channels": [], "channels": None}
+
+
+def _kb(value: int | None) -> str:
+    return "—" if value is None else f"{value / 1024:,.0f}"
+
+
 def _ratio(pruned: dict, base: dict, key: str) -> str:
     return f"{pruned[key] / base[key]:.3f}" if base.get(key) and pruned.get(key) else "—"
 
@@ -59,11 +79,15 @@ def _ratio(pruned: dict, base: dict, key: str) -> str:
 def depth_table(runs: list[dict]) -> list[str]:
     lines = [
         "| dataset | px | init | cut | epochs | baseline acc % | baseline params | baseline MACs | pruned acc % "
-        "| pruned params | pruned MACs | params × | MACs × | wall min | replication (base → pruned) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| pruned params | pruned MACs | params × | MACs × | flash int8 KB (base → pruned) "
+        "| peak RAM int8 KB (base → pruned) | wall min | replication (base → pruned) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in runs:
         base, pruned = s.get("baseline", {}), s.get("pruned", {})
+        size = s.get("image_size", 224)
+        bb = budget_of(base, s.get("baseline_arch") or unpruned_arch(s["arch"]), size)
+        pb = budget_of(pruned, s["arch"], size)
         ref = REFERENCE_DEPTH.get((s.get("dataset"), s.get("image_size")), {})
         ref_text = f"{ref['baseline']:.2f} → {ref[s['init']]:.2f}" if ref and s.get("init") in ref else "—"
         lines.append(
@@ -71,6 +95,8 @@ def depth_table(runs: list[dict]) -> list[str]:
             f"| {s.get('epochs')} | {_pct(base.get('acc'))} | {_count(base.get('params'))} "
             f"| {_count(base.get('macs'))} | {_pct(pruned.get('acc'))} | {_count(pruned.get('params'))} "
             f"| {_count(pruned.get('macs'))} | {_ratio(pruned, base, 'params')} | {_ratio(pruned, base, 'macs')} "
+            f"| {_kb(bb.get('flash_int8'))} → {_kb(pb.get('flash_int8'))} "
+            f"| {_kb(bb.get('peak_ram_int8'))} → {_kb(pb.get('peak_ram_int8'))} "
             f"| {_minutes(s.get('wall_time_s'))} | {ref_text} |"
         )
     return lines
@@ -99,6 +125,54 @@ def sweep_table(summary: dict) -> list[str]:
     return lines
 
 
+COST_AXES = (("params", "parameters"), ("macs", "MACs"), ("peak_ram_int8", "peak RAM int8 (bytes)"),
+             ("latency_torch_ms", "CPU latency (ms)"))
+
+
+def run_points(depth_rows: list[dict]) -> list[dict]:
+    """One point per network: each depth run gives its unpruned baseline and its pruned net."""
+    points = []
+    for s in depth_rows:
+        size = s.get("image_size", 224)
+        base, pruned = s.get("baseline", {}), s.get("pruned", {})
+        tag = f"{s.get('dataset')} @{size}"
+        if base.get("acc") is not None:
+            points.append({"method": f"baseline — {tag}", "acc": base["acc"],
+                           **budget_of(base, unpruned_arch(s["arch"]), size)})
+        if pruned.get("acc") is not None:
+            points.append({"method": f"depth cut@{s.get('chosen_cut')} {s.get('init')} — {tag}",
+                           "acc": pruned["acc"], **budget_of(pruned, s["arch"], size)})
+    return points
+
+
+def plot_accuracy_vs_cost(points: list[dict], path: Path) -> Path | None:
+    """Accuracy against params, MACs, peak RAM and (where measured) latency; one colour per method."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    axes_used = [(k, label) for k, label in COST_AXES if any(p.get(k) for p in points)]
+    if not points or not axes_used:
+        return None
+    fig = Figure(figsize=(4.2 * len(axes_used), 4.0), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    methods = sorted({p["method"] for p in points})
+    colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    for i, (key, label) in enumerate(axes_used):
+        ax = fig.add_subplot(1, len(axes_used), i + 1)
+        for p in points:
+            if p.get(key):
+                ax.scatter(p[key], 100 * p["acc"], color=colours[p["method"]], s=40,
+                           label=p["method"] if i == 0 else None)
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(True, which="both", alpha=0.3)
+    fig.legend(loc="outside lower center", ncols=min(len(methods), 3), fontsize="small")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def render(summaries: list[dict], out: Path) -> str:
     depth = [s for s in summaries if s.get("stage") == "depth_prune"]
     depth_rows = list(latest_by(depth, lambda s: (s.get("dataset"), s.get("image_size"), s.get("init"),
@@ -117,6 +191,9 @@ def render(summaries: list[dict], out: Path) -> str:
         *depth_table(depth_rows),
         "",
     ]
+    figure = plot_accuracy_vs_cost(run_points(depth_rows), out.parent / "figures" / "accuracy_vs_cost.png")
+    if figure is not None:
+        lines += [f"![accuracy vs cost]({figure.relative_to(out.parent).as_posix()})", ""]
     for s in depth_rows:
         if not s.get("sweep"):
             continue

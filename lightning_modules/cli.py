@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import WandbLogger
 from callbacks.epoch_seed import EpochSeed
 from callbacks.last_checkpoint import LastCheckpoint
 from callbacks.stages import run_dir
-from lightning_modules.profiling import model_cost
+from lightning_modules.profiling import model_cost, tinyml_budget
 
 WANDB_HOST = "api.wandb.ai"
 
@@ -144,6 +144,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def fit_and_test(cli: ExperimentCLI) -> dict[str, str | None]:
+    """Fit (resuming from ``--ckpt_path``), then test the best checkpoint (the current weights when
+    checkpointing is off). The fit's metrics stay in ``trainer.callback_metrics`` next to the test's.
+    Returns the best and last checkpoint paths."""
+    trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    trainer.fit(model, data, ckpt_path=cli.config.ckpt_path)
+    fit_metrics, checkpoints = dict(trainer.callback_metrics), checkpoint_paths(trainer)
+    trainer.test(model, data, ckpt_path="best" if checkpoints["best_checkpoint"] else None)
+    trainer.callback_metrics.update({k: v for k, v in fit_metrics.items() if k not in trainer.callback_metrics})
+    return checkpoints
+
+
 def checkpoint_paths(trainer: L.Trainer) -> dict[str, str | None]:
     """Best and last checkpoint of the fit. Read them right after ``fit``: testing a checkpoint restores
     the checkpoint callback's state as it was when that file was written."""
@@ -160,6 +172,7 @@ def write_summary(trainer: L.Trainer, model: L.LightningModule, datamodule: Any,
     summary: dict[str, Any] = {
         "metrics": {k: _plain(v) for k, v in sorted(trainer.callback_metrics.items())},
         **model_cost(model.net, image_size),
+        "budget": tinyml_budget(model.net, image_size),
         "image_size": image_size,
         "arch": model.arch,
         "data_root": str(getattr(datamodule.hparams, "root", "")),
@@ -175,6 +188,7 @@ def write_summary(trainer: L.Trainer, model: L.LightningModule, datamodule: Any,
         path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
         if isinstance(trainer.logger, WandbLogger):
             flat = {f"summary/{k}": v for k, v in summary.items() if isinstance(v, int | float)}
+            flat |= {f"summary/budget/{k}": v for k, v in summary["budget"].items()}
             trainer.logger.experiment.summary.update(flat)
         print(f"Summary written to {path}")
     return path

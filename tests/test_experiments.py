@@ -156,3 +156,7 @@ def test_depth_prune_from_baseline_checkpoint_with_random_init(real_data_dir: Pa
     assert f"{100 * full['pruned']['acc']:.2f}" in text and f"{100 * summary['pruned']['acc']:.2f}" in text
     assert text.count("← chosen") == 1  # one sweep table (the random-init run had no sweep)
     assert (tmp_path / "docs" / "figures" / "depth_sweep_cifar10_32.png").is_file()
+    assert (tmp_path / "docs" / "figures" / "accuracy_vs_cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    budget = summary["pruned"]["budget"]
+    assert budget["params"] == summary["pruned"]["params"] and 0 < budget["flash_int8"] < budget["flash_fp32"]
+    assert f"{full['pruned']['budget']['flash_int8'] / 1024:,.0f}" in text

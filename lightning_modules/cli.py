@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import WandbLogger
 from callbacks.epoch_seed import EpochSeed
 from callbacks.last_checkpoint import LastCheckpoint
 from callbacks.stages import run_dir
+from callbacks.throughput import Throughput
 from lightning_modules.profiling import model_cost, tinyml_budget
 
 WANDB_HOST = "api.wandb.ai"
@@ -109,7 +110,7 @@ def trainer_defaults(project: str = "tinyml-pruning") -> dict[str, Any]:
         },
         # Persistent callbacks (instances, added to whatever --trainer.callbacks lists).
         "callbacks": [RichProgressBar(), LearningRateMonitor(logging_interval="epoch"), EpochSeed(),
-                      LastCheckpoint()],
+                      LastCheckpoint(), Throughput()],
     }
 
 

@@ -89,3 +89,12 @@ def test_checkpoint_rebuilds_a_changed_architecture(tmp_path: Path) -> None:
     assert len(loaded.net.blocks) == 3 and loaded.hparams.head_channels == [16]
     for key, value in module.net.state_dict().items():
         assert torch.equal(value, loaded.net.state_dict()[key]), key
+
+
+def test_throughput_is_logged_per_epoch() -> None:
+    from callbacks.throughput import Throughput, images_per_second
+
+    assert images_per_second(100, 2.0) == 50.0 and images_per_second(5, 0.0) == 0.0
+    module = ImageClassifier(num_classes=4, width_mult=0.25)
+    trainer = fit(module, callbacks=[Throughput()])
+    assert trainer.callback_metrics["train/img_per_s"] > 0

@@ -17,7 +17,7 @@ from typing import Any
 
 from lightning_modules.depth_report import Baseline, CutPoint, choose_cut
 from lightning_modules.mobilenet_v1 import MobileNetV1
-from lightning_modules.profiling import tinyml_budget
+from lightning_modules.profiling import measure_latency_torch, tinyml_budget
 
 #: Published replication (MobileNetV1, head DS→64/DS→32, cut after block 6): test accuracy in %.
 REFERENCE_DEPTH = {
@@ -129,7 +129,16 @@ COST_AXES = (("params", "parameters"), ("macs", "MACs"), ("peak_ram_int8", "peak
              ("latency_torch_ms", "CPU latency (ms)"))
 
 
-def run_points(depth_rows: list[dict]) -> list[dict]:
+def with_latency(budget: dict, arch: dict, image_size: int, runs: int = 50) -> dict:
+    """Add the batch-1, 1-thread PyTorch CPU latency, measured now for every network in this one process
+    (so the points are comparable with each other), unless the run already carries one."""
+    if runs <= 0 or "latency_torch_ms" in budget:
+        return budget
+    timing = measure_latency_torch(MobileNetV1(**arch).eval(), image_size, threads=1, runs=runs)
+    return {**budget, "latency_torch_ms": timing["median_ms"]}
+
+
+def run_points(depth_rows: list[dict], latency_runs: int = 50) -> list[dict]:
     """One point per network: each depth run gives its unpruned baseline and its pruned net."""
     points = []
     for s in depth_rows:
@@ -137,11 +146,13 @@ def run_points(depth_rows: list[dict]) -> list[dict]:
         base, pruned = s.get("baseline", {}), s.get("pruned", {})
         tag = f"{s.get('dataset')} @{size}"
         if base.get("acc") is not None:
+            arch = unpruned_arch(s["arch"])
             points.append({"method": f"baseline — {tag}", "acc": base["acc"],
-                           **budget_of(base, unpruned_arch(s["arch"]), size)})
+                           **with_latency(budget_of(base, arch, size), arch, size, latency_runs)})
         if pruned.get("acc") is not None:
             points.append({"method": f"depth cut@{s.get('chosen_cut')} {s.get('init')} — {tag}",
-                           "acc": pruned["acc"], **budget_of(pruned, s["arch"], size)})
+                           "acc": pruned["acc"],
+                           **with_latency(budget_of(pruned, s["arch"], size), s["arch"], size, latency_runs)})
     return points
 
 
@@ -173,7 +184,7 @@ def plot_accuracy_vs_cost(points: list[dict], path: Path) -> Path | None:
     return path
 
 
-def render(summaries: list[dict], out: Path) -> str:
+def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
     depth = [s for s in summaries if s.get("stage") == "depth_prune"]
     depth_rows = list(latest_by(depth, lambda s: (s.get("dataset"), s.get("image_size"), s.get("init"),
                                                   s.get("chosen_cut"), s.get("baseline_ckpt") is None)).values())
@@ -191,7 +202,7 @@ def render(summaries: list[dict], out: Path) -> str:
         *depth_table(depth_rows),
         "",
     ]
-    figure = plot_accuracy_vs_cost(run_points(depth_rows), out.parent / "figures" / "accuracy_vs_cost.png")
+    figure = plot_accuracy_vs_cost(run_points(depth_rows, latency_runs), out.parent / "figures" / "accuracy_vs_cost.png")
     if figure is not None:
         lines += [f"![accuracy vs cost]({figure.relative_to(out.parent).as_posix()})", ""]
     for s in depth_rows:
@@ -224,12 +235,14 @@ def main(args: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=Path, default=Path("logs"), help="folder searched for summary.json")
     parser.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"))
+    parser.add_argument("--latency_runs", type=int, default=50,
+                        help="timed runs per network for the latency plot (0: no latency)")
     opts = parser.parse_args(args)
     summaries = load_summaries(opts.runs)
     if not summaries:
         raise SystemExit(f"error: no summary.json under {opts.runs}; run an experiment first")
     opts.out.parent.mkdir(parents=True, exist_ok=True)
-    opts.out.write_text(render(summaries, opts.out))
+    opts.out.write_text(render(summaries, opts.out, opts.latency_runs))
     print(f"Wrote {opts.out} from {len(summaries)} run(s)")
     return opts.out
 

@@ -160,3 +160,15 @@ def test_depth_prune_from_baseline_checkpoint_with_random_init(real_data_dir: Pa
     budget = summary["pruned"]["budget"]
     assert budget["params"] == summary["pruned"]["params"] and 0 < budget["flash_int8"] < budget["flash_fp32"]
     assert f"{full['pruned']['budget']['flash_int8'] / 1024:,.0f}" in text
+
+
+def test_depth_pipeline_with_distillation_from_the_unpruned_net(real_data_dir: Path, tmp_path: Path) -> None:
+    args = pipeline_args(real_data_dir, tmp_path / "logs")
+    summary = json.loads(depth_prune.main([
+        *args, "--trainer.callbacks+=callbacks.Distillation", "--trainer.callbacks.start_epoch", "2",
+    ]).read_text())
+    assert summary["chosen_cut"] == 6
+    assert summary["metrics"]["train/distill_kl"] > 0  # the fine-tuning loss had the teacher's KL term
+    state = torch.load(summary["last_checkpoint"], map_location="cpu", weights_only=False)["callbacks"]
+    teacher = next(v for k, v in state.items() if k.startswith("Distillation"))
+    assert teacher["teacher_arch"]["num_blocks"] == 13  # the teacher is the unpruned network

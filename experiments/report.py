@@ -147,7 +147,7 @@ def run_points(depth_rows: list[dict], latency_runs: int = 50) -> list[dict]:
         tag = f"{s.get('dataset')} @{size}"
         if base.get("acc") is not None:
             arch = unpruned_arch(s["arch"])
-            points.append({"method": f"baseline — {tag}", "acc": base["acc"],
+            points.append({"method": f"baseline at the sweep — {tag}", "acc": base["acc"],
                            **with_latency(budget_of(base, arch, size), arch, size, latency_runs)})
         if pruned.get("acc") is not None:
             points.append({"method": f"depth cut@{s.get('chosen_cut')} {s.get('init')} — {tag}",
@@ -184,11 +184,38 @@ def plot_accuracy_vs_cost(points: list[dict], path: Path) -> Path | None:
     return path
 
 
+def bench_table(rows: list[dict]) -> list[str]:
+    """The latency benchmark written by ``bench_latency.py --out``."""
+    first = rows[0]
+    lines = [f"{first['image_size']} px, batch 1, {first['threads']} CPU thread(s); speed-up = unpruned latency / "
+             "latency; efficiency = speed-up / MAC ratio (target ≥ 0.8).", "",
+             "| network | MMACs | MAC ratio | PyTorch ms | speed-up | efficiency | onnxruntime ms | speed-up "
+             "| efficiency |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        onnx = (f"{r['onnx_ms']:.3f} | {r['onnx_speedup']:.2f} | {r['onnx_efficiency']:.2f}"
+                if r.get("onnx_ms") is not None else "— | — | —")
+        lines.append(f"| {r['name']} | {r['macs'] / 1e6:.1f} | {r['mac_ratio']:.2f} | {r['torch_ms']:.3f} "
+                     f"| {r['torch_speedup']:.2f} | {r['torch_efficiency']:.2f} | {onnx} |")
+    return lines
+
+
+def deployment_table(profiles: list[tuple[str, dict]]) -> list[str]:
+    """ONNX export and int8 results written by ``profile_model.py --onnx --int8 --out <run>/profile.json``."""
+    lines = ["| run | params | fp32 ONNX acc % | int8 ONNX acc % | max abs diff | ONNX fp32 KB | ONNX int8 KB "
+             "| flash int8 KB | peak RAM int8 KB | onnxruntime ms (1 thread) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for run, p in profiles:
+        lines.append(f"| {run} | {p['params']:,} | {_pct(p.get('acc_fp32_onnx'))} | {_pct(p.get('acc_int8_onnx'))} "
+                     f"| {p.get('onnx_max_abs_diff', float('nan')):.1e} | {_kb(p.get('onnx_bytes'))} "
+                     f"| {_kb(p.get('onnx_int8_bytes'))} | {_kb(p['flash_int8'])} | {_kb(p['peak_ram_int8'])} "
+                     f"| {p.get('latency_onnx_ms', float('nan')):.3f} |")
+    return lines
+
+
 def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
     depth = [s for s in summaries if s.get("stage") == "depth_prune"]
+    baselines = [s for s in summaries if s.get("stage") == "baseline"]
     depth_rows = list(latest_by(depth, lambda s: (s.get("dataset"), s.get("image_size"), s.get("init"),
                                                   s.get("chosen_cut"), s.get("baseline_ckpt") is None)).values())
-    baselines = [s for s in summaries if s.get("stage") == "baseline"]
     lines = [
         "# Results",
         "",
@@ -202,7 +229,13 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
         *depth_table(depth_rows),
         "",
     ]
-    figure = plot_accuracy_vs_cost(run_points(depth_rows, latency_runs), out.parent / "figures" / "accuracy_vs_cost.png")
+    points = run_points(depth_rows, latency_runs) + [
+        {"method": f"baseline {s['epochs']} epochs (train.py) — {Path(s['data_root']).name.split('-')[0]} "
+                   f"@{s['image_size']}", "acc": s["metrics"]["test/acc"],
+         **with_latency(budget_of(s, s["arch"], s["image_size"]), s["arch"], s["image_size"], latency_runs)}
+        for s in baselines if "test/acc" in s.get("metrics", {})
+    ]
+    figure = plot_accuracy_vs_cost(points, out.parent / "figures" / "accuracy_vs_cost.png")
     if figure is not None:
         lines += [f"![accuracy vs cost]({figure.relative_to(out.parent).as_posix()})", ""]
     for s in depth_rows:
@@ -219,29 +252,68 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
             shutil.copyfile(png, figure)
             lines += [f"![sweep {title}]({figure.relative_to(out.parent).as_posix()})", ""]
     if baselines:
-        lines += ["## Baselines", "", "| dataset | px | epochs | test acc % | params | MACs | wall min |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["## Baselines", "",
+                  "| dataset | px | epochs | test acc % | params | MACs | train img/s | wall min |",
+                  "|---|---|---|---|---|---|---|---|"]
         for s in baselines:
             lines.append(f"| {Path(s['data_root']).name} | {s['image_size']} | {s['epochs']} "
                          f"| {_pct(s['metrics'].get('test/acc'))} | {s['params']:,} | {s['macs']:,} "
-                         f"| {_minutes(s.get('wall_time_s'))} |")
+                         f"| {s['metrics'].get('train/img_per_s', float('nan')):.0f} | {_minutes(s.get('wall_time_s'))} |")
         lines.append("")
-    lines += ["## Runs", "", *(f"- `{Path(s['_path']).parent}`: {s.get('stage')}, {s.get('epochs')} epochs"
-                               for s in summaries), ""]
+    profiles = [(Path(s["_path"]).parent.name, json.loads((Path(s["_path"]).parent / "profile.json").read_text()))
+                for s in summaries if (Path(s["_path"]).parent / "profile.json").is_file()]
+    if profiles:
+        lines += ["## Deployment: ONNX and int8", "",
+                  "`uv run experiments/profile_model.py --ckpt <best checkpoint> --image_size 32 --latency --onnx "
+                  "m.onnx --int8 --out <run>/profile.json` (int8: onnxruntime static quantisation, calibrated on "
+                  "512 training images, evaluated on the test split).", "", *deployment_table(profiles), ""]
+    for bench in sorted((out.parent / "runs").glob("bench_latency*.json")):
+        lines += [f"## Latency benchmark ({bench.stem})", "",
+                  f"`uv run experiments/bench_latency.py --out {bench.as_posix()}`", "",
+                  *bench_table(json.loads(bench.read_text())), ""]
+    lines += ["## Runs and how to reproduce them", "",
+              "Each run folder holds the resolved `config.yaml`; `--config <run>/config.yaml` repeats the run.", ""]
+    for s in summaries:
+        folder = Path(s["_path"]).parent
+        script = "depth_prune.py" if s.get("stage") == "depth_prune" else "train.py"
+        extra = f", from `{s['baseline_ckpt']}`" if s.get("baseline_ckpt") else ""
+        lines.append(f"- `{folder}`: {s.get('stage')}, {s.get('epochs')} epochs{extra} — "
+                     f"`uv run experiments/{script} --config {folder}/config.yaml`")
+    lines.append("")
     return "\n".join(lines)
+
+
+ARCHIVED_FILES = ("summary.json", "config.yaml", "profile.json", "depth_sweep.csv", "depth_sweep.json", "depth_sweep.png")
+
+
+def archive_runs(summaries: list[dict], archive: Path) -> None:
+    """Copy each run's small artifacts to ``archive/<run id>/`` (kept in the repository, unlike logs/),
+    so that ``report.py --runs docs/runs`` regenerates the page in any clone."""
+    for s in summaries:
+        folder = Path(s["_path"]).parent
+        target = archive / folder.name
+        if folder.resolve() == target.resolve():
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ARCHIVED_FILES:
+            if (folder / name).is_file():
+                shutil.copyfile(folder / name, target / name)
 
 
 def main(args: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=Path, default=Path("logs"), help="folder searched for summary.json")
+    parser.add_argument("--runs", type=Path, nargs="+", default=[Path("logs"), Path("docs/runs")],
+                        help="folders searched for summary.json (a run found twice counts once)")
     parser.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"))
     parser.add_argument("--latency_runs", type=int, default=50,
                         help="timed runs per network for the latency plot (0: no latency)")
     opts = parser.parse_args(args)
-    summaries = load_summaries(opts.runs)
+    found = [s for root in opts.runs if root.is_dir() for s in load_summaries(root)]
+    summaries = list({Path(s["_path"]).parent.name: s for s in found}.values())  # one entry per run id
     if not summaries:
-        raise SystemExit(f"error: no summary.json under {opts.runs}; run an experiment first")
+        raise SystemExit(f"error: no summary.json under {', '.join(map(str, opts.runs))}; run an experiment first")
     opts.out.parent.mkdir(parents=True, exist_ok=True)
+    archive_runs(summaries, opts.out.parent / "runs")
     opts.out.write_text(render(summaries, opts.out, opts.latency_runs))
     print(f"Wrote {opts.out} from {len(summaries)} run(s)")
     return opts.out

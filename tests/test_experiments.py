@@ -156,6 +156,11 @@ def test_depth_prune_from_baseline_checkpoint_with_random_init(real_data_dir: Pa
     assert f"{100 * full['pruned']['acc']:.2f}" in text and f"{100 * summary['pruned']['acc']:.2f}" in text
     assert text.count("← chosen") == 1  # one sweep table (the random-init run had no sweep)
     assert (tmp_path / "docs" / "figures" / "depth_sweep_cifar10_32.png").is_file()
+    archived = sorted((tmp_path / "docs" / "runs").glob("*/summary.json"))
+    assert len(archived) == 2  # the page can be regenerated from the archived copies alone
+    again = report.main(["--runs", str(tmp_path / "docs" / "runs"), "--out", str(tmp_path / "again.md"),
+                         "--latency_runs", "0"])
+    assert [r for r in again.read_text().splitlines() if r.startswith("| CIFAR10 | 32 |")] == rows
     assert (tmp_path / "docs" / "figures" / "accuracy_vs_cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     budget = summary["pruned"]["budget"]
     assert budget["params"] == summary["pruned"]["params"] and 0 < budget["flash_int8"] < budget["flash_fp32"]

@@ -76,31 +76,11 @@ class CIFAR10DataModule(ImageFolderDataModule):
         self,
         root: str = "../shared/data/cifar10-jpg.tar.gz",
         image_size: int = 32,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 2,
-        val_fraction: float = 0.0,
-        in_memory: bool = True,
-        train_subset: int | None = None,
-        eval_subset: int | None = None,
-        seed: int = 0,
-        cache_dir: str | None = None,
-        download: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root=root,
-            image_size=image_size,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_fraction=val_fraction,
-            in_memory=in_memory,
-            train_subset=train_subset,
-            eval_subset=eval_subset,
-            seed=seed,
-            cache_dir=cache_dir,
-            download=download,
-        )
+        # Only the defaults differ; every other argument is ImageFolderDataModule's (the CLI
+        # follows **kwargs into the parent's signature).
+        super().__init__(root=root, image_size=image_size, **kwargs)
 
     def has_layout(self, folder: Path) -> bool:
         return _holds_batches(folder) or has_split_dirs(folder, self.train_split_names, self.eval_split_names)

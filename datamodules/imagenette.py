@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torchvision.datasets.utils import download_and_extract_archive
 
@@ -80,31 +80,11 @@ class ImagenetteDataModule(_FastaiSubsetDataModule):
         self,
         root: str = "../shared/data/imagenette-128.tar.gz",
         image_size: int = 128,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 2,
-        val_fraction: float = 0.0,
-        in_memory: bool = True,
-        train_subset: int | None = None,
-        eval_subset: int | None = None,
-        seed: int = 0,
-        cache_dir: str | None = None,
-        download: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root=root,
-            image_size=image_size,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_fraction=val_fraction,
-            in_memory=in_memory,
-            train_subset=train_subset,
-            eval_subset=eval_subset,
-            seed=seed,
-            cache_dir=cache_dir,
-            download=download,
-        )
+        # Only the defaults differ; every other argument is ImageFolderDataModule's (the CLI
+        # follows **kwargs into the parent's signature).
+        super().__init__(root=root, image_size=image_size, **kwargs)
 
 
 class ImagewoofDataModule(_FastaiSubsetDataModule):
@@ -121,31 +101,11 @@ class ImagewoofDataModule(_FastaiSubsetDataModule):
         self,
         root: str = "../shared/data/imagewoof-128.tar.gz",
         image_size: int = 128,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 2,
-        val_fraction: float = 0.0,
-        in_memory: bool = True,
-        train_subset: int | None = None,
-        eval_subset: int | None = None,
-        seed: int = 0,
-        cache_dir: str | None = None,
-        download: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root=root,
-            image_size=image_size,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_fraction=val_fraction,
-            in_memory=in_memory,
-            train_subset=train_subset,
-            eval_subset=eval_subset,
-            seed=seed,
-            cache_dir=cache_dir,
-            download=download,
-        )
+        # Only the defaults differ; every other argument is ImageFolderDataModule's (the CLI
+        # follows **kwargs into the parent's signature).
+        super().__init__(root=root, image_size=image_size, **kwargs)
 
 
 class ImageNetDataModule(ImageFolderDataModule):
@@ -165,31 +125,12 @@ class ImageNetDataModule(ImageFolderDataModule):
         self,
         root: str = "data/imagenet",
         image_size: int = 224,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 2,
-        val_fraction: float = 0.0,
         in_memory: bool = False,
-        train_subset: int | None = None,
-        eval_subset: int | None = None,
-        seed: int = 0,
-        cache_dir: str | None = None,
-        download: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root=root,
-            image_size=image_size,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_fraction=val_fraction,
-            in_memory=in_memory,
-            train_subset=train_subset,
-            eval_subset=eval_subset,
-            seed=seed,
-            cache_dir=cache_dir,
-            download=download,
-        )
+        # Only the defaults differ; every other argument is ImageFolderDataModule's (the CLI
+        # follows **kwargs into the parent's signature).
+        super().__init__(root=root, image_size=image_size, in_memory=in_memory, **kwargs)
 
     def load_splits(self, dataset_dir: Path) -> tuple[Split, Split]:
         val_dir = dataset_dir / "val"

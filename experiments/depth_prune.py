@@ -25,7 +25,7 @@ from datamodules import DatasetError, ImageFolderDataModule
 from lightning_modules.cli import ExperimentCLI, build_cli, close_logger, fit_and_test, write_summary
 from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.mobilenet_v1 import MobileNetV1
-from lightning_modules.profiling import model_cost, tinyml_budget
+from lightning_modules.profiling import tinyml_budget
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "depth_cifar10_32.yaml"
 
@@ -82,6 +82,7 @@ def main(args: list[str] | None = None) -> Path:
         raise SystemExit(f"error: {err}") from err
     image_size = int(data.hparams.image_size)
     result = prune.result
+    budget = tinyml_budget(model.net, image_size)
     extra = {
         "stage": "depth_prune",
         "dataset": type(data).__name__.removesuffix("DataModule"),
@@ -93,13 +94,12 @@ def main(args: list[str] | None = None) -> Path:
         "cut_reason": result.get("reason"),
         "init": result.get("init"),
         "finetune": result.get("finetune"),
-        "pruned": {**model_cost(model.net, image_size), "acc": _metric(trainer, "test/acc"),
-                   "budget": tinyml_budget(model.net, image_size)},
+        "pruned": {"params": budget["params"], "macs": budget["macs"], "acc": _metric(trainer, "test/acc"),
+                   "budget": budget},
         "baseline_ckpt": cli.config.baseline_ckpt,
         "baseline_checkpoint": sweep.baseline_checkpoint,
-        **checkpoints,
     }
-    path = write_summary(trainer, model, data, started, extra)
+    path = write_summary(trainer, model, data, started, checkpoints, extra, budget)
     close_logger(trainer)
     return path
 

@@ -27,7 +27,7 @@ def main(args: list[str] | None = None) -> Path:
         checkpoints = fit_and_test(cli)
     except DatasetError as err:
         raise SystemExit(f"error: {err}") from err
-    path = write_summary(trainer, model, data, started, {"stage": "baseline", **checkpoints})
+    path = write_summary(trainer, model, data, started, checkpoints, {"stage": "baseline"})
     close_logger(trainer)
     return path
 

@@ -24,7 +24,7 @@ from callbacks.epoch_seed import EpochSeed
 from callbacks.last_checkpoint import LastCheckpoint
 from callbacks.stages import run_dir
 from callbacks.throughput import Throughput
-from lightning_modules.profiling import model_cost, tinyml_budget
+from lightning_modules.profiling import tinyml_budget
 
 WANDB_HOST = "api.wandb.ai"
 
@@ -167,20 +167,27 @@ def checkpoint_paths(trainer: L.Trainer) -> dict[str, str | None]:
 
 
 def write_summary(trainer: L.Trainer, model: L.LightningModule, datamodule: Any, started: float,
-                  extra: dict[str, Any] | None = None) -> Path:
-    """Write ``summary.json`` into the run folder and the logger's run summary; returns its path."""
+                  checkpoints: dict[str, str | None], extra: dict[str, Any] | None = None,
+                  budget: dict[str, Any] | None = None) -> Path:
+    """Write ``summary.json`` into the run folder and the logger's run summary; returns its path.
+
+    ``checkpoints`` are the paths taken right after ``fit`` (see :func:`checkpoint_paths`); ``budget`` is
+    the final network's :func:`tinyml_budget` when the caller already has it.
+    """
     image_size = int(getattr(datamodule.hparams, "image_size", 224))
+    budget = budget or tinyml_budget(model.net, image_size)
     summary: dict[str, Any] = {
         "metrics": {k: _plain(v) for k, v in sorted(trainer.callback_metrics.items())},
-        **model_cost(model.net, image_size),
-        "budget": tinyml_budget(model.net, image_size),
+        "params": budget["params"],
+        "macs": budget["macs"],
+        "budget": budget,
         "image_size": image_size,
         "arch": model.arch,
         "data_root": str(getattr(datamodule.hparams, "root", "")),
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "wall_time_s": round(time.time() - started, 1),
-        **checkpoint_paths(trainer),
+        **checkpoints,
         **(extra or {}),
     }
     path = run_dir(trainer) / "summary.json"

@@ -7,7 +7,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
-from callbacks.stages import log_scalars, restart_optimization, save_stage_checkpoint
+from callbacks.stages import data_image_size, log_scalars, restart_optimization, save_stage_checkpoint
 from lightning_modules.aux_heads import head_channels_of, mobilenet_cut_arch
 from lightning_modules.mobilenet_v1 import MobileNetV1
 from lightning_modules.profiling import model_cost
@@ -56,7 +56,7 @@ class AuxiliarySweep(L.Callback):
         self.baseline_checkpoint = save_stage_checkpoint(trainer, "baseline.ckpt")
         pl_module.attach_aux_heads(self.head_channels, self.cut_points)
         pl_module.freeze(["net"])
-        image_size = int(getattr(trainer.datamodule.hparams, "image_size", 224)) if trainer.datamodule else 224
+        image_size = data_image_size(trainer)
         self.costs = cut_costs(pl_module.arch, pl_module.aux_heads.cut_points, self.head_channels, image_size)
         self.baseline = model_cost(pl_module.net, image_size)
         restart_optimization(trainer, pl_module, self.epochs)

@@ -9,7 +9,14 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.auxiliary_sweep import AuxiliarySweep
 from callbacks.prune_events import notify_before_prune
-from callbacks.stages import find_callback, log_scalars, reset_best_checkpoint, restart_optimization, run_dir
+from callbacks.stages import (
+    data_image_size,
+    find_callback,
+    log_scalars,
+    reset_best_checkpoint,
+    restart_optimization,
+    run_dir,
+)
 from lightning_modules.aux_heads import cut_mobilenet_v1, head_channels_of
 from lightning_modules.depth_report import (
     Baseline,
@@ -73,7 +80,7 @@ class DepthPrune(L.Callback):
         if self.done or trainer.current_epoch < self.epoch:
             return
         sweep = find_callback(trainer, AuxiliarySweep)
-        image_size = int(getattr(trainer.datamodule.hparams, "image_size", 224)) if trainer.datamodule else 224
+        image_size = data_image_size(trainer)
         before = model_cost(pl_module.net, image_size)
         self.result = {"init": self.init, "finetune": self.finetune, "before": before,
                        "arch_before": dict(pl_module.arch)}

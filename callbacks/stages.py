@@ -58,5 +58,10 @@ def log_scalars(trainer: L.Trainer, metrics: dict[str, float]) -> None:
     rank_zero_info("  ".join(f"{k}={v:,.4g}" if isinstance(v, float) else f"{k}={v:,}" for k, v in metrics.items()))
 
 
+def data_image_size(trainer: L.Trainer, default: int = 224) -> int:
+    """The image size the datamodule feeds the network (costs are counted at it)."""
+    return int(getattr(trainer.datamodule.hparams, "image_size", default)) if trainer.datamodule else default
+
+
 def find_callback(trainer: L.Trainer, cls: type) -> L.Callback | None:
     return next((cb for cb in trainer.callbacks if isinstance(cb, cls)), None)

@@ -11,13 +11,14 @@ A backbone is anything with an ordered list of *feature modules* applied one aft
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from lightning_modules.layers import ClassifierHead
-from lightning_modules.mobilenet_v1 import MobileNetV1
+from lightning_modules.mobilenet_v1 import MobileNetV1, mobilenet_v1_channels
 
 #: Head presets: depthwise-separable widths before pooling.
 HEAD_PRESETS: dict[str, tuple[int, ...]] = {
@@ -95,8 +96,8 @@ class AuxiliaryHeads(nn.Module):
 
 def mobilenet_cut_arch(arch: dict, cut: int, head_channels: Sequence[int]) -> dict:
     """Constructor arguments of "stem + blocks ≤ ``cut`` + head" for a MobileNetV1 described by ``arch``."""
-    full = MobileNetV1(**{**arch, "num_classes": 1}) if arch.get("channels") is None else None
-    channels = list(arch["channels"]) if full is None else full.channels
+    channels = list(arch["channels"]) if arch.get("channels") is not None else mobilenet_v1_channels(
+        arch.get("width_mult", 1.0))
     return {**arch, "num_blocks": int(cut), "channels": channels[: cut + 1], "head_channels": list(head_channels)}
 
 
@@ -133,8 +134,6 @@ def cut_generic(
     modules: Sequence[nn.Module], cut: int, head: ClassifierHead, init: str = "original"
 ) -> nn.Sequential:
     """The cut of any backbone given as feature modules: ``Sequential(stem, blocks ≤ cut, head)``."""
-    import copy
-
     new = nn.Sequential(*(copy.deepcopy(m) for m in modules[: cut + 1]), copy.deepcopy(head))
     if init == "random":
         for m in new.modules():

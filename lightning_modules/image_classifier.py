@@ -19,6 +19,7 @@ from timm.scheduler import create_scheduler_v2
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from datamodules.errors import check_num_classes
 from lightning_modules.aux_heads import AuxiliaryHeads, tap_features
 from lightning_modules.mobilenet_v1 import NUM_BLOCKS, MobileNetV1
 
@@ -162,11 +163,8 @@ class ImageClassifier(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        data_classes = getattr(datamodule, "num_classes", None)
-        if data_classes is not None and data_classes != self.hparams.num_classes:
-            from datamodules import check_num_classes
-
-            check_num_classes(data_classes, self.hparams.num_classes, getattr(datamodule.hparams, "root", ""))
+        if getattr(datamodule, "num_classes", None) is not None:
+            check_num_classes(datamodule.num_classes, self.hparams.num_classes, datamodule.hparams.get("root", ""))
         if self.hparams.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
 

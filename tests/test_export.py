@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
@@ -32,12 +31,7 @@ IMAGE_SIZE = 32
 PRUNED_CHANNELS = [8, 16, 24, 24, 40, 48, 64, 56, 72, 64, 80, 96, 128, 120]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trained_like(net: nn.Module, seed: int = 0) -> nn.Module:

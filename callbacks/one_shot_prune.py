@@ -1,0 +1,73 @@
+"""One-shot width pruning: at one epoch, remove the lowest-ranked channels and fine-tune the rest."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+
+from callbacks.width_stage import prune_width
+from lightning_modules.criteria import CRITERIA, make_criterion
+from lightning_modules.width_pruning import SparsitySpec
+
+
+class OneShotPrune(L.Callback):
+    """At the start of training epoch ``epoch``, prune every prunable layer once and fine-tune until the end.
+
+    TinyNeuralNetwork's ``OneShotChannelPruner`` setting: ``sparsity`` is the fraction of channels removed
+    from each prunable convolution (0.5 → MobileNetV1-0.5, FLOPs preserve rate ≈ 0.25; 0.75 → 0.25-width,
+    ≈ 0.06); the classifier keeps its outputs.
+
+    Args:
+        epoch: the training epoch at whose start the network is pruned (0 = before any training, e.g. when
+            starting from a trained baseline).
+        criterion: ``random``, ``l1_norm``, ``l2_norm``, ``fpgm``, ``hrank`` or ``bn_scale``.
+        sparsity: fraction removed from every layer, or ``{"default": s, "<conv name>": s, ...}``.
+        round_to: kept channels are a multiple of this (8 suits MCU kernels).
+        global_ranking: one threshold over all layers' (mean-normalised) scores instead of per layer.
+        ignore: convolutions whose output channels are kept, e.g. ``["stem.0"]``.
+        hrank_batches: training batches that HRank reads its statistics from.
+        seed: of the ``random`` criterion.
+    """
+
+    def __init__(
+        self,
+        epoch: int = 0,
+        criterion: str = "l2_norm",
+        sparsity: float | dict[str, float] = 0.5,
+        round_to: int = 1,
+        global_ranking: bool = False,
+        ignore: list[str] | None = None,
+        hrank_batches: int = 8,
+        seed: int = 0,
+    ) -> None:
+        if criterion not in CRITERIA:
+            raise ValueError(f"unknown criterion {criterion!r}; choose from {sorted(CRITERIA)}")
+        self.epoch = epoch
+        self.criterion = criterion
+        self.sparsity: SparsitySpec = sparsity
+        self.round_to = round_to
+        self.global_ranking = global_ranking
+        self.ignore = list(ignore or [])
+        self.hrank_batches = hrank_batches
+        self.seed = seed
+        self.result: dict[str, Any] = {}
+
+    @property
+    def done(self) -> bool:
+        return bool(self.result)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.done or trainer.current_epoch < self.epoch:
+            return
+        kwargs = {"seed": self.seed} if self.criterion == "random" else {}
+        self.result = prune_width(
+            trainer, pl_module, make_criterion(self.criterion, **kwargs), self.sparsity, self.round_to,
+            self.global_ranking, self.ignore, hrank_batches=self.hrank_batches,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"result": self.result}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.result = state_dict["result"]

@@ -1,0 +1,118 @@
+"""What every width-pruning callback does when it slices the network inside a ``fit``.
+
+:func:`prune_width` announces the prune (a :class:`~callbacks.distillation.Distillation` callback keeps the
+unpruned net as its teacher), gathers activation statistics when the criterion needs them (HRank), removes
+channels with :func:`~lightning_modules.width_pruning.prune_model` (or an explicit plan), rebuilds the
+sliced MobileNetV1 from its constructor arguments, restarts the optimiser (and, if asked, the LR schedule)
+and logs params, MACs and the FLOPs preserve rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from callbacks.prune_events import notify_before_prune
+from callbacks.stages import data_image_size, log_scalars, reset_best_checkpoint, restart_optimization
+from lightning_modules.criteria import Criterion
+from lightning_modules.profiling import model_cost
+from lightning_modules.width_pruning import (
+    SparsitySpec,
+    apply_plan,
+    channel_scores,
+    flops_preserve_rate,
+    plan_pruning,
+    prunable_groups,
+    rebuild_mobilenet_v1,
+)
+
+
+def example_input(pl_module: L.LightningModule, image_size: int) -> torch.Tensor:
+    """One input image for tracing the dependency graph, on the module's device."""
+    param = next(pl_module.net.parameters())
+    return torch.randn(1, int(pl_module.hparams.get("in_chans", 3)), image_size, image_size, device=param.device)
+
+
+def statistics_batches(trainer: L.Trainer, num_batches: int, device: torch.device) -> Iterator[torch.Tensor]:
+    """Up to ``num_batches`` evaluation-transformed training images on ``device`` (HRank's statistics)."""
+    datamodule = trainer.datamodule
+    for i, (images, labels) in enumerate(datamodule.train_dataloader()):
+        if i >= num_batches:
+            break
+        images = images.to(device)
+        if images.dtype == torch.uint8:
+            images = datamodule.transform_batch(images, train=False)
+        yield images
+
+
+def ignored_modules(net: torch.nn.Module, names: Sequence[str]) -> list[torch.nn.Module]:
+    """Modules of ``net`` named in ``names`` (unknown names are an error that lists the valid ones)."""
+    modules = dict(net.named_modules())
+    unknown = [n for n in names if n not in modules]
+    if unknown:
+        convs = [n for n, m in modules.items() if isinstance(m, torch.nn.Conv2d)]
+        raise ValueError(f"ignore names no module of the network: {unknown}; convolutions: {convs}")
+    return [modules[n] for n in names]
+
+
+def prune_width(
+    trainer: L.Trainer,
+    pl_module: L.LightningModule,
+    criterion: Criterion,
+    sparsity: SparsitySpec,
+    round_to: int = 1,
+    global_ranking: bool = False,
+    ignore: Sequence[str] = (),
+    plan: Mapping[str, Sequence[int]] | None = None,
+    stage_epochs: int | None = None,
+    restart_schedule: bool = True,
+    hrank_batches: int = 8,
+    tag: str = "prune",
+) -> dict[str, Any]:
+    """Slice ``pl_module.net`` in place of the training and return what happened.
+
+    Args:
+        criterion: scores the channels (ignored when ``plan`` is given).
+        sparsity, round_to, global_ranking: see :func:`~lightning_modules.width_pruning.plan_pruning`.
+        ignore: module names whose output channels are kept.
+        plan: channels to remove per group, instead of ranking them with ``criterion``.
+        stage_epochs: epochs of the new LR schedule (default: the rest of the fit).
+        restart_schedule: start a new LR schedule; ``False`` keeps the current one's position (AGP's
+            successive prunes inside one schedule) and only rebuilds the optimiser over the new parameters.
+        hrank_batches: training batches HRank reads its feature-map ranks from.
+        tag: prefix of the logged keys.
+    """
+    image_size = data_image_size(trainer)
+    net = pl_module.net
+    before = model_cost(net, image_size)
+    notify_before_prune(trainer, pl_module)
+    device = next(net.parameters()).device
+    groups = prunable_groups(net, example_input(pl_module, image_size), ignored_modules(net, ignore))
+    if plan is None:
+        if criterion.needs_data:
+            criterion.collect(net, statistics_batches(trainer, hrank_batches, device))
+        scores = channel_scores(groups, criterion, normalize=global_ranking)
+        plan = plan_pruning(scores, sparsity, round_to, global_ranking)
+    apply_plan(groups, plan)
+    new_net, arch = rebuild_mobilenet_v1(net)
+    pl_module.rebuild_net(new_net, **arch)
+    if restart_schedule:
+        restart_optimization(trainer, pl_module, stage_epochs or int(trainer.max_epochs) - trainer.current_epoch)
+    else:
+        trainer.strategy.setup_optimizers(trainer)
+    reset_best_checkpoint(trainer)
+    after = model_cost(pl_module.net, image_size)
+    rate = flops_preserve_rate(before["macs"], after["macs"])
+    removed = sum(len(v) for v in plan.values())
+    rank_zero_info(f"Width pruning ({criterion!r}): removed {removed} channels at epoch {trainer.current_epoch}; "
+                   f"channels {arch['channels']}")
+    log_scalars(trainer, {f"{tag}/params": after["params"], f"{tag}/macs": after["macs"],
+                          f"{tag}/flops_preserve_rate": rate,
+                          f"{tag}/params_ratio": after["params"] / before["params"],
+                          f"{tag}/channels_removed": removed})
+    return {"epoch": trainer.current_epoch, "criterion": repr(criterion), "before": before, "after": after,
+            "flops_preserve_rate": rate, "channels_removed": removed, "arch": arch}

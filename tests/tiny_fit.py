@@ -1,0 +1,39 @@
+"""A tiny real fit for the pruning callbacks: a generated CIFAR-layout image folder, MobileNetV1-0.25 and a
+CPU ``Trainer`` that checkpoints every epoch (so tests can resume and reload after each kind of prune)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from callbacks.epoch_seed import EpochSeed
+from datamodules import CIFAR10DataModule
+from lightning_modules.image_classifier import ImageClassifier
+from tests.fake_data import make_image_folder
+
+NUM_CLASSES = 3
+
+
+def tiny_folder(root: Path, per_class: int = 16) -> Path:
+    """``train/`` and ``test/`` of 3 classes, 32×32 JPEGs (the CIFAR-10 folder layout)."""
+    return make_image_folder(root, {"train": per_class, "test": 4})
+
+
+def tiny_datamodule(folder: Path, batch_size: int = 16) -> CIFAR10DataModule:
+    return CIFAR10DataModule(root=str(folder), image_size=32, batch_size=batch_size, num_workers=0)
+
+
+def tiny_module(**kwargs: Any) -> ImageClassifier:
+    return ImageClassifier(num_classes=NUM_CLASSES, width_mult=0.25, lr=0.05, **kwargs)
+
+
+def tiny_trainer(out: Path, max_epochs: int, callbacks: list[L.Callback], **kwargs: Any) -> L.Trainer:
+    """Saves ``out/last.ckpt`` after every epoch (and ``out/epoch=N.ckpt`` for each)."""
+    checkpoint = ModelCheckpoint(dirpath=out, save_last=True, save_top_k=-1, every_n_epochs=1,
+                                 filename="{epoch}")
+    return L.Trainer(max_epochs=max_epochs, callbacks=[EpochSeed(), checkpoint, *callbacks], logger=False,
+                     enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                     default_root_dir=out, **kwargs)

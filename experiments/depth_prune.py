@@ -17,12 +17,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from callbacks.auxiliary_sweep import AuxiliarySweep
 from callbacks.depth_prune import DepthPrune
 from datamodules import DatasetError, ImageFolderDataModule
-from lightning_modules.cli import ExperimentCLI, build_cli, close_logger, fit_and_test, write_summary
+from lightning_modules.cli import (
+    ExperimentCLI,
+    build_cli,
+    close_logger,
+    fit_and_test,
+    load_baseline,
+    write_summary,
+)
 from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.mobilenet_v1 import MobileNetV1
 from lightning_modules.profiling import tinyml_budget
@@ -39,16 +44,6 @@ class DepthPruneCLI(ExperimentCLI):
         parser.add_lightning_class_args(DepthPrune, "prune")
         parser.add_argument("--baseline_ckpt", type=str | None, default=None,
                             help="Start from this trained baseline and skip the baseline stage.")
-
-
-def load_baseline(model: ImageClassifier, path: str) -> None:
-    """Load a trained, unpruned baseline's weights (its architecture must match the model's)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    saved = {k: ckpt["hyper_parameters"].get(k) for k in model.arch}
-    if saved != model.arch:
-        raise SystemExit(f"error: baseline checkpoint {path} has architecture {saved}, "
-                         f"but the model is {model.arch}; pass the matching --model.* arguments")
-    model.load_state_dict(ckpt["state_dict"])
 
 
 def check_stages(trainer, sweep: AuxiliarySweep, prune: DepthPrune) -> None:

@@ -7,6 +7,7 @@ accuracy, a rich progress bar, per-epoch reseeding (exact resume) and a ``--ckpt
 
 from __future__ import annotations
 
+import inspect
 import json
 import netrc
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
@@ -206,3 +208,27 @@ def close_logger(trainer: L.Trainer) -> None:
     """Finish the W&B run, so that a later run in the same process starts a new one."""
     if isinstance(trainer.logger, WandbLogger) and trainer.is_global_zero:
         trainer.logger.experiment.finish()
+
+
+def load_baseline(model: L.LightningModule, path: str) -> None:
+    """Load a trained, unpruned baseline's weights (its architecture must match the model's)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    # an argument missing from an older checkpoint had the constructor's default
+    defaults = {k: p.default for k, p in inspect.signature(type(model)).parameters.items()}
+    saved = {k: ckpt["hyper_parameters"].get(k, defaults.get(k)) for k in model.arch}
+    saved = {k: list(v) if isinstance(v, tuple) else v for k, v in saved.items()}
+    if saved != model.arch:
+        raise SystemExit(f"error: baseline checkpoint {path} has architecture {saved}, "
+                         f"but the model is {model.arch}; pass the matching --model.* arguments")
+    model.load_state_dict(ckpt["state_dict"])
+
+
+def validation_accuracy(model: L.LightningModule, datamodule: L.LightningDataModule, accelerator: str = "auto",
+                        precision: Any = None) -> float | None:
+    """``val/acc`` of ``model`` on ``datamodule``'s validation split, by a bare Trainer that logs and saves
+    nothing (e.g. the accuracy of a baseline before it is pruned)."""
+    trainer = L.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, precision=precision)
+    results = trainer.validate(model, datamodule, verbose=False)
+    value = results[0].get("val/acc") if results else None
+    return None if value is None else float(value)

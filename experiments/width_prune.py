@@ -1,0 +1,102 @@
+"""Width (channel) pruning of a trained baseline, one method per run, in one ``fit`` (one W&B run):
+
+    load the baseline → [method-specific training: BN-slimming penalty, ADMM, AGP steps, ResRep compactors]
+    → structural prune → fine-tune (optionally distilling from the unpruned net) → test
+
+The method is a callback in the config's ``trainer.callbacks`` (``OneShotPrune``, ``BNSlimming``,
+``GradualPrune``, ``ADMMPrune``, ``RepPrune``, plus ``Distillation``); ``experiments/configs/width/`` holds
+one config per row of TinyNeuralNetwork's CIFAR-10 tables, at 224 px (paper scale) and 32 px (CPU scale).
+
+    python experiments/train.py --trainer.devices 1                                   # the baseline first
+    python experiments/width_prune.py --baseline_ckpt logs/tinyml-pruning/<run>/checkpoints/last.ckpt
+    python experiments/width_prune.py --config experiments/configs/width/cifar10_32/w025_admm_l2.yaml \\
+        --baseline_ckpt PATH
+    python experiments/width_prune.py --config <the same> --ckpt_path <run dir>/checkpoints/last.ckpt \\
+        --trainer.logger.init_args.id <run id>                                        # resume
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from lightning.pytorch.accelerators import CPUAccelerator
+
+from callbacks.distillation import Distillation
+from callbacks.width_pruners import check_schedule, describe, width_pruners
+from datamodules import DatasetError, ImageFolderDataModule
+from lightning_modules.cli import (
+    ExperimentCLI,
+    build_cli,
+    close_logger,
+    fit_and_test,
+    load_baseline,
+    validation_accuracy,
+    write_summary,
+)
+from lightning_modules.image_classifier import ImageClassifier
+from lightning_modules.profiling import model_cost
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "width" / "cifar10_32" / "w050_oneshot_l2.yaml"
+
+
+class WidthPruneCLI(ExperimentCLI):
+    """Adds ``--baseline_ckpt``: the trained, unpruned network every width-pruning run starts from."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_argument("--baseline_ckpt", type=str | None, default=None,
+                            help="Trained baseline to prune (an experiments/train.py checkpoint).")
+
+
+def main(args: list[str] | None = None) -> Path:
+    """Prune, fine-tune, test the best pruned checkpoint, write ``summary.json``; returns its path."""
+    started = time.time()
+    try:
+        cli = build_cli(ImageClassifier, ImageFolderDataModule, DEFAULT_CONFIG, args, cli_class=WidthPruneCLI)
+        trainer, model, data = cli.trainer, cli.model, cli.datamodule
+        pruners = width_pruners(trainer)
+        if len(pruners) != 1:
+            raise SystemExit(f"error: a width-pruning run needs exactly one pruning callback in trainer.callbacks "
+                             f"(OneShotPrune, BNSlimming, GradualPrune, ADMMPrune or RepPrune), found {len(pruners)}")
+        check_schedule(pruners[0], trainer.max_epochs)
+        baseline_ckpt = cli.config.baseline_ckpt
+        if not baseline_ckpt and not cli.config.ckpt_path:
+            raise SystemExit("error: --baseline_ckpt is required: train a baseline first with "
+                             "`python experiments/train.py` (its checkpoints are in <run dir>/checkpoints/)")
+        acc_before, baseline_cost = None, {}
+        if baseline_ckpt:
+            accelerator = "cpu" if isinstance(trainer.accelerator, CPUAccelerator) else "auto"
+            baseline = ImageClassifier.load_from_checkpoint(baseline_ckpt, map_location="cpu")
+            acc_before = validation_accuracy(baseline, data, accelerator)
+            baseline_cost = model_cost(baseline.net, int(data.hparams.image_size))
+            if not cli.config.ckpt_path:
+                load_baseline(model, baseline_ckpt)
+        checkpoints = fit_and_test(cli)
+    except DatasetError as err:
+        raise SystemExit(f"error: {err}") from err
+    width = describe(pruners[0])
+    pruned = model_cost(model.net, int(data.hparams.image_size))
+    rate = pruned["macs"] / baseline_cost["macs"] if baseline_cost else width["flops_preserve_rate"]
+    acc_after = trainer.callback_metrics.get("test/acc")
+    extra = {
+        "stage": "width_prune",
+        "dataset": type(data).__name__.removesuffix("DataModule"),
+        **{k: width[k] for k in ("method", "criterion", "sparsity", "prune_epoch")},
+        "flops_preserve_rate": rate,
+        "params_ratio": pruned["params"] / baseline_cost["params"] if baseline_cost else None,
+        "distillation": any(isinstance(cb, Distillation) for cb in trainer.callbacks),
+        "baseline": {**baseline_cost, "acc": acc_before, "checkpoint": baseline_ckpt},
+        "acc_before": acc_before,
+        "acc_after": None if acc_after is None else float(acc_after),
+        "max_epochs": trainer.max_epochs,
+        "width": width,
+        "callbacks": [cb.as_dict() if hasattr(cb, "as_dict") else cb for cb in cli.config.trainer.callbacks or []],
+    }
+    path = write_summary(trainer, model, data, started, checkpoints, extra)
+    close_logger(trainer)
+    return path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Network slimming: an L1 penalty on BatchNorm scales, then pruning the channels with the smallest ``|γ|``.
+
+Liu et al., *Learning Efficient Convolutional Networks through Network Slimming*, ICCV 2017. The training
+loss gets ``λ·Σ|γ|`` over every BatchNorm scale, which drives the scales of unimportant channels towards
+zero; the channels with the smallest ``|γ|`` across the whole network (one global threshold, as in the
+paper) are then removed and the thinner network is fine-tuned.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from callbacks.width_stage import prune_width
+from lightning_modules.criteria import BNScale
+from lightning_modules.width_pruning import SparsitySpec
+
+if TYPE_CHECKING:
+    from lightning_modules.image_classifier import ImageClassifier
+
+#: Key of the sparsity penalty in ``ImageClassifier.loss_hooks``.
+HOOK_NAME = "bn_slimming"
+
+
+def bn_l1_penalty(net: nn.Module) -> torch.Tensor:
+    """``Σ|γ|`` over the scales of every affine ``BatchNorm2d`` of ``net`` (differentiable in γ)."""
+    scales = [m.weight.abs().sum() for m in net.modules()
+              if isinstance(m, nn.BatchNorm2d) and m.weight is not None]
+    if not scales:
+        raise ValueError("network slimming needs affine BatchNorm2d layers; the network has none")
+    return torch.stack(scales).sum()
+
+
+class BNSlimming(L.Callback):
+    """Train with ``λ·Σ|γ|`` from ``start_epoch``, prune by ``|γ|`` at ``prune_epoch``, fine-tune after.
+
+    During the training epochs ``start_epoch ≤ e < prune_epoch`` the callback installs
+    ``pl_module.loss_hooks["bn_slimming"]``, which adds ``penalty · bn_l1_penalty(net)`` to the loss and
+    logs ``train/bn_l1`` (``Σ|γ|``, before the ``λ`` weighting). At the start of ``prune_epoch`` the hook is
+    removed and :func:`~callbacks.width_stage.prune_width` removes the channels with the smallest BatchNorm
+    scales (``bn_scale`` criterion), starting a new LR stage for the fine-tuning.
+
+    Args:
+        start_epoch: first training epoch with the L1 penalty.
+        prune_epoch: training epoch at whose start the network is pruned (``≥ start_epoch``); the penalty
+            is off from then on.
+        sparsity: fraction of channels removed from every prunable layer (with a global ranking: the same
+            total, distributed by one threshold), or ``{"default": s, "<conv name>": s, ...}``.
+        penalty: the L1 weight ``λ`` (the paper uses 1e-4 to 1e-5).
+        global_ranking: one threshold on ``|γ|`` over all layers (the paper's setting) instead of per layer.
+        round_to: kept channels are a multiple of this (8 suits MCU kernels).
+        ignore: convolutions whose output channels are kept, e.g. ``["stem.0"]``.
+    """
+
+    def __init__(
+        self,
+        start_epoch: int = 0,
+        prune_epoch: int = 1,
+        sparsity: float | dict[str, float] = 0.5,
+        penalty: float = 1e-4,
+        global_ranking: bool = True,
+        round_to: int = 1,
+        ignore: list[str] | None = None,
+    ) -> None:
+        if start_epoch < 0:
+            raise ValueError(f"start_epoch must be >= 0, got {start_epoch}")
+        if prune_epoch < start_epoch:
+            raise ValueError(f"prune_epoch ({prune_epoch}) must not come before start_epoch ({start_epoch})")
+        if penalty < 0:
+            raise ValueError(f"penalty must be >= 0, got {penalty}")
+        if round_to < 1:
+            raise ValueError(f"round_to must be >= 1, got {round_to}")
+        self.start_epoch = start_epoch
+        self.prune_epoch = prune_epoch
+        self.criterion = "bn_scale"
+        self.sparsity: SparsitySpec = sparsity
+        self.penalty = penalty
+        self.global_ranking = global_ranking
+        self.round_to = round_to
+        self.ignore = list(ignore or [])
+        self.result: dict[str, Any] = {}
+
+    @property
+    def done(self) -> bool:
+        return bool(self.result)
+
+    def penalty_active(self, epoch: int) -> bool:
+        """Whether the L1 term is part of the loss during training epoch ``epoch``."""
+        return not self.done and self.start_epoch <= epoch < self.prune_epoch
+
+    # ------------------------------------------------------------------------------------- hooks
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: ImageClassifier) -> None:
+        epoch = trainer.current_epoch
+        if not self.done and epoch >= self.prune_epoch:
+            pl_module.loss_hooks.pop(HOOK_NAME, None)
+            with torch.no_grad():
+                bn_l1 = float(bn_l1_penalty(pl_module.net))
+            result = prune_width(
+                trainer, pl_module, BNScale(), self.sparsity, self.round_to, self.global_ranking, self.ignore,
+                tag="bn_slimming",
+            )
+            self.result = {**result, "bn_l1": bn_l1}
+        if self.penalty_active(epoch):
+            pl_module.loss_hooks[HOOK_NAME] = self.loss_hook
+        else:
+            pl_module.loss_hooks.pop(HOOK_NAME, None)
+
+    def teardown(self, trainer: L.Trainer, pl_module: ImageClassifier, stage: str) -> None:
+        if stage == "fit":
+            pl_module.loss_hooks.pop(HOOK_NAME, None)
+
+    def loss_hook(
+        self,
+        pl_module: ImageClassifier,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        logits: torch.Tensor,
+        task_loss: torch.Tensor,
+    ) -> torch.Tensor:
+        """The ``LossHook``: ``task_loss + λ·Σ|γ|``."""
+        l1 = bn_l1_penalty(pl_module.net)
+        pl_module.log("train/bn_l1", l1.detach(), on_step=False, on_epoch=True)
+        return task_loss + self.penalty * l1
+
+    # ----------------------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        return {"result": self.result}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.result = state_dict["result"]

@@ -62,18 +62,6 @@ def global_relative_sparsity(current: Mapping[str, int], target: Mapping[str, in
     return 1.0 - min(sum(target[n] for n in current), total) / total if total else 0.0
 
 
-def sync_schedule(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-    """Set the learning rates of a rebuilt optimiser to the current position of the stage's schedule.
-
-    A freshly built timm scheduler leaves the base LR in the optimiser until its first ``step_update``,
-    which Lightning only calls after the next optimiser step; stepping it here to the module's position
-    (``global_step − stage_start_step``, see ``ImageClassifier.lr_scheduler_step``) makes the first batch
-    after a prune use the LR it would have had without the prune.
-    """
-    for config in trainer.lr_scheduler_configs:
-        pl_module.lr_scheduler_step(config.scheduler, None)
-
-
 # ---------------------------------------------------------------------------------- the callback
 class GradualPrune(L.Callback):
     """Prune at the epochs ``t0 + kΔt`` so that each layer follows AGP's cubic sparsity schedule.
@@ -202,8 +190,6 @@ class GradualPrune(L.Callback):
             self.global_ranking, self.ignore, restart_schedule=not steps, hrank_batches=self.hrank_batches,
             tag="agp",
         )
-        if steps:
-            sync_schedule(trainer, pl_module)
         # several steps are due at once only when the fit starts (or resumes) past them: one prune catches up
         self.completed += due
         step["sparsity"] = {n: self.sparsity_at(epoch, n) for n in target}

@@ -40,6 +40,15 @@ def restart_optimization(trainer: L.Trainer, pl_module: L.LightningModule, epoch
     trainer.strategy.setup_optimizers(trainer)
 
 
+def rebuild_optimizer(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    """New optimiser over the (changed) parameters, inside the current stage: the rebuilt LR schedule is
+    moved to the stage's position at once (a fresh timm scheduler leaves the base LR in the optimiser until
+    its first update, which would give the next batch the wrong LR)."""
+    trainer.strategy.setup_optimizers(trainer)
+    for config in trainer.lr_scheduler_configs:
+        pl_module.lr_scheduler_step(config.scheduler, None)
+
+
 def reset_best_checkpoint(trainer: L.Trainer) -> None:
     """Forget the best score so that "best" refers to the new (pruned) network; files stay on disk."""
     for cb in trainer.checkpoint_callbacks:

@@ -17,7 +17,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.prune_events import notify_before_prune
-from callbacks.stages import data_image_size, log_scalars, reset_best_checkpoint, restart_optimization
+from callbacks.stages import (
+    data_image_size,
+    log_scalars,
+    rebuild_optimizer,
+    reset_best_checkpoint,
+    restart_optimization,
+)
 from lightning_modules.criteria import Criterion
 from lightning_modules.profiling import model_cost
 from lightning_modules.width_pruning import (
@@ -40,7 +46,7 @@ def example_input(pl_module: L.LightningModule, image_size: int) -> torch.Tensor
 def statistics_batches(trainer: L.Trainer, num_batches: int, device: torch.device) -> Iterator[torch.Tensor]:
     """Up to ``num_batches`` evaluation-transformed training images on ``device`` (HRank's statistics)."""
     datamodule = trainer.datamodule
-    for i, (images, labels) in enumerate(datamodule.train_dataloader()):
+    for i, (images, _labels) in enumerate(datamodule.train_dataloader()):
         if i >= num_batches:
             break
         images = images.to(device)
@@ -87,6 +93,7 @@ def prune_width(
         tag: prefix of the logged keys.
     """
     image_size = data_image_size(trainer)
+    val_acc = trainer.callback_metrics.get("val/acc")  # of the net as it is now, if validated yet
     net = pl_module.net
     before = model_cost(net, image_size)
     notify_before_prune(trainer, pl_module)
@@ -103,7 +110,7 @@ def prune_width(
     if restart_schedule:
         restart_optimization(trainer, pl_module, stage_epochs or int(trainer.max_epochs) - trainer.current_epoch)
     else:
-        trainer.strategy.setup_optimizers(trainer)
+        rebuild_optimizer(trainer, pl_module)
     reset_best_checkpoint(trainer)
     after = model_cost(pl_module.net, image_size)
     rate = flops_preserve_rate(before["macs"], after["macs"])
@@ -114,5 +121,6 @@ def prune_width(
                           f"{tag}/flops_preserve_rate": rate,
                           f"{tag}/params_ratio": after["params"] / before["params"],
                           f"{tag}/channels_removed": removed})
-    return {"epoch": trainer.current_epoch, "criterion": repr(criterion), "before": before, "after": after,
+    return {"epoch": trainer.current_epoch, "criterion": repr(criterion),
+            "val_acc_before": None if val_acc is None else float(val_acc), "before": before, "after": after,
             "flops_preserve_rate": rate, "channels_removed": removed, "arch": arch}

@@ -47,6 +47,9 @@ class ImageClassifier(L.LightningModule):
     Args:
         num_classes, width_mult, channels, stem_stride, num_blocks, head_channels, dropout:
             the network (see :class:`~lightning_modules.mobilenet_v1.MobileNetV1`).
+        compactors: the network carries ResRep compactors (set by the
+            :class:`~callbacks.rep_prune.RepPrune` callback while it trains them, so that its checkpoints
+            rebuild them; folded away at its prune).
         optimizer: ``sgd`` (momentum), ``nesterov``, ``adam`` or ``adamw``; built by timm, with no
             weight decay on biases and BatchNorm parameters.
         lr, momentum, weight_decay: optimiser settings.
@@ -67,6 +70,7 @@ class ImageClassifier(L.LightningModule):
         head_channels: Sequence[int] = (),
         dropout: float = 0.0,
         in_chans: int = 3,
+        compactors: bool = False,
         optimizer: Literal["sgd", "nesterov", "adam", "adamw"] = "sgd",
         lr: float = 0.1,
         momentum: float = 0.9,

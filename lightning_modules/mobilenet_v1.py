@@ -5,7 +5,8 @@ arXiv:1704.04861 (2017).
 
 The architecture is fully described by the constructor arguments: a width-pruned network is a
 different ``channels`` list, a depth-pruned one a smaller ``num_blocks`` with a different
-``head_channels``. Checkpoints therefore rebuild any pruned network from their hyper-parameters.
+``head_channels``, a network being pruned by ResRep one with ``compactors``. Checkpoints therefore rebuild
+any pruned network from their hyper-parameters.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from timm.layers import make_divisible
 from torch import nn
 
-from lightning_modules.layers import ClassifierHead, ConvBNReLU, DepthwiseSeparableConv
+from lightning_modules.layers import ClassifierHead, Compactor, ConvBNReLU, DepthwiseSeparableConv
 
 #: Output channels of the stem followed by those of the 13 depthwise-separable blocks (width 1.0).
 BASE_CHANNELS: tuple[int, ...] = (32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
@@ -44,6 +45,9 @@ class MobileNetV1(nn.Module):
             standard GAP + FC classifier.
         dropout: dropout before the final FC.
         in_chans: input image channels.
+        compactors: put an identity-initialised :class:`~lightning_modules.layers.Compactor` after the
+            BatchNorm of the stem and of every pointwise convolution (backbone and head blocks), never after
+            a depthwise one (Ding et al., *ResRep*, ICCV 2021; see :mod:`lightning_modules.resrep`).
     """
 
     def __init__(
@@ -56,6 +60,7 @@ class MobileNetV1(nn.Module):
         head_channels: Sequence[int] = (),
         dropout: float = 0.0,
         in_chans: int = 3,
+        compactors: bool = False,
     ) -> None:
         super().__init__()
         if not 0 <= num_blocks <= NUM_BLOCKS:
@@ -70,19 +75,21 @@ class MobileNetV1(nn.Module):
             )
         self.channels = [int(c) for c in chans]
         self.num_classes = num_classes
-        self.stem = ConvBNReLU(in_chans, self.channels[0], 3, stride=stem_stride)
+        self.stem = ConvBNReLU(in_chans, self.channels[0], 3, stride=stem_stride, compactor=compactors)
         self.blocks = nn.Sequential(
             *(
-                DepthwiseSeparableConv(self.channels[i], self.channels[i + 1], BLOCK_STRIDES[i])
+                DepthwiseSeparableConv(self.channels[i], self.channels[i + 1], BLOCK_STRIDES[i], compactors)
                 for i in range(num_blocks)
             )
         )
-        self.head = ClassifierHead(self.channels[-1], num_classes, tuple(head_channels), dropout)
+        self.head = ClassifierHead(self.channels[-1], num_classes, tuple(head_channels), dropout, compactors)
         self._init_weights()
 
     def _init_weights(self) -> None:
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, Compactor):
+                m.reset_parameters()  # the identity
+            elif isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)

@@ -30,6 +30,7 @@ from timm.layers import make_divisible
 from torch import Tensor, nn
 
 from lightning_modules.criteria import CONVS, NORMS, Criterion
+from lightning_modules.layers import Compactor
 from lightning_modules.mobilenet_v1 import MobileNetV1
 
 #: Key of a per-layer sparsity dict that applies to the layers it does not name.
@@ -262,6 +263,7 @@ def mobilenet_v1_arch_after_pruning(net: MobileNetV1) -> dict:
         "head_channels": [b.pw[0].out_channels for b in net.head.blocks],
         "dropout": dropout.p if isinstance(dropout, nn.Dropout) else 0.0,
         "in_chans": net.stem[0].in_channels,
+        "compactors": any(isinstance(m, Compactor) for m in net.modules()),
     }
 
 

@@ -1,0 +1,253 @@
+"""ResRep width pruning inside one fit: train compactors with re-routed gradients, then merge and slice.
+
+Ding et al., *ResRep: Lossless CNN Pruning via Decoupling Remembering and Forgetting*, ICCV 2021; the maths
+is in :mod:`lightning_modules.resrep`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from callbacks.prune_events import notify_before_prune
+from callbacks.stages import data_image_size, log_scalars, restart_optimization
+from callbacks.width_stage import ignored_modules, prune_width
+from lightning_modules.layers import Compactor
+from lightning_modules.profiling import model_cost
+from lightning_modules.resrep import (
+    ROW_NORMS,
+    CompactorRowNorm,
+    compactor_layers,
+    mask_vector,
+    masked_row_norm,
+    merge_compactors,
+    ramp_fraction,
+    removal_plan,
+    removal_targets,
+    resrep_gradients,
+    update_masks,
+    with_compactors,
+)
+from lightning_modules.width_pruning import SparsitySpec, flops_preserve_rate
+
+
+class RepPrune(L.Callback):
+    """ResRep: compactors from ``start_epoch``, a structural prune at ``prune_epoch``, fine-tuning after.
+
+    * At the start of epoch ``start_epoch`` the prune is announced (a
+      :class:`~callbacks.distillation.Distillation` teacher is the plain network, without compactors), an
+      identity compactor is put after the BatchNorm of the stem and of every pointwise convolution (the
+      function is unchanged; ``ImageClassifier``'s ``compactors`` hyper-parameter records them, so
+      checkpoints rebuild them) and a new optimiser and LR schedule start, spanning the epochs up to
+      ``prune_epoch``.
+    * Before every optimiser step the compactors' gradients are re-routed
+      (:func:`~lightning_modules.resrep.resrep_gradients`): masked rows get no objective gradient, all rows
+      get the group-lasso gradient of strength ``penalty``. Every ``mask_interval`` optimiser steps the
+      masks are chosen afresh: the rows of smallest ``criterion`` norm, as many as ``k / ramp_updates`` of
+      each layer's target after the ``k``-th update. ``resrep/masked_channels``, ``resrep/masked_norm``
+      (mean norm of the masked rows) and ``resrep/kept_norm`` are logged then.
+    * At the start of epoch ``prune_epoch`` the masks are completed to the targets (if the ramp has not
+      got there), the compactors are folded into their convolutions
+      (:func:`~lightning_modules.resrep.merge_compactors`) and the masked channels are sliced out by
+      :func:`~callbacks.width_stage.prune_width`, which rebuilds the plain MobileNetV1 and restarts the
+      optimiser and LR schedule for the fine-tuning until the end of the fit.
+
+    The targets follow TinyNeuralNetwork's convention, as :class:`~callbacks.one_shot_prune.OneShotPrune`:
+    ``sparsity`` is the fraction of channels removed from each prunable convolution (0.5 → width 0.5,
+    FLOPs preserve rate ≈ 0.25; 0.75 → ≈ 0.06); the classifier keeps its outputs.
+
+    The compactors are trained by the module's optimiser like every other weight (ResRep's reference
+    implementation gives them no weight decay and momentum 0.99).
+
+    Args:
+        start_epoch: the training epoch at whose start the compactors are installed.
+        prune_epoch: the training epoch at whose start they are merged and the masked channels removed
+            (> ``start_epoch``).
+        sparsity: fraction removed from every layer, or ``{"default": s, "<conv name>": s, ...}`` with the
+            names of the convolutions the compactors follow (``"stem.0"``, ``"blocks.3.pw.0"``).
+        penalty: group-lasso strength λ (ResRep uses 1e-4).
+        mask_interval: optimiser steps between two mask updates (ResRep uses 200); the first comes after
+            ``mask_interval`` steps with compactors.
+        ramp_updates: mask updates until each layer masks its whole target (linear ramp).
+        criterion: the norm of a compactor row that ranks the rows: ``l2_norm`` (ResRep's metric, the norm
+            the penalty acts on) or ``l1_norm``.
+        round_to: kept channels are a multiple of this (8 suits MCU kernels).
+        ignore: convolutions whose output channels are kept, e.g. ``["stem.0"]``.
+    """
+
+    def __init__(
+        self,
+        start_epoch: int = 0,
+        prune_epoch: int = 3,
+        sparsity: float | dict[str, float] = 0.75,
+        penalty: float = 1e-4,
+        mask_interval: int = 50,
+        ramp_updates: int = 10,
+        criterion: str = "l2_norm",
+        round_to: int = 1,
+        ignore: list[str] | None = None,
+    ) -> None:
+        if criterion not in ROW_NORMS:
+            raise ValueError(f"unknown criterion {criterion!r}; choose from {sorted(ROW_NORMS)}")
+        if not 0 <= start_epoch < prune_epoch:
+            raise ValueError(f"need 0 <= start_epoch < prune_epoch, got {start_epoch} and {prune_epoch}")
+        if penalty < 0 or mask_interval < 1 or ramp_updates < 1:
+            raise ValueError(f"need penalty >= 0, mask_interval >= 1 and ramp_updates >= 1, got {penalty}, "
+                             f"{mask_interval} and {ramp_updates}")
+        self.start_epoch = start_epoch
+        self.prune_epoch = prune_epoch
+        self.sparsity: SparsitySpec = sparsity
+        self.penalty = penalty
+        self.mask_interval = mask_interval
+        self.ramp_updates = ramp_updates
+        self.criterion = criterion
+        self.round_to = round_to
+        self.ignore = list(ignore or [])
+        #: Rows to remove from each compactor (keyed by the convolution it follows).
+        self.targets: dict[str, int] = {}
+        #: Currently masked rows of each compactor.
+        self.masks: dict[str, list[int]] = {}
+        #: ``trainer.global_step`` when the compactors were installed (``None`` before).
+        self.start_step: int | None = None
+        #: Mask updates done so far.
+        self.updates = 0
+        #: Params and MACs of the plain network before the compactors (the baseline of the preserve rate).
+        self.baseline: dict[str, Any] = {}
+        self.result: dict[str, Any] = {}
+        self._mask_cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def done(self) -> bool:
+        return bool(self.result)
+
+    @property
+    def active(self) -> bool:
+        """Compactors are installed and being trained."""
+        return self.start_step is not None and not self.done
+
+    @property
+    def row_norm(self) -> CompactorRowNorm:
+        return CompactorRowNorm(self.criterion)
+
+    # ------------------------------------------------------------------------------------------ hooks
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.done or trainer.current_epoch < self.start_epoch:
+            return
+        if self.start_step is None:
+            self._install(trainer, pl_module)
+        if trainer.current_epoch >= self.prune_epoch:
+            self._prune(trainer, pl_module)
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        # After the backward pass and AMP unscaling, before clipping and the step: once per optimiser step.
+        if not self.active:
+            return
+        compactors = compactor_layers(pl_module.net)
+        assert self.start_step is not None
+        due = (trainer.global_step - self.start_step) // self.mask_interval
+        if due > self.updates:
+            self.updates = due
+            self._update_masks(pl_module, compactors, ramp_fraction(self.updates, self.ramp_updates))
+        for name, compactor in compactors.items():
+            if compactor.weight.requires_grad:
+                resrep_gradients(compactor, self._mask(name, compactor), self.penalty)
+
+    # ---------------------------------------------------------------------------------------- stages
+    def _install(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        net = pl_module.net
+        ignored_modules(net, self.ignore)  # unknown names are an error
+        if any(isinstance(m, Compactor) for m in net.modules()):
+            rank_zero_warn("RepPrune: the network already has compactors (no callback state was restored); "
+                           "training them from here.")
+        else:
+            self.baseline = model_cost(net, data_image_size(trainer))
+            notify_before_prune(trainer, pl_module)
+            new_net, arch = with_compactors(net)
+            pl_module.rebuild_net(new_net, **arch)
+            restart_optimization(trainer, pl_module, self.prune_epoch - trainer.current_epoch)
+        compactors = compactor_layers(pl_module.net)
+        self.targets = removal_targets(compactors, self.sparsity, self.round_to, self.ignore)
+        self.masks = {name: [] for name in compactors}
+        self._mask_cache = {}
+        self.start_step = trainer.global_step
+        self.updates = 0
+        log_scalars(trainer, {"resrep/compactors": len(compactors),
+                              "resrep/target_channels": sum(self.targets.values())})
+
+    def _prune(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        net = pl_module.net
+        compactors = compactor_layers(net)
+        masked = sum(len(v) for v in self.masks.values())
+        target = sum(self.targets.values())
+        if masked < target:
+            rank_zero_warn(f"RepPrune: the mask ramp reached {masked} of {target} channels before epoch "
+                           f"{self.prune_epoch}; the smallest rows complete it (raise the epochs between "
+                           f"start and prune, or lower mask_interval or ramp_updates).")
+            self._update_masks(pl_module, compactors, 1.0)
+        norm = masked_row_norm(compactors, self.masks, self.row_norm)
+        with_compactors_cost = model_cost(net, data_image_size(trainer))
+        merged, arch = merge_compactors(net)
+        pl_module.rebuild_net(merged, **arch)
+        result = prune_width(trainer, pl_module, self.row_norm, self.sparsity, self.round_to,
+                             ignore=self.ignore, plan=removal_plan(self.masks))
+        baseline = self.baseline or result["before"]
+        rate = flops_preserve_rate(baseline["macs"], result["after"]["macs"])
+        log_scalars(trainer, {"resrep/flops_preserve_rate": rate, "resrep/masked_norm_at_prune": norm})
+        rank_zero_info(f"ResRep: merged {len(compactors)} compactors and removed "
+                       f"{result['channels_removed']} channels (mean masked-row norm {norm:.3g}); "
+                       f"FLOPs preserve rate {rate:.4g}")
+        self.result = {
+            **result,
+            "before": baseline,
+            "with_compactors": with_compactors_cost,
+            "flops_preserve_rate": rate,
+            "flops_preserve_rate_vs_compactors": flops_preserve_rate(with_compactors_cost["macs"],
+                                                                     result["after"]["macs"]),
+            "start_epoch": self.start_epoch,
+            "mask_updates": self.updates,
+            "masked_norm": norm,
+        }
+        self._mask_cache = {}
+
+    # ----------------------------------------------------------------------------------------- masks
+    def _update_masks(
+        self, pl_module: L.LightningModule, compactors: dict[str, Compactor], fraction: float
+    ) -> None:
+        self.masks = update_masks(compactors, self.targets, fraction, self.row_norm)
+        self._mask_cache = {}
+        scores = {name: self.row_norm.score(c) for name, c in compactors.items()}
+        kept = [s[mask_vector(len(s), self.masks[name], s).bool()] for name, s in scores.items()]
+        metrics = {
+            "resrep/masked_channels": float(sum(len(v) for v in self.masks.values())),
+            "resrep/masked_norm": masked_row_norm(compactors, self.masks, self.row_norm),
+            "resrep/kept_norm": float(torch.cat(kept).mean()) if kept else 0.0,
+        }
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+
+    def _mask(self, name: str, compactor: Compactor) -> torch.Tensor:
+        mask = self._mask_cache.get(name)
+        weight = compactor.weight
+        if mask is None or mask.device != weight.device or mask.dtype != weight.dtype:
+            mask = mask_vector(compactor.out_channels, self.masks.get(name, []), weight)
+            self._mask_cache[name] = mask
+        return mask
+
+    # ------------------------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        return {"result": self.result, "targets": dict(self.targets),
+                "masks": {k: list(v) for k, v in self.masks.items()}, "start_step": self.start_step,
+                "updates": self.updates, "baseline": self.baseline}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.result = state_dict["result"]
+        self.targets = dict(state_dict.get("targets", {}))
+        self.masks = {k: list(v) for k, v in state_dict.get("masks", {}).items()}
+        self.start_step = state_dict.get("start_step")
+        self.updates = int(state_dict.get("updates", 0))
+        self.baseline = state_dict.get("baseline", {})
+        self._mask_cache = {}

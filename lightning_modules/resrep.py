@@ -1,0 +1,232 @@
+"""ResRep: prune channels by training compactors, then fold them away.
+
+Ding et al., *ResRep: Lossless CNN Pruning via Decoupling Remembering and Forgetting*, ICCV 2021.
+
+1. **Convolutional re-parameterisation.** An identity-initialised 1×1 convolution, the *compactor*
+   (:class:`~lightning_modules.layers.Compactor`), follows the BatchNorm of every prunable convolution
+   (:func:`with_compactors`); the network computes the same function.
+2. **Gradient re-parameterisation.** Training goes on with the objective's gradient re-routed on the
+   compactors only: rows (output channels) in a *mask* receive no objective gradient ("forgetting"), every
+   row receives the group-lasso gradient ``λ·Q_i/‖Q_i‖₂`` (:func:`resrep_gradients`). The masked rows then
+   shrink to zero while the rest of the network keeps learning the task ("remembering"). Every few steps
+   the rows with the smallest norm are (re-)masked, their number ramping up to the target removal count
+   of each layer (:func:`update_masks`).
+3. **Merge and slice.** ``conv → BN → compactor`` folds into one convolution followed by an identity
+   BatchNorm (:func:`merge_compactors`); the masked rows are now output channels of that convolution whose
+   filters are (near) zero, and slicing them (:func:`removal_plan` with
+   :func:`~lightning_modules.width_pruning.apply_plan`) gives a plain, narrower MobileNetV1.
+
+Compactors are placed after the stem and every pointwise convolution of MobileNetV1 (the prunable
+convolutions of :mod:`lightning_modules.width_pruning`); the keys of :func:`compactor_layers` are the names
+of the convolutions they follow, i.e. the group names of the merged network.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lightning_modules.criteria import Criterion
+from lightning_modules.layers import Compactor
+from lightning_modules.mobilenet_v1 import MobileNetV1
+from lightning_modules.width_pruning import (
+    DEFAULT_KEY,
+    SparsitySpec,
+    keep_count,
+    mobilenet_v1_arch_after_pruning,
+    sparsity_of,
+)
+
+#: Row norms that rank a compactor's rows (name → the ``p`` of the norm).
+ROW_NORMS: dict[str, int] = {"l2_norm": 2, "l1_norm": 1}
+
+
+class CompactorRowNorm(Criterion):
+    """Norm of each row (output channel) of a compactor; the smallest are masked and finally removed.
+
+    ``l2_norm`` is ResRep's metric (the norm the group-lasso penalty acts on); ``l1_norm`` ranks by the sum
+    of absolute values instead.
+    """
+
+    layer_types = (Compactor,)
+    normalize = False
+
+    def __init__(self, name: str = "l2_norm") -> None:
+        if name not in ROW_NORMS:
+            raise ValueError(f"unknown compactor row norm {name!r}; choose from {sorted(ROW_NORMS)}")
+        self.name = name
+
+    def score(self, layer: nn.Module) -> Tensor:
+        return layer.weight.detach().flatten(1).norm(p=ROW_NORMS[self.name], dim=1)
+
+    def __repr__(self) -> str:
+        return f"CompactorRowNorm({self.name!r})"
+
+
+# ----------------------------------------------------------------------------------------- install
+def with_compactors(net: MobileNetV1) -> tuple[MobileNetV1, dict]:
+    """A MobileNetV1 with identity compactors carrying ``net``'s weights (the same function) and its
+    constructor arguments (``compactors=True``); on ``net``'s device, dtype and train/eval mode."""
+    arch = mobilenet_v1_arch_after_pruning(net)
+    if arch["compactors"]:
+        raise ValueError("the network already has compactors")
+    arch["compactors"] = True
+    param = next(net.parameters())
+    new = MobileNetV1(**arch).to(device=param.device, dtype=param.dtype)
+    missing, unexpected = new.load_state_dict(net.state_dict(), strict=False)
+    compactor_keys = {f"{name}.weight" for name, m in new.named_modules() if isinstance(m, Compactor)}
+    if unexpected or set(missing) != compactor_keys:
+        raise ValueError(f"weights do not map onto the network with compactors: missing "
+                         f"{sorted(set(missing) - compactor_keys)}, unexpected {unexpected}")
+    new.train(net.training)
+    return new, arch
+
+
+def compactor_layers(net: nn.Module) -> dict[str, Compactor]:
+    """The compactors of ``net`` in module order, keyed by the name of the convolution they follow
+    (``"stem.0"``, ``"blocks.3.pw.0"``, ``"head.blocks.0.pw.0"``: the group names of the merged net)."""
+    return {f"{name.rsplit('.', 1)[0]}.0": m for name, m in net.named_modules() if isinstance(m, Compactor)}
+
+
+def removal_targets(
+    compactors: Mapping[str, nn.Conv2d], sparsity: SparsitySpec, round_to: int = 1, ignore: Iterable[str] = ()
+) -> dict[str, int]:
+    """Rows to remove from each compactor: ``C − keep_count(C, sparsity, round_to)`` (0 for ``ignore``).
+
+    ``sparsity`` is a float for all layers or ``{"default": s, "<conv name>": s, ...}`` as in
+    :func:`~lightning_modules.width_pruning.sparsity_of`.
+    """
+    if isinstance(sparsity, Mapping):
+        unknown = set(sparsity) - set(compactors) - {DEFAULT_KEY}
+        if unknown:
+            raise ValueError(f"sparsity names no compactor: {sorted(unknown)}; compactors: "
+                             f"{list(compactors)}")
+    ignored = set(ignore)
+    targets = {}
+    for name, c in compactors.items():
+        rate = 0.0 if name in ignored else sparsity_of(name, sparsity)
+        targets[name] = c.out_channels - keep_count(c.out_channels, rate, round_to)
+    return targets
+
+
+# ------------------------------------------------------------------------------------------- train
+def ramp_fraction(updates: int, ramp_updates: int) -> float:
+    """Fraction of the target masked after ``updates`` mask updates: linear, 1 from ``ramp_updates`` on."""
+    return min(max(updates, 0) / max(ramp_updates, 1), 1.0)
+
+
+def update_masks(
+    compactors: Mapping[str, nn.Conv2d],
+    targets: Mapping[str, int],
+    fraction: float,
+    criterion: Criterion | None = None,
+) -> dict[str, list[int]]:
+    """Sorted rows to mask in each compactor: the ``ceil(fraction · target)`` rows of smallest norm.
+
+    Masks are chosen afresh from the current norms at every update (a row that grew back is released), as
+    in ResRep's reference implementation; ``fraction`` 1 masks exactly the target counts.
+    """
+    criterion = criterion or CompactorRowNorm()
+    fraction = min(max(float(fraction), 0.0), 1.0)
+    masks = {}
+    for name, compactor in compactors.items():
+        count = min(math.ceil(round(targets.get(name, 0) * fraction, 6)), compactor.out_channels)
+        scores = criterion.score(compactor).float().cpu()
+        masks[name] = sorted(torch.argsort(scores, stable=True)[:count].tolist())
+    return masks
+
+
+def mask_vector(num_rows: int, masked: Sequence[int], like: Tensor | None = None) -> Tensor:
+    """``1`` for the rows that keep the objective gradient, ``0`` for the masked ones."""
+    mask = torch.ones(num_rows, device=None if like is None else like.device,
+                      dtype=torch.float32 if like is None else like.dtype)
+    if len(masked):
+        mask[torch.as_tensor(list(masked), dtype=torch.long, device=mask.device)] = 0.0
+    return mask
+
+
+def resrep_gradients(compactor: nn.Conv2d, mask: Tensor, penalty: float, eps: float = 1e-12) -> Tensor:
+    """Re-route the gradient of ``compactor`` in place and return it (ResRep's gradient re-parameterisation):
+
+    ``grad ← grad · m_i + λ · Q_i / ‖Q_i‖₂`` for every row ``i``, where ``m_i`` is ``mask[i]`` (0 on masked
+    rows: no objective gradient) and ``λ`` is ``penalty`` (the group-lasso gradient, on all rows; a row of
+    norm 0 gets none). A missing gradient counts as zero.
+    """
+    weight = compactor.weight
+    q = weight.detach()
+    grad = weight.grad if weight.grad is not None else torch.zeros_like(q)
+    norms = q.flatten(1).norm(dim=1).clamp_min(eps).view(-1, 1, 1, 1)
+    new = grad * mask.to(grad).view(-1, 1, 1, 1) + penalty * q / norms
+    weight.grad = new
+    return new
+
+
+def masked_row_norm(
+    compactors: Mapping[str, nn.Conv2d],
+    masks: Mapping[str, Sequence[int]],
+    criterion: Criterion | None = None,
+) -> float:
+    """Mean norm of the masked rows over all compactors (0 when none is masked): how close the masked
+    channels are to zero, i.e. how lossless removing them is."""
+    criterion = criterion or CompactorRowNorm()
+    values = [criterion.score(c)[list(masks[name])] for name, c in compactors.items() if masks.get(name)]
+    return float(torch.cat(values).mean()) if values else 0.0
+
+
+# ------------------------------------------------------------------------------------------- merge
+@torch.no_grad()
+def fold_compactor(conv: nn.Conv2d, bn: nn.BatchNorm2d, compactor: nn.Conv2d) -> tuple[Tensor, Tensor]:
+    """Weight and bias of the one convolution computing ``compactor(bn(conv(x)))`` with BN in eval mode:
+
+    ``W' = Q · diag(γ/σ) · W`` and ``b' = Q · (β − γ·μ/σ)`` with ``σ = sqrt(running_var + eps)``.
+    """
+    if conv.groups != 1:
+        raise ValueError("only a non-grouped convolution folds with its compactor")
+    dtype = conv.weight.dtype
+    q = compactor.weight.double().flatten(1)
+    std = (bn.running_var.double() + bn.eps).sqrt()
+    scale = bn.weight.double() / std
+    shift = bn.bias.double() - scale * bn.running_mean.double()
+    w = conv.weight.double()
+    weight = (q @ (scale[:, None] * w.flatten(1))).view_as(w)
+    return weight.to(dtype), (q @ shift).to(dtype)
+
+
+@torch.no_grad()
+def merge_compactors(net: MobileNetV1) -> tuple[MobileNetV1, dict]:
+    """A plain MobileNetV1 computing what ``net`` (with compactors) computes in eval mode, and its
+    constructor arguments (``compactors=False``).
+
+    Every ``conv → BN → compactor`` becomes ``conv' → BN'`` with ``conv'`` from :func:`fold_compactor` and an
+    identity BN' carrying the bias: ``γ = 1``, ``β = b'``, ``running_mean = 0``, ``running_var = 1 − eps``.
+    The network is on ``net``'s device and dtype and in its train/eval mode.
+    """
+    arch = mobilenet_v1_arch_after_pruning(net)
+    if not arch["compactors"]:
+        raise ValueError("the network has no compactors to merge")
+    arch["compactors"] = False
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    for name, block in net.named_modules():
+        if isinstance(block, nn.Sequential) and len(block) > 2 and isinstance(block[2], Compactor):
+            conv, bn, compactor = block[0], block[1], block[2]
+            weight, bias = fold_compactor(conv, bn, compactor)
+            state[f"{name}.0.weight"] = weight
+            state[f"{name}.1.weight"] = torch.ones_like(bn.weight)
+            state[f"{name}.1.bias"] = bias
+            state[f"{name}.1.running_mean"] = torch.zeros_like(bn.running_mean)
+            state[f"{name}.1.running_var"] = torch.full_like(bn.running_var, 1.0 - bn.eps)
+            del state[f"{name}.2.weight"]
+    param = next(net.parameters())
+    merged = MobileNetV1(**arch).to(device=param.device, dtype=param.dtype)
+    merged.load_state_dict(state)
+    merged.train(net.training)
+    return merged, arch
+
+
+def removal_plan(masks: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
+    """The channels to slice out of the merged network: ``{group (conv) name: masked rows}``, for
+    :func:`~lightning_modules.width_pruning.apply_plan` (layers with nothing masked are left out)."""
+    return {name: sorted(int(i) for i in rows) for name, rows in masks.items() if len(rows)}

@@ -107,8 +107,12 @@ def frozen_copy(net: nn.Module) -> nn.Module:
 
 
 def build_teacher(arch: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> nn.Module:
-    """A frozen ``MobileNetV1(**arch)`` carrying the weights ``state_dict``."""
-    net = MobileNetV1(**arch)
+    """A frozen ``MobileNetV1(**arch)`` carrying the weights ``state_dict``.
+
+    The throw-away initialisation draws from a forked RNG, so building the teacher on resume leaves the
+    global random stream (data order, augmentation) exactly where an uninterrupted run has it."""
+    with torch.random.fork_rng(devices=[]):
+        net = MobileNetV1(**arch)
     net.load_state_dict(state_dict)
     return freeze(net)
 

@@ -59,8 +59,8 @@ class RepPrune(L.Callback):
     ``sparsity`` is the fraction of channels removed from each prunable convolution (0.5 → width 0.5,
     FLOPs preserve rate ≈ 0.25; 0.75 → ≈ 0.06); the classifier keeps its outputs.
 
-    The compactors are trained by the module's optimiser like every other weight (ResRep's reference
-    implementation gives them no weight decay and momentum 0.99).
+    The compactors are trained by the module's optimiser without weight decay, as in ResRep's reference
+    implementation (which also gives them momentum 0.99; here they share the module's momentum).
 
     Args:
         start_epoch: the training epoch at whose start the compactors are installed.

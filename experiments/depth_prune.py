@@ -1,10 +1,12 @@
 """Depth pruning with auxiliary networks, the whole pipeline in one ``fit`` (one W&B run):
 
     baseline training → auxiliary sweep (a head at every cut point, frozen backbone)
-    → cut at the chosen block (stem + blocks ≤ k + head k) → fine-tune → test
+    → cut at the chosen block (stem + blocks ≤ k + head k) → fine-tune
+    → [optional width stage: a width-pruning callback in trainer.callbacks thins the kept blocks] → test
 
     python experiments/depth_prune.py --trainer.devices 1                     # CIFAR-10 @32 px, CPU scale
     python experiments/depth_prune.py --config experiments/configs/depth_cifar10_224_cut6_original.yaml
+    python experiments/depth_prune.py --config experiments/configs/depth_cifar10_32_width.yaml   # + width
     python experiments/depth_prune.py --baseline_ckpt PATH                     # skip the baseline stage
     python experiments/depth_prune.py --ckpt_path <run dir>/checkpoints/last.ckpt \\
         --trainer.logger.init_args.id <run id>                                 # resume
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from callbacks.auxiliary_sweep import AuxiliarySweep
 from callbacks.depth_prune import DepthPrune
+from callbacks.width_pruners import check_schedule, describe, shift_epochs, width_pruners
 from datamodules import DatasetError, ImageFolderDataModule
 from lightning_modules.cli import (
     ExperimentCLI,
@@ -53,6 +56,12 @@ def check_stages(trainer, sweep: AuxiliarySweep, prune: DepthPrune) -> None:
     if trainer.max_epochs is None or trainer.max_epochs <= prune.epoch:
         raise SystemExit(f"error: --trainer.max_epochs ({trainer.max_epochs}) must exceed --prune.epoch "
                          f"({prune.epoch}) to leave epochs for fine-tuning")
+    for callback in width_pruners(trainer):  # an optional width stage thins the kept blocks after the cut
+        first = getattr(callback, "start_epoch", getattr(callback, "epoch", 0))
+        if first <= prune.epoch:
+            raise SystemExit(f"error: the width stage ({type(callback).__name__}) must start after the cut "
+                             f"(epoch {prune.epoch}), not at epoch {first}")
+        check_schedule(callback, trainer.max_epochs)
 
 
 def main(args: list[str] | None = None) -> Path:
@@ -69,6 +78,8 @@ def main(args: list[str] | None = None) -> Path:
             shift = sweep.start_epoch if sweep.epochs > 0 else prune.epoch
             sweep.start_epoch, prune.epoch = 0, prune.epoch - shift
             trainer.fit_loop.max_epochs -= shift
+            for callback in width_pruners(trainer):
+                shift_epochs(callback, shift)
         if sweep.epochs == 0:
             trainer.callbacks.remove(sweep)
         check_stages(trainer, sweep, prune)
@@ -91,12 +102,26 @@ def main(args: list[str] | None = None) -> Path:
         "finetune": result.get("finetune"),
         "pruned": {"params": budget["params"], "macs": budget["macs"], "acc": _metric(trainer, "test/acc"),
                    "budget": budget},
+        "stages": stage_rows(prune, width_pruners(trainer), budget, _metric(trainer, "test/acc")),
         "baseline_ckpt": cli.config.baseline_ckpt,
         "baseline_checkpoint": sweep.baseline_checkpoint,
     }
     path = write_summary(trainer, model, data, started, checkpoints, extra, budget)
     close_logger(trainer)
     return path
+
+
+def stage_rows(prune: DepthPrune, widths: list, final: dict, test_acc: float | None) -> list[dict]:
+    """One row per pruning stage: its method, the net's params/MACs after it, and the validation accuracy
+    just before the next stage (the final row carries the test accuracy of the best checkpoint)."""
+    rows = [{"stage": "depth", "cut": prune.result.get("cut"), **prune.result.get("after", {})}]
+    for callback in widths:
+        width = describe(callback)
+        rows[-1]["val_acc"] = width["result"].get("val_acc_before")
+        rows.append({"stage": "width", **{k: width[k] for k in ("method", "criterion", "sparsity")},
+                     **width["result"].get("after", {})})
+    rows[-1].update(params=final["params"], macs=final["macs"], test_acc=test_acc)
+    return rows
 
 
 def _metric(trainer, key: str) -> float | None:

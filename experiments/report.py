@@ -18,6 +18,7 @@ from typing import Any
 from lightning_modules.depth_report import Baseline, CutPoint, choose_cut
 from lightning_modules.mobilenet_v1 import MobileNetV1
 from lightning_modules.profiling import measure_latency_torch, tinyml_budget
+from lightning_modules.width_report import plot_width_rows, width_rows, width_table
 
 #: Published replication (MobileNetV1, head DS→64/DS→32, cut after block 6): test accuracy in %.
 REFERENCE_DEPTH = {
@@ -211,11 +212,48 @@ def deployment_table(profiles: list[tuple[str, dict]]) -> list[str]:
     return lines
 
 
+def width_section(rows: list[dict], depth_rows: list[dict], out: Path) -> list[str]:
+    """Width-pruning tables per dataset and image size, the figure, and depth + width pipeline stages."""
+    lines: list[str] = []
+    if rows:
+        lines += ["## Width (channel) pruning", "",
+                  "`uv run experiments/width_prune.py --config experiments/configs/width/<scale>/<row>.yaml "
+                  "--baseline_ckpt <baseline>`, one run per row of TinyNeuralNetwork's CIFAR-10 tables. "
+                  "Sparsity = fraction of channels removed from every prunable layer; acc before = the "
+                  "baseline checkpoint, acc after = the best pruned checkpoint, both on the test split; "
+                  "epochs = all epochs of the run (method-specific training + fine-tuning). The TinyNN column "
+                  "is their 224 px, 220-epoch result, for the shape of the comparison only.", ""]
+        for key in dict.fromkeys((s.get("dataset"), s.get("image_size")) for s in rows):
+            group = [s for s in rows if (s.get("dataset"), s.get("image_size")) == key]
+            lines += [f"### {key[0]} @{key[1]} px", "", *width_table(group), ""]
+            figure = plot_width_rows(group, out.parent / "figures" / f"width_{str(key[0]).lower()}_{key[1]}.png")
+            if figure is not None:
+                lines += [f"![width pruning {key[0]} {key[1]} px]({figure.relative_to(out.parent).as_posix()})", ""]
+    combined = [s for s in depth_rows if len(s.get("stages", [])) > 1]
+    if combined:
+        lines += ["## Depth + width in one pipeline", "",
+                  "`uv run experiments/depth_prune.py --config experiments/configs/depth_cifar10_32_width.yaml`: "
+                  "cut after the sweep, then a width-pruning callback thins the kept blocks. Accuracy: "
+                  "validation right before the next stage; the last row's is the test accuracy.", "",
+                  "| run | stage | method | params | MACs | acc % |", "|---|---|---|---|---|---|"]
+        for s in combined:
+            for row in s["stages"]:
+                method = f"cut after block {row.get('cut')}" if row["stage"] == "depth" else \
+                    f"{row.get('method')} {row.get('criterion')}, sparsity {row.get('sparsity')}"
+                acc = row.get("test_acc", row.get("val_acc"))
+                lines.append(f"| {Path(s['_path']).parent.name} | {row['stage']} | {method} "
+                             f"| {_count(row.get('params'))} | {_count(row.get('macs'))} | {_pct(acc)} |")
+        lines.append("")
+    return lines
+
+
 def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
     depth = [s for s in summaries if s.get("stage") == "depth_prune"]
     baselines = [s for s in summaries if s.get("stage") == "baseline"]
     depth_rows = list(latest_by(depth, lambda s: (s.get("dataset"), s.get("image_size"), s.get("init"),
-                                                  s.get("chosen_cut"), s.get("baseline_ckpt") is None)).values())
+                                                  s.get("chosen_cut"), s.get("baseline_ckpt") is None,
+                                                  len(s.get("stages", [])) > 1)).values())
+    width = width_rows(summaries)
     lines = [
         "# Results",
         "",
@@ -229,6 +267,7 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
         *depth_table(depth_rows),
         "",
     ]
+    lines += width_section(width, depth_rows, out)
     points = run_points(depth_rows, latency_runs) + [
         {"method": f"baseline {s['epochs']} epochs (train.py) — {Path(s['data_root']).name.split('-')[0]} "
                    f"@{s['image_size']}", "acc": s["metrics"]["test/acc"],
@@ -275,7 +314,7 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
               "Each run folder holds the resolved `config.yaml`; `--config <run>/config.yaml` repeats the run.", ""]
     for s in summaries:
         folder = Path(s["_path"]).parent
-        script = "depth_prune.py" if s.get("stage") == "depth_prune" else "train.py"
+        script = {"depth_prune": "depth_prune.py", "width_prune": "width_prune.py"}.get(s.get("stage"), "train.py")
         extra = f", from `{s['baseline_ckpt']}`" if s.get("baseline_ckpt") else ""
         lines.append(f"- `{folder}`: {s.get('stage')}, {s.get('epochs')} epochs{extra} — "
                      f"`uv run experiments/{script} --config {folder}/config.yaml`")

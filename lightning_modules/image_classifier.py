@@ -21,6 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.errors import check_num_classes
 from lightning_modules.aux_heads import AuxiliaryHeads, tap_features
+from lightning_modules.layers import Compactor
 from lightning_modules.mobilenet_v1 import NUM_BLOCKS, MobileNetV1
 
 #: Hyper-parameters that are MobileNetV1 constructor arguments.
@@ -226,9 +227,11 @@ class ImageClassifier(L.LightningModule):
         hp = self.hparams
         # Frozen parameters (callbacks may freeze parts of the net) stay out of the optimiser; biases
         # and BatchNorm parameters (ndim <= 1) get no weight decay, as timm's own filter does.
+        # ResRep's compactors are not decayed either: their group-lasso penalty is the only shrinkage.
+        compactors = {id(p) for m in self.modules() if isinstance(m, Compactor) for p in m.parameters()}
         trainable = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in trainable if p.ndim > 1]
-        no_decay = [p for p in trainable if p.ndim <= 1]
+        decay = [p for p in trainable if p.ndim > 1 and id(p) not in compactors]
+        no_decay = [p for p in trainable if p.ndim <= 1 or id(p) in compactors]
         groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
         optimizer = create_optimizer_v2(
             [g for g in groups if g["params"]],

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments import depth_prune, train
+from callbacks.width_pruners import check_schedule, method_of, width_pruners
+from experiments import depth_prune, train, width_prune
 from lightning_modules.cli import ExperimentCLI, build_cli
 from lightning_modules.image_classifier import ImageClassifier
 
@@ -14,8 +15,12 @@ CONFIGS = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 
 
 def instantiate(config: Path, tmp_path: Path) -> ExperimentCLI:
-    script = depth_prune if config.name.startswith("depth_") else train
-    cli_class = depth_prune.DepthPruneCLI if script is depth_prune else ExperimentCLI
+    if config.parent.parent.name == "width":
+        script, cli_class = width_prune, width_prune.WidthPruneCLI
+    elif config.name.startswith("depth_"):
+        script, cli_class = depth_prune, depth_prune.DepthPruneCLI
+    else:
+        script, cli_class = train, ExperimentCLI
     return build_cli(ImageClassifier, script.ImageFolderDataModule, script.DEFAULT_CONFIG,
                      ["--config", str(config), "--trainer.logger.init_args.save_dir", str(tmp_path)],
                      cli_class=cli_class)
@@ -26,7 +31,7 @@ def test_config_instantiates(config: Path, tmp_path: Path) -> None:
     cli = instantiate(config, tmp_path)
     size = cli.datamodule.hparams.image_size
     assert size == (32 if "_32" in config.stem else 224)
-    assert cli.model.hparams.num_classes == 10
+    assert cli.model.hparams.num_classes == (1000 if "imagenet" in config.stem else 10)
     if config.name.startswith("depth_"):
         sweep = next(cb for cb in cli.trainer.callbacks if isinstance(cb, depth_prune.AuxiliarySweep))
         prune = next(cb for cb in cli.trainer.callbacks if isinstance(cb, depth_prune.DepthPrune))
@@ -39,3 +44,39 @@ def test_every_depth_row_of_the_replication_has_a_config() -> None:
     for dataset in ("cifar10_224", "imagenette", "imagewoof"):
         assert {f"depth_{dataset}_cut6_original", f"depth_{dataset}_cut6_random"} <= names
     assert "depth_imagenette_sweep" in names and "depth_cifar10_32" in names
+
+
+WIDTH_CONFIGS = sorted((CONFIGS / "width").glob("*/*.yaml"))
+#: The rows of TinyNeuralNetwork's CIFAR-10 tables: (sparsity, method, criterion, distillation).
+CIFAR_ROWS = {
+    (0.5, "oneshot", c, False) for c in ("random", "l1_norm", "l2_norm", "fpgm", "hrank")
+} | {(0.5, "bn_slimming", "bn_scale", False)} | {
+    (0.75, "oneshot", c, False) for c in ("random", "l1_norm", "l2_norm", "hrank", "fpgm")
+} | {(0.75, "oneshot", "l2_norm", True), (0.75, "admm", "l2_norm", False), (0.75, "gradual", "l2_norm", False),
+     (0.75, "resrep", "l2_norm", True)}
+
+
+def width_row(cli: ExperimentCLI) -> tuple[float, str, str, bool]:
+    (pruner,) = width_pruners(cli.trainer)
+    sparsity = getattr(pruner, "final_sparsity", pruner.sparsity)
+    distill = any(type(cb).__name__ == "Distillation" for cb in cli.trainer.callbacks)
+    return (sparsity, method_of(pruner), pruner.criterion, distill)
+
+
+@pytest.mark.parametrize("config", WIDTH_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_width_config_instantiates(config: Path, tmp_path: Path) -> None:
+    cli = instantiate(config, tmp_path)
+    scale = config.parent.name
+    assert cli.datamodule.hparams.image_size == (32 if scale == "cifar10_32" else 224)
+    assert cli.model.hparams.num_classes == (1000 if scale == "imagenet" else 10)
+    assert cli.model.arch["channels"] is None and cli.model.hparams.width_mult == 1.0  # prunes MobileNetV1-1.0
+    (pruner,) = width_pruners(cli.trainer)
+    check_schedule(pruner, cli.trainer.max_epochs)
+    if scale != "imagenet":
+        assert width_row(cli) in CIFAR_ROWS
+
+
+@pytest.mark.parametrize("scale", ["cifar10_32", "cifar10_224"])
+def test_every_row_of_the_width_tables_has_a_config_at_both_scales(scale: str, tmp_path: Path) -> None:
+    rows = [width_row(instantiate(c, tmp_path)) for c in WIDTH_CONFIGS if c.parent.name == scale]
+    assert len(rows) == len(set(rows)) == 15 and set(rows) == CIFAR_ROWS

@@ -15,7 +15,7 @@ from experiments import depth_prune, report, train, width_prune
 from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.mobilenet_v1 import mobilenet_v1_channels
 from lightning_modules.width_pruning import keep_count
-from tests.fake_data import make_image_folder
+from tests.fake_data import write_image
 from tests.test_experiments import STOP_AFTER, assert_same_weights, load_weights, tiny_args
 
 CONFIGS = Path(__file__).resolve().parent.parent / "experiments" / "configs"
@@ -116,7 +116,10 @@ def test_report_tabulates_width_runs(real_data_dir: Path, baseline_ckpt: str, tm
 @pytest.mark.slow
 def test_imagenet_rows_on_a_generated_1000_class_folder(tmp_path: Path) -> None:
     wnids = [f"n{i:08d}" for i in range(1000)]
-    root = make_image_folder(tmp_path / "imagenet", {"train": 1, "val": 1}, wnids, suffix=".JPEG")
+    root = tmp_path / "imagenet"
+    for i, wnid in enumerate(wnids):  # one image per class and split, 10 colours in turn
+        for split in ("train", "val"):
+            write_image(root / split / wnid / f"{wnid}_0.JPEG", i % 10)
     common = ["--data.root", str(root), "--data.image_size", "32", "--data.batch_size", "64",
               "--data.num_workers", "0", "--trainer.precision", "32", "--trainer.accelerator", "cpu",
               "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",

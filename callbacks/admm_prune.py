@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
+from callbacks.loss_term import LossTermCallback
 from callbacks.stages import data_image_size, log_scalars
 from callbacks.width_stage import example_input, ignored_modules, prune_width
 from lightning_modules.admm import admm_penalty, admm_update, primal_residual, project_rows, zero_rows
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 HOOK_NAME = "admm"
 
 
-class ADMMPrune(L.Callback):
+class ADMMPrune(LossTermCallback):
     """ADMM training from ``start_epoch``, a hard structural prune onto ``Z``'s support at ``prune_epoch``.
 
     For the root convolution ``W`` of every prunable group (stem, pointwise convolutions) with ``C`` output
@@ -64,6 +65,8 @@ class ADMMPrune(L.Callback):
         round_to: kept channels are a multiple of this (8 suits MCU kernels).
         ignore: convolutions whose output channels are kept, e.g. ``["stem.0"]``.
     """
+
+    hook_name = HOOK_NAME
 
     def __init__(
         self,
@@ -128,7 +131,7 @@ class ADMMPrune(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: ImageClassifier) -> None:
         epoch = trainer.current_epoch
         if self.done or epoch < self.start_epoch:
-            pl_module.loss_hooks.pop(HOOK_NAME, None)
+            self.set_loss_term(pl_module, False)
             return
         if not self.started:
             weights = self._init(trainer, pl_module)
@@ -139,14 +142,10 @@ class ADMMPrune(L.Callback):
         log_scalars(trainer, {"admm/primal_residual": primal_residual(weights, self.Z),
                               "admm/updates": self.updates})
         if epoch >= self.prune_epoch:
-            pl_module.loss_hooks.pop(HOOK_NAME, None)
+            self.set_loss_term(pl_module, False)
             self._prune(trainer, pl_module, weights)
         else:
-            pl_module.loss_hooks[HOOK_NAME] = self.loss_hook
-
-    def teardown(self, trainer: L.Trainer, pl_module: ImageClassifier, stage: str) -> None:
-        if stage == "fit":
-            pl_module.loss_hooks.pop(HOOK_NAME, None)
+            self.set_loss_term(pl_module, True)
 
     def loss_hook(
         self,

@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from callbacks.loss_term import LossTermCallback
 from callbacks.width_stage import prune_width
 from lightning_modules.criteria import BNScale
 from lightning_modules.width_pruning import SparsitySpec
@@ -34,7 +35,7 @@ def bn_l1_penalty(net: nn.Module) -> torch.Tensor:
     return torch.stack(scales).sum()
 
 
-class BNSlimming(L.Callback):
+class BNSlimming(LossTermCallback):
     """Train with ``λ·Σ|γ|`` from ``start_epoch``, prune by ``|γ|`` at ``prune_epoch``, fine-tune after.
 
     During the training epochs ``start_epoch ≤ e < prune_epoch`` the callback installs
@@ -54,6 +55,8 @@ class BNSlimming(L.Callback):
         round_to: kept channels are a multiple of this (8 suits MCU kernels).
         ignore: convolutions whose output channels are kept, e.g. ``["stem.0"]``.
     """
+
+    hook_name = HOOK_NAME
 
     def __init__(
         self,
@@ -95,7 +98,7 @@ class BNSlimming(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: ImageClassifier) -> None:
         epoch = trainer.current_epoch
         if not self.done and epoch >= self.prune_epoch:
-            pl_module.loss_hooks.pop(HOOK_NAME, None)
+            self.set_loss_term(pl_module, False)
             with torch.no_grad():
                 bn_l1 = float(bn_l1_penalty(pl_module.net))
             result = prune_width(
@@ -103,14 +106,7 @@ class BNSlimming(L.Callback):
                 tag="bn_slimming",
             )
             self.result = {**result, "bn_l1": bn_l1}
-        if self.penalty_active(epoch):
-            pl_module.loss_hooks[HOOK_NAME] = self.loss_hook
-        else:
-            pl_module.loss_hooks.pop(HOOK_NAME, None)
-
-    def teardown(self, trainer: L.Trainer, pl_module: ImageClassifier, stage: str) -> None:
-        if stage == "fit":
-            pl_module.loss_hooks.pop(HOOK_NAME, None)
+        self.set_loss_term(pl_module, self.penalty_active(epoch))
 
     def loss_hook(
         self,

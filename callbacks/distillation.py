@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from callbacks.loss_term import LossTermCallback
 from lightning_modules.mobilenet_v1 import MobileNetV1
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ def build_teacher(arch: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> 
 
 
 # ---------------------------------------------------------------------------------- the callback
-class Distillation(L.Callback):
+class Distillation(LossTermCallback):
     """Add a knowledge-distillation term to the training loss from ``start_epoch`` on.
 
     From the training epoch ``start_epoch`` the callback installs ``pl_module.loss_hooks["distillation"]``,
@@ -134,6 +135,8 @@ class Distillation(L.Callback):
         teacher_ckpt: an ``ImageClassifier`` checkpoint whose network is the teacher; ``None`` distils
             from the unpruned network.
     """
+
+    hook_name = HOOK_NAME
 
     def __init__(
         self,
@@ -172,14 +175,10 @@ class Distillation(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: ImageClassifier) -> None:
         if trainer.current_epoch < self.start_epoch:
-            pl_module.loss_hooks.pop(HOOK_NAME, None)
+            self.set_loss_term(pl_module, False)
             return
         self.ensure_teacher(pl_module, epoch=trainer.current_epoch)
-        pl_module.loss_hooks[HOOK_NAME] = self.loss_hook
-
-    def teardown(self, trainer: L.Trainer, pl_module: ImageClassifier, stage: str) -> None:
-        if stage == "fit":
-            pl_module.loss_hooks.pop(HOOK_NAME, None)
+        self.set_loss_term(pl_module, True)
 
     def loss_hook(
         self,

@@ -227,7 +227,10 @@ class RepPrune(L.Callback):
             "resrep/masked_norm": masked_row_norm(compactors, self.masks, self.row_norm),
             "resrep/kept_norm": float(torch.cat(kept).mean()) if kept else 0.0,
         }
-        pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+        # straight to the logger: masks are also updated at the prune, in an epoch-start hook where
+        # LightningModule.log cannot log per step
+        if pl_module.trainer.logger is not None:
+            pl_module.trainer.logger.log_metrics(metrics, step=pl_module.trainer.global_step)
 
     def _mask(self, name: str, compactor: Compactor) -> torch.Tensor:
         mask = self._mask_cache.get(name)

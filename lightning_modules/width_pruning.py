@@ -17,6 +17,10 @@ Typical use (a callback adds the schedule and the fine-tuning)::
     criterion = make_criterion("l1_norm")
     prune_model(net, criterion, 0.5, torch.randn(1, 3, 32, 32), round_to=8)
     arch = mobilenet_v1_arch_after_pruning(net)  # constructor arguments of the sliced MobileNetV1
+
+Other networks (e.g. timm CNNs) have no constructor argument per layer width; their pruned structure is
+saved and restored with torch-pruning's own ``torch.save(tp.state_dict(net), path)`` and
+``tp.load_state_dict(fresh_net, torch.load(path))``.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import timm
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+import torch_pruning as tp
 from torch import nn
 
 from lightning_modules.criteria import (
@@ -333,3 +334,20 @@ def test_tracing_leaves_batchnorm_statistics_alone() -> None:
     before = copy.deepcopy(net.state_dict())
     prune_model(net, L1Norm(), {"default": 0.0}, X[:1] * 10)
     assert net.training and all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_pruned_timm_net_round_trips_through_torch_pruning_structure_state(tmp_path) -> None:
+    """Networks without constructor arguments for their widths (timm's) save and load their pruned
+    structure with torch-pruning's own ``state_dict``/``load_state_dict``."""
+    torch.manual_seed(0)
+    net = MODELS["resnet18"]()
+    randomise_norms(net)
+    prune_model(net, make_criterion("l1_norm"), 0.5, X[:1], round_to=8)
+    path = tmp_path / "pruned.pth"
+    torch.save(tp.state_dict(net), path)
+
+    fresh = MODELS["resnet18"]()
+    assert count_params(fresh) > count_params(net)
+    tp.load_state_dict(fresh, torch.load(path, weights_only=False))
+    assert count_params(fresh) == count_params(net)
+    torch.testing.assert_close(fresh.eval()(X), net.eval()(X))

@@ -222,7 +222,8 @@ def width_section(rows: list[dict], depth_rows: list[dict], out: Path) -> list[s
                   "Sparsity = fraction of channels removed from every prunable layer; acc before = the "
                   "baseline checkpoint, acc after = the best pruned checkpoint, both on the test split; "
                   "epochs = all epochs of the run (method-specific training + fine-tuning). The TinyNN column "
-                  "is their 224 px, 220-epoch result, for the shape of the comparison only.", ""]
+                  "is their 224 px, 220-epoch result, for the shape of the comparison only. Wall time is as measured, "
+                  "including any other job sharing the machine.", ""]
         for key in dict.fromkeys((s.get("dataset"), s.get("image_size")) for s in rows):
             group = [s for s in rows if (s.get("dataset"), s.get("image_size")) == key]
             lines += [f"### {key[0]} @{key[1]} px", "", *width_table(group), ""]

@@ -62,11 +62,33 @@ def width_label(summary: dict[str, Any]) -> str:
     return f"{width} {summary.get('method')} {summary.get('criterion')}{distill}"
 
 
+def schedule_text(summary: dict[str, Any]) -> str:
+    """The method's schedule in a few words, from the pruning callback's arguments in the summary."""
+    args = next((c.get("init_args", {}) for c in summary.get("callbacks", [])
+                 if isinstance(c, dict) and "Distillation" not in c.get("class_path", "")), {})
+    method = summary.get("method")
+    if method == "oneshot":
+        return f"prune @{args.get('epoch', 0)}"
+    if method == "bn_slimming":
+        return f"L1(γ) λ={args.get('penalty')} @{args.get('start_epoch', 0)}–{args.get('prune_epoch', 1) - 1}, " \
+               f"prune @{args.get('prune_epoch', 1)}"
+    if method == "admm":
+        return f"ADMM ρ={args.get('rho')} every {args.get('admm_epoch', 1)} ep @{args.get('start_epoch', 0)}–" \
+               f"{args.get('prune_epoch', 3) - 1}, prune @{args.get('prune_epoch', 3)}"
+    if method == "gradual":
+        start, n, step = args.get("start_epoch", 0), args.get("num_steps", 4), args.get("interval", 1)
+        return f"AGP prunes @{', '.join(str(start + k * step) for k in range(1, n + 1))}"
+    if method == "resrep":
+        return f"compactors λ={args.get('penalty')} @{args.get('start_epoch', 0)}–{args.get('prune_epoch', 3) - 1}, " \
+               f"merge + prune @{args.get('prune_epoch', 3)}"
+    return "—"
+
+
 def width_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| net | method | criterion | distill | sparsity | FLOPs preserve rate | params | MACs | acc before % "
-        "| acc after % | Δ pp | epochs | wall min | TinyNN % (from 94.2) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| acc after % | Δ pp | epochs | schedule (epochs) | wall min | TinyNN % (from 94.2) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in rows:
         ref = REFERENCE_WIDTH.get(row_key(s))
@@ -79,6 +101,7 @@ def width_table(rows: list[dict[str, Any]]) -> list[str]:
             f"| MBv1-{width} | {s.get('method')} | {s.get('criterion')} | {'yes' if s.get('distillation') else ''} "
             f"| {sparsity} | {s.get('flops_preserve_rate', float('nan')):.3f} | {s.get('params', 0):,} "
             f"| {s.get('macs', 0):,} | {_pct(before)} | {_pct(after)} | {delta} | {s.get('epochs')} "
+            f"| {schedule_text(s)} "
             f"| {'—' if wall is None else f'{wall / 60:.1f}'} | {'—' if ref is None else f'{ref:.2f}'} |"
         )
     return lines

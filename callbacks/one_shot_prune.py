@@ -53,6 +53,9 @@ class OneShotPrune(L.Callback):
         self.seed = seed
         self.result: dict[str, Any] = {}
 
+    def __repr__(self) -> str:
+        return f"OneShotPrune(epoch={self.epoch}, criterion={self.criterion!r}, sparsity={self.sparsity})"
+
     @property
     def done(self) -> bool:
         return bool(self.result)

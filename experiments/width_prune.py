@@ -4,8 +4,11 @@
     → structural prune → fine-tune (optionally distilling from the unpruned net) → test
 
 The method is a callback in the config's ``trainer.callbacks`` (``OneShotPrune``, ``BNSlimming``,
-``GradualPrune``, ``ADMMPrune``, ``RepPrune``, plus ``Distillation``); ``experiments/configs/width/`` holds
-one config per row of TinyNeuralNetwork's CIFAR-10 tables, at 224 px (paper scale) and 32 px (CPU scale).
+``GradualPrune``, ``ADMMPrune``, ``RepPrune``, plus ``Distillation``); without one the run prunes one-shot
+(l2_norm, sparsity 0.5). ``experiments/configs/width/`` holds one config per row of TinyNeuralNetwork's
+CIFAR-10 tables, at 224 px (paper scale) and 32 px (CPU scale). The default config names no callback on
+purpose: a config's callback then gets exactly its own arguments and the class defaults (a callback
+in the default config would lend its values to a different class's arguments of the same name).
 
     python experiments/train.py --trainer.devices 1                                   # the baseline first
     python experiments/width_prune.py --baseline_ckpt logs/tinyml-pruning/<run>/checkpoints/last.ckpt
@@ -23,6 +26,7 @@ from pathlib import Path
 from lightning.pytorch.accelerators import CPUAccelerator
 
 from callbacks.distillation import Distillation
+from callbacks.one_shot_prune import OneShotPrune
 from callbacks.width_pruners import check_schedule, describe, width_pruners
 from datamodules import DatasetError, ImageFolderDataModule
 from lightning_modules.cli import (
@@ -37,7 +41,7 @@ from lightning_modules.cli import (
 from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.profiling import model_cost
 
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "width" / "cifar10_32" / "w050_oneshot_l2.yaml"
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "width_cifar10_32.yaml"
 
 
 class WidthPruneCLI(ExperimentCLI):
@@ -56,6 +60,10 @@ def main(args: list[str] | None = None) -> Path:
         cli = build_cli(ImageClassifier, ImageFolderDataModule, DEFAULT_CONFIG, args, cli_class=WidthPruneCLI)
         trainer, model, data = cli.trainer, cli.model, cli.datamodule
         pruners = width_pruners(trainer)
+        if not pruners:  # no method named: one-shot l2_norm at sparsity 0.5, before the first epoch
+            pruners = [OneShotPrune()]
+            trainer.callbacks.insert(0, pruners[0])
+            print(f"No pruning callback given; using {pruners[0]!r}.")
         if len(pruners) != 1:
             raise SystemExit(f"error: a width-pruning run needs exactly one pruning callback in trainer.callbacks "
                              f"(OneShotPrune, BNSlimming, GradualPrune, ADMMPrune or RepPrune), found {len(pruners)}")

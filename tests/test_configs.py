@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
+import yaml
 
 from callbacks.width_pruners import check_schedule, method_of, width_pruners
 from experiments import depth_prune, train, width_prune
@@ -15,7 +17,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 
 
 def instantiate(config: Path, tmp_path: Path) -> ExperimentCLI:
-    if config.parent.parent.name == "width":
+    if config.parent.parent.name == "width" or config.stem.startswith("width_"):
         script, cli_class = width_prune, width_prune.WidthPruneCLI
     elif config.name.startswith("depth_"):
         script, cli_class = depth_prune, depth_prune.DepthPruneCLI
@@ -80,3 +82,19 @@ def test_width_config_instantiates(config: Path, tmp_path: Path) -> None:
 def test_every_row_of_the_width_tables_has_a_config_at_both_scales(scale: str, tmp_path: Path) -> None:
     rows = [width_row(instantiate(c, tmp_path)) for c in WIDTH_CONFIGS if c.parent.name == scale]
     assert len(rows) == len(set(rows)) == 15 and set(rows) == CIFAR_ROWS
+
+
+@pytest.mark.parametrize("config", [c for c in WIDTH_CONFIGS if c.parent.name == "cifar10_32"], ids=lambda p: p.stem)
+def test_width_callback_gets_only_its_own_arguments_and_class_defaults(config: Path, tmp_path: Path) -> None:
+    """Nothing leaks from the default config into a row's callback (e.g. BNSlimming's global ranking)."""
+    given = yaml.safe_load(config.read_text())["trainer"]["callbacks"][0]["init_args"]
+    (pruner,) = width_pruners(instantiate(config, tmp_path).trainer)
+    for name, param in inspect.signature(type(pruner)).parameters.items():
+        value = getattr(pruner, name)
+        expected = given.get(name, param.default)
+        assert value == expected or (expected is None and value == []), name
+
+
+def test_width_prune_without_a_callback_prunes_one_shot(tmp_path: Path) -> None:
+    cli = instantiate(width_prune.DEFAULT_CONFIG, tmp_path)
+    assert width_pruners(cli.trainer) == []  # the default config names no method; main() adds OneShotPrune()

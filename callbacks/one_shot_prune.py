@@ -26,6 +26,7 @@ class OneShotPrune(L.Callback):
         round_to: kept channels are a multiple of this (8 suits MCU kernels).
         global_ranking: one threshold over all layers' (mean-normalised) scores instead of per layer.
         ignore: convolutions whose output channels are kept, e.g. ``["stem.0"]``.
+        max_pruning_ratio: with ``global_ranking``, the largest fraction any one layer may lose.
         hrank_batches: training batches that HRank reads its statistics from.
         seed: of the ``random`` criterion.
     """
@@ -38,6 +39,7 @@ class OneShotPrune(L.Callback):
         round_to: int = 1,
         global_ranking: bool = False,
         ignore: list[str] | None = None,
+        max_pruning_ratio: float = 1.0,
         hrank_batches: int = 8,
         seed: int = 0,
     ) -> None:
@@ -49,6 +51,7 @@ class OneShotPrune(L.Callback):
         self.round_to = round_to
         self.global_ranking = global_ranking
         self.ignore = list(ignore or [])
+        self.max_pruning_ratio = max_pruning_ratio
         self.hrank_batches = hrank_batches
         self.seed = seed
         self.result: dict[str, Any] = {}
@@ -66,7 +69,7 @@ class OneShotPrune(L.Callback):
         kwargs = {"seed": self.seed} if self.criterion == "random" else {}
         self.result = prune_width(
             trainer, pl_module, make_criterion(self.criterion, **kwargs), self.sparsity, self.round_to,
-            self.global_ranking, self.ignore, hrank_batches=self.hrank_batches,
+            self.global_ranking, self.ignore, self.max_pruning_ratio, hrank_batches=self.hrank_batches,
         )
 
     def state_dict(self) -> dict[str, Any]:

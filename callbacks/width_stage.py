@@ -73,6 +73,7 @@ def prune_width(
     round_to: int = 1,
     global_ranking: bool = False,
     ignore: Sequence[str] = (),
+    max_pruning_ratio: float = 1.0,
     plan: Mapping[str, Sequence[int]] | None = None,
     stage_epochs: int | None = None,
     restart_schedule: bool = True,
@@ -83,7 +84,8 @@ def prune_width(
 
     Args:
         criterion: scores the channels (ignored when ``plan`` is given).
-        sparsity, round_to, global_ranking: see :func:`~lightning_modules.width_pruning.plan_pruning`.
+        sparsity, round_to, global_ranking, max_pruning_ratio: see
+            :func:`~lightning_modules.width_pruning.plan_pruning`.
         ignore: module names whose output channels are kept.
         plan: channels to remove per group, instead of ranking them with ``criterion``.
         stage_epochs: epochs of the new LR schedule (default: the rest of the fit).
@@ -103,7 +105,7 @@ def prune_width(
         if criterion.needs_data:
             criterion.collect(net, statistics_batches(trainer, hrank_batches, device))
         scores = channel_scores(groups, criterion, normalize=global_ranking)
-        plan = plan_pruning(scores, sparsity, round_to, global_ranking)
+        plan = plan_pruning(scores, sparsity, round_to, global_ranking, max_pruning_ratio=max_pruning_ratio)
     apply_plan(groups, plan)
     new_net, arch = rebuild_mobilenet_v1(net)
     pl_module.rebuild_net(new_net, **arch)

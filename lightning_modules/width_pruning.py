@@ -25,6 +25,7 @@ saved and restored with torch-pruning's own ``torch.save(tp.state_dict(net), pat
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -175,14 +176,20 @@ def plan_pruning(
     round_to: int = 1,
     global_ranking: bool = False,
     min_channels: int = 1,
+    max_pruning_ratio: float = 1.0,
 ) -> dict[str, list[int]]:
     """Sorted channel indices to remove from each group (lowest scores first).
 
     Local ranking removes ``num_channels - keep_count(...)`` channels from every group. Global ranking
     removes the same total from the groups with non-zero sparsity, but below one threshold on the scores
     of all of them (which should be comparable, e.g. ``channel_scores(..., normalize=True)``); every group
-    then keeps at least ``max(min_channels, round_to)`` channels and a multiple of ``round_to``.
+    then keeps at least ``max(min_channels, round_to)`` channels, at least the ``1 − max_pruning_ratio``
+    fraction of its channels (torch-pruning's option of the same name: without it one threshold can empty
+    a layer whose scores are all small, e.g. the last BatchNorm of a slimmed MobileNet) and a multiple of
+    ``round_to``.
     """
+    if not 0.0 < max_pruning_ratio <= 1.0:
+        raise ValueError(f"max_pruning_ratio must be in (0, 1], got {max_pruning_ratio}")
     if isinstance(sparsity, Mapping):
         unknown = set(sparsity) - set(scores) - {DEFAULT_KEY}
         if unknown:
@@ -190,7 +197,7 @@ def plan_pruning(
     rates = {name: sparsity_of(name, sparsity) for name in scores}
     keep = {name: keep_count(len(s), rates[name], round_to, min_channels) for name, s in scores.items()}
     if global_ranking:
-        keep = _global_keep(scores, rates, keep, round_to, min_channels)
+        keep = _global_keep(scores, rates, keep, round_to, min_channels, max_pruning_ratio)
     order = {name: torch.argsort(s, stable=True) for name, s in scores.items()}
     return {name: sorted(order[name][: len(s) - keep[name]].tolist()) for name, s in scores.items()}
 
@@ -198,12 +205,14 @@ def plan_pruning(
 def _global_keep(
     scores: Mapping[str, Tensor], rates: Mapping[str, float], keep: Mapping[str, int], round_to: int,
     min_channels: int,
+    max_pruning_ratio: float = 1.0,
 ) -> dict[str, int]:
     """Kept channels per group when the lowest scores of all pruned groups go first, for the same total."""
     pool = [name for name in scores if rates[name] > 0]
     target = sum(len(scores[n]) - keep[n] for n in pool)
     left = {name: len(s) for name, s in scores.items()}
-    floor = {n: min(len(scores[n]), max(min_channels, round_to)) for n in pool}
+    floor = {n: min(len(scores[n]), max(min_channels, round_to, math.ceil(len(scores[n]) * (1 - max_pruning_ratio))))
+             for n in pool}
     values = torch.cat([scores[n].float() for n in pool]) if pool else torch.zeros(0)
     owners = [n for n in pool for _ in range(len(scores[n]))]
     removed = 0
@@ -236,6 +245,7 @@ def prune_model(
     global_ranking: bool = False,
     ignore: Iterable[nn.Module] = (),
     min_channels: int = 1,
+    max_pruning_ratio: float = 1.0,
 ) -> nn.Module:
     """Remove the lowest-scored channels of ``model`` in place and return it (the same, sliced module).
 
@@ -243,7 +253,7 @@ def prune_model(
     """
     groups = prunable_groups(model, example_input, ignore)
     scores = channel_scores(groups, criterion, normalize=global_ranking)
-    apply_plan(groups, plan_pruning(scores, sparsity, round_to, global_ranking, min_channels))
+    apply_plan(groups, plan_pruning(scores, sparsity, round_to, global_ranking, min_channels, max_pruning_ratio))
     return model
 
 

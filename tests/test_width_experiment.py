@@ -5,6 +5,7 @@ generated 1000-class ImageFolder, and the depth pipeline takes a width stage aft
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,7 @@ def test_every_cpu_scale_row_runs_its_schedule(config: Path, real_data_dir: Path
     if summary["method"] == "bn_slimming":  # one global threshold: the layers lose different fractions
         assert sum(channels) == pytest.approx(sum(full) * (1 - sparsity), abs=len(full))
         assert summary["flops_preserve_rate"] < 0.9
+        assert all(c >= math.ceil(0.2 * f) for c, f in zip(channels, full, strict=True))  # max_pruning_ratio 0.8
     else:  # every layer keeps its share of the original channels
         assert channels == [keep_count(c, sparsity) for c in full]
         assert summary["flops_preserve_rate"] == pytest.approx(0.263 if sparsity == 0.5 else 0.072, abs=0.01)

@@ -284,6 +284,10 @@ def test_global_ranking_takes_more_from_a_layer_with_smaller_scores() -> None:
     plan = plan_pruning(scores, 0.5, global_ranking=True)
     assert len(plan["a"]) + len(plan["b"]) == 16 and len(plan["b"]) == 15  # b keeps min_channels
     assert plan_pruning(scores, 0.5, global_ranking=True, min_channels=4, round_to=1)["b"].__len__() == 12
+    capped = plan_pruning(scores, 0.5, global_ranking=True, max_pruning_ratio=0.75)
+    assert len(capped["b"]) == 12 and len(capped["a"]) == 4  # b keeps a quarter; a gives up the rest
+    with pytest.raises(ValueError, match="max_pruning_ratio"):
+        plan_pruning(scores, 0.5, global_ranking=True, max_pruning_ratio=0.0)
 
 
 def test_global_bn_slimming_prunes_the_layer_with_small_gammas() -> None:

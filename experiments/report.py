@@ -77,6 +77,12 @@ def _ratio(pruned: dict, base: dict, key: str) -> str:
     return f"{pruned[key] / base[key]:.3f}" if base.get(key) and pruned.get(key) else "—"
 
 
+def width_note(summary: dict) -> str:
+    """`` + width <method> <sparsity>`` for a depth run with a width stage after the cut."""
+    widths = [r for r in summary.get("stages", []) if r.get("stage") == "width"]
+    return "".join(f" + width {r.get('method')} {r.get('criterion')} {r.get('sparsity')}" for r in widths)
+
+
 def depth_table(runs: list[dict]) -> list[str]:
     lines = [
         "| dataset | px | init | cut | epochs | baseline acc % | baseline params | baseline MACs | pruned acc % "
@@ -92,7 +98,7 @@ def depth_table(runs: list[dict]) -> list[str]:
         ref = REFERENCE_DEPTH.get((s.get("dataset"), s.get("image_size")), {})
         ref_text = f"{ref['baseline']:.2f} → {ref[s['init']]:.2f}" if ref and s.get("init") in ref else "—"
         lines.append(
-            f"| {s.get('dataset')} | {s.get('image_size')} | {s.get('init')} | {s.get('chosen_cut')} "
+            f"| {s.get('dataset')} | {s.get('image_size')} | {s.get('init')}{width_note(s)} | {s.get('chosen_cut')} "
             f"| {s.get('epochs')} | {_pct(base.get('acc'))} | {_count(base.get('params'))} "
             f"| {_count(base.get('macs'))} | {_pct(pruned.get('acc'))} | {_count(pruned.get('params'))} "
             f"| {_count(pruned.get('macs'))} | {_ratio(pruned, base, 'params')} | {_ratio(pruned, base, 'macs')} "
@@ -279,7 +285,7 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
     if figure is not None:
         lines += [f"![accuracy vs cost]({figure.relative_to(out.parent).as_posix()})", ""]
     for s in depth_rows:
-        if not s.get("sweep"):
+        if not s.get("sweep") or len(s.get("stages", [])) > 1:  # depth + width runs: their own section
             continue
         title = f"{s['dataset']} @{s['image_size']} px"
         lines += [f"### Cut-point sweep — {title}", "",

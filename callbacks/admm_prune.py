@@ -17,15 +17,14 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from callbacks.loss_term import LossTermCallback
-from callbacks.stages import data_image_size, log_scalars
-from callbacks.width_stage import example_input, ignored_modules, prune_width
+from callbacks.stages import log_scalars
+from callbacks.width_stage import module_groups, prune_width
 from lightning_modules.admm import admm_penalty, admm_update, primal_residual, project_rows, zero_rows
 from lightning_modules.criteria import L2Norm
 from lightning_modules.width_pruning import (
-    DEFAULT_KEY,
     SparsitySpec,
+    check_sparsity_names,
     keep_count,
-    prunable_groups,
     sparsity_of,
 )
 
@@ -163,16 +162,8 @@ class ADMMPrune(LossTermCallback):
     # -------------------------------------------------------------------------------------- steps
     def _init(self, trainer: L.Trainer, pl_module: ImageClassifier) -> dict[str, Tensor]:
         """``Z = proj(W)``, ``U = 0`` over the root convolution of every prunable group."""
-        net = pl_module.net
-        groups = prunable_groups(net, example_input(pl_module, data_image_size(trainer)),
-                                 ignored_modules(net, self.ignore))
-        names = {g.name for g in groups}
-        if isinstance(self.sparsity, Mapping):
-            unknown = set(self.sparsity) - names - {DEFAULT_KEY}
-            if unknown:
-                raise ValueError(
-                    f"sparsity names no prunable group: {sorted(unknown)}; groups: {sorted(names)}"
-                )
+        groups = module_groups(trainer, pl_module, self.ignore)
+        check_sparsity_names(self.sparsity, [g.name for g in groups])
         self.keep = {g.name: keep_count(g.num_channels, sparsity_of(g.name, self.sparsity), self.round_to)
                      for g in groups}
         weights = {g.name: g.root.weight for g in groups}

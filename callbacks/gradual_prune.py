@@ -18,14 +18,13 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 
-from callbacks.stages import data_image_size
-from callbacks.width_stage import example_input, ignored_modules, prune_width
+from callbacks.width_stage import module_groups, prune_width
 from lightning_modules.criteria import CRITERIA, make_criterion
 from lightning_modules.width_pruning import (
     DEFAULT_KEY,
     SparsitySpec,
+    check_sparsity_names,
     keep_count,
-    prunable_groups,
     sparsity_of,
 )
 
@@ -174,7 +173,7 @@ class GradualPrune(L.Callback):
             return
         current = self._current_channels(trainer, pl_module)
         if not self.original:
-            self._check_names(current)
+            check_sparsity_names(self.final_sparsity, current, "final_sparsity")
             self.original = dict(current)
         target = self.target_channels(epoch)
         current = {n: c for n, c in current.items() if n in target}
@@ -205,17 +204,7 @@ class GradualPrune(L.Callback):
 
     def _current_channels(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, int]:
         """Output channels of every prunable group of the current network, by root name."""
-        net = pl_module.net
-        x = example_input(pl_module, data_image_size(trainer))
-        return {g.name: g.num_channels for g in prunable_groups(net, x, ignored_modules(net, self.ignore))}
-
-    def _check_names(self, groups: Mapping[str, int]) -> None:
-        if isinstance(self.final_sparsity, Mapping):
-            unknown = set(self.final_sparsity) - set(groups) - {DEFAULT_KEY}
-            if unknown:
-                raise ValueError(
-                    f"final_sparsity names no prunable group: {sorted(unknown)}; groups: {list(groups)}"
-                )
+        return {g.name: g.num_channels for g in module_groups(trainer, pl_module, self.ignore)}
 
     # ----------------------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict[str, Any]:

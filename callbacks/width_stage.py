@@ -27,6 +27,7 @@ from callbacks.stages import (
 from lightning_modules.criteria import Criterion
 from lightning_modules.profiling import model_cost
 from lightning_modules.width_pruning import (
+    ChannelGroup,
     SparsitySpec,
     apply_plan,
     channel_scores,
@@ -65,6 +66,14 @@ def ignored_modules(net: torch.nn.Module, names: Sequence[str]) -> list[torch.nn
     return [modules[n] for n in names]
 
 
+def module_groups(
+    trainer: L.Trainer, pl_module: L.LightningModule, ignore: Sequence[str] = ()
+) -> list[ChannelGroup]:
+    """The prunable channel groups of ``pl_module.net`` as it is now, traced at the data's image size."""
+    net = pl_module.net
+    return prunable_groups(net, example_input(pl_module, data_image_size(trainer)), ignored_modules(net, ignore))
+
+
 def prune_width(
     trainer: L.Trainer,
     pl_module: L.LightningModule,
@@ -100,7 +109,7 @@ def prune_width(
     before = model_cost(net, image_size)
     notify_before_prune(trainer, pl_module)
     device = next(net.parameters()).device
-    groups = prunable_groups(net, example_input(pl_module, image_size), ignored_modules(net, ignore))
+    groups = module_groups(trainer, pl_module, ignore)
     if plan is None:
         if criterion.needs_data:
             criterion.collect(net, statistics_batches(trainer, hrank_batches, device))

@@ -33,8 +33,8 @@ from lightning_modules.criteria import Criterion
 from lightning_modules.layers import Compactor
 from lightning_modules.mobilenet_v1 import MobileNetV1
 from lightning_modules.width_pruning import (
-    DEFAULT_KEY,
     SparsitySpec,
+    check_sparsity_names,
     keep_count,
     mobilenet_v1_arch_after_pruning,
     sparsity_of,
@@ -99,11 +99,7 @@ def removal_targets(
     ``sparsity`` is a float for all layers or ``{"default": s, "<conv name>": s, ...}`` as in
     :func:`~lightning_modules.width_pruning.sparsity_of`.
     """
-    if isinstance(sparsity, Mapping):
-        unknown = set(sparsity) - set(compactors) - {DEFAULT_KEY}
-        if unknown:
-            raise ValueError(f"sparsity names no compactor: {sorted(unknown)}; compactors: "
-                             f"{list(compactors)}")
+    check_sparsity_names(sparsity, compactors, kind="compactor")
     ignored = set(ignore)
     targets = {}
     for name, c in compactors.items():

@@ -158,6 +158,17 @@ def sparsity_of(name: str, sparsity: SparsitySpec) -> float:
     return float(sparsity)
 
 
+def check_sparsity_names(
+    sparsity: SparsitySpec, names: Iterable[str], argument: str = "sparsity", kind: str = "prunable group"
+) -> None:
+    """A clear error when a per-layer sparsity dict names a layer that is not one of ``names``."""
+    if isinstance(sparsity, Mapping):
+        names = list(names)
+        unknown = set(sparsity) - set(names) - {DEFAULT_KEY}
+        if unknown:
+            raise ValueError(f"{argument} names no {kind}: {sorted(unknown)}; {kind}s: {names}")
+
+
 def keep_count(num_channels: int, sparsity: float, round_to: int = 1, min_channels: int = 1) -> int:
     """Channels kept when removing a ``sparsity`` fraction: rounded to a multiple of ``round_to`` (timm's
     ``make_divisible``, as for width multipliers), at least ``min_channels``, at most ``num_channels``."""
@@ -190,10 +201,7 @@ def plan_pruning(
     """
     if not 0.0 < max_pruning_ratio <= 1.0:
         raise ValueError(f"max_pruning_ratio must be in (0, 1], got {max_pruning_ratio}")
-    if isinstance(sparsity, Mapping):
-        unknown = set(sparsity) - set(scores) - {DEFAULT_KEY}
-        if unknown:
-            raise ValueError(f"sparsity names no prunable group: {sorted(unknown)}; groups: {list(scores)}")
+    check_sparsity_names(sparsity, scores)
     rates = {name: sparsity_of(name, sparsity) for name in scores}
     keep = {name: keep_count(len(s), rates[name], round_to, min_channels) for name, s in scores.items()}
     if global_ranking:

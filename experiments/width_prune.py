@@ -35,6 +35,7 @@ from lightning_modules.cli import (
     close_logger,
     fit_and_test,
     load_baseline,
+    read_module,
     validation_accuracy,
     write_summary,
 )
@@ -75,11 +76,10 @@ def main(args: list[str] | None = None) -> Path:
         acc_before, baseline_cost = None, {}
         if baseline_ckpt:
             accelerator = "cpu" if isinstance(trainer.accelerator, CPUAccelerator) else "auto"
-            baseline = ImageClassifier.load_from_checkpoint(baseline_ckpt, map_location="cpu")
+            baseline = (read_module(ImageClassifier, baseline_ckpt) if cli.config.ckpt_path  # resuming
+                        else load_baseline(model, baseline_ckpt))
             acc_before = validation_accuracy(baseline, data, accelerator)
             baseline_cost = model_cost(baseline.net, int(data.hparams.image_size))
-            if not cli.config.ckpt_path:
-                load_baseline(model, baseline_ckpt)
         checkpoints = fit_and_test(cli)
     except DatasetError as err:
         raise SystemExit(f"error: {err}") from err

@@ -7,7 +7,6 @@ accuracy, a rich progress bar, per-epoch reseeding (exact resume) and a ``--ckpt
 
 from __future__ import annotations
 
-import inspect
 import json
 import netrc
 import os
@@ -210,17 +209,22 @@ def close_logger(trainer: L.Trainer) -> None:
         trainer.logger.experiment.finish()
 
 
-def load_baseline(model: L.LightningModule, path: str) -> None:
-    """Load a trained, unpruned baseline's weights (its architecture must match the model's)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    # an argument missing from an older checkpoint had the constructor's default
-    defaults = {k: p.default for k, p in inspect.signature(type(model)).parameters.items()}
-    saved = {k: ckpt["hyper_parameters"].get(k, defaults.get(k)) for k in model.arch}
-    saved = {k: list(v) if isinstance(v, tuple) else v for k, v in saved.items()}
-    if saved != model.arch:
-        raise SystemExit(f"error: baseline checkpoint {path} has architecture {saved}, "
+def read_module(module_class: type[L.LightningModule], path: str) -> L.LightningModule:
+    """``module_class.load_from_checkpoint(path)`` on the CPU. The throw-away initialisation draws from a
+    forked RNG, so reading a checkpoint leaves the run's random stream where it was."""
+    with torch.random.fork_rng(devices=[]):
+        return module_class.load_from_checkpoint(path, map_location="cpu")
+
+
+def load_baseline(model: L.LightningModule, path: str) -> L.LightningModule:
+    """Load a trained, unpruned baseline's weights into ``model`` (the architectures must match) and
+    return the baseline module read from ``path`` (arguments an older checkpoint lacks have their defaults)."""
+    baseline = read_module(type(model), path)
+    if baseline.arch != model.arch:
+        raise SystemExit(f"error: baseline checkpoint {path} has architecture {baseline.arch}, "
                          f"but the model is {model.arch}; pass the matching --model.* arguments")
-    model.load_state_dict(ckpt["state_dict"])
+    model.load_state_dict(baseline.state_dict())
+    return baseline
 
 
 def validation_accuracy(model: L.LightningModule, datamodule: L.LightningDataModule, accelerator: str = "auto",

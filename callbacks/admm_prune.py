@@ -3,7 +3,7 @@
 Zhang et al., *A Systematic DNN Weight Pruning Framework using Alternating Direction Methods of
 Multipliers*, ECCV 2018, in the structured form of TinyNeuralNetwork's ``ADMMPruner`` (the ADMM variables
 live on the convolution that produces each prunable group's channels). The maths is in
-:mod:`lightning_modules.admm`.
+:mod:`lightning_modules.pruning.admm`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from torch import Tensor
 from callbacks.loss_term import LossTermCallback
 from callbacks.stages import log_scalars
 from callbacks.width_stage import module_groups, prune_width
-from lightning_modules.admm import admm_penalty, admm_update, primal_residual, project_rows, zero_rows
-from lightning_modules.criteria import L2Norm
-from lightning_modules.width_pruning import (
+from lightning_modules.pruning.admm import admm_penalty, admm_update, primal_residual, project_rows, zero_rows
+from lightning_modules.pruning.criteria import L2Norm
+from lightning_modules.pruning.width import (
     SparsitySpec,
     check_sparsity_names,
     keep_count,

@@ -8,9 +8,9 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.stages import data_image_size, log_scalars, restart_optimization, save_stage_checkpoint
-from lightning_modules.aux_heads import head_channels_of, mobilenet_cut_arch
-from lightning_modules.mobilenet_v1 import MobileNetV1
-from lightning_modules.profiling import model_cost
+from lightning_modules.deploy.profiling import model_cost
+from lightning_modules.models.aux_heads import head_channels_of, mobilenet_cut_arch
+from lightning_modules.models.mobilenet_v1 import MobileNetV1
 
 
 def cut_costs(arch: dict, cut_points: list[int], head_channels: tuple[int, ...], image_size: int) -> dict[int, dict]:

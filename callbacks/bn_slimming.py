@@ -16,8 +16,8 @@ from torch import nn
 
 from callbacks.loss_term import LossTermCallback
 from callbacks.width_stage import prune_width
-from lightning_modules.criteria import BNScale
-from lightning_modules.width_pruning import SparsitySpec
+from lightning_modules.pruning.criteria import BNScale
+from lightning_modules.pruning.width import SparsitySpec
 
 if TYPE_CHECKING:
     from lightning_modules.image_classifier import ImageClassifier

@@ -17,16 +17,10 @@ from callbacks.stages import (
     restart_optimization,
     run_dir,
 )
-from lightning_modules.aux_heads import cut_mobilenet_v1, head_channels_of
-from lightning_modules.depth_report import (
-    Baseline,
-    CutPoint,
-    choose_cut,
-    format_sweep_table,
-    log_sweep_to_wandb,
-    write_sweep_report,
-)
-from lightning_modules.profiling import model_cost
+from lightning_modules.deploy.profiling import model_cost
+from lightning_modules.models.aux_heads import cut_mobilenet_v1, head_channels_of
+from lightning_modules.pruning.depth_cut import Baseline, CutPoint, choose_cut
+from lightning_modules.reporting.sweep import format_sweep_table, log_sweep_to_wandb, write_sweep_report
 
 
 def sweep_rows(sweep: AuxiliarySweep) -> tuple[list[CutPoint], Baseline]:

@@ -29,7 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from callbacks.loss_term import LossTermCallback
-from lightning_modules.mobilenet_v1 import MobileNetV1
+from lightning_modules.models.mobilenet_v1 import MobileNetV1
 
 if TYPE_CHECKING:
     from lightning_modules.image_classifier import ImageClassifier

@@ -19,8 +19,8 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 
 from callbacks.width_stage import module_groups, prune_width
-from lightning_modules.criteria import CRITERIA, make_criterion
-from lightning_modules.width_pruning import (
+from lightning_modules.pruning.criteria import CRITERIA, make_criterion
+from lightning_modules.pruning.width import (
     DEFAULT_KEY,
     SparsitySpec,
     check_sparsity_names,

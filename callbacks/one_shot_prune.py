@@ -7,8 +7,8 @@ from typing import Any
 import lightning as L
 
 from callbacks.width_stage import prune_width
-from lightning_modules.criteria import CRITERIA, make_criterion
-from lightning_modules.width_pruning import SparsitySpec
+from lightning_modules.pruning.criteria import CRITERIA, make_criterion
+from lightning_modules.pruning.width import SparsitySpec
 
 
 class OneShotPrune(L.Callback):

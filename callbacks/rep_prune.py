@@ -1,7 +1,7 @@
 """ResRep width pruning inside one fit: train compactors with re-routed gradients, then merge and slice.
 
 Ding et al., *ResRep: Lossless CNN Pruning via Decoupling Remembering and Forgetting*, ICCV 2021; the maths
-is in :mod:`lightning_modules.resrep`.
+is in :mod:`lightning_modules.pruning.resrep`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from callbacks.prune_events import notify_before_prune
 from callbacks.stages import data_image_size, log_scalars, restart_optimization
 from callbacks.width_stage import ignored_modules, prune_width
-from lightning_modules.layers import Compactor
-from lightning_modules.profiling import model_cost
-from lightning_modules.resrep import (
+from lightning_modules.deploy.profiling import model_cost
+from lightning_modules.models.layers import Compactor
+from lightning_modules.pruning.resrep import (
     ROW_NORMS,
     CompactorRowNorm,
     compactor_layers,
@@ -31,7 +31,7 @@ from lightning_modules.resrep import (
     update_masks,
     with_compactors,
 )
-from lightning_modules.width_pruning import SparsitySpec, flops_preserve_rate
+from lightning_modules.pruning.width import SparsitySpec, flops_preserve_rate
 
 
 class RepPrune(L.Callback):
@@ -44,14 +44,14 @@ class RepPrune(L.Callback):
       checkpoints rebuild them) and a new optimiser and LR schedule start, spanning the epochs up to
       ``prune_epoch``.
     * Before every optimiser step the compactors' gradients are re-routed
-      (:func:`~lightning_modules.resrep.resrep_gradients`): masked rows get no objective gradient, all rows
+      (:func:`~lightning_modules.pruning.resrep.resrep_gradients`): masked rows get no objective gradient, all rows
       get the group-lasso gradient of strength ``penalty``. Every ``mask_interval`` optimiser steps the
       masks are chosen afresh: the rows of smallest ``criterion`` norm, as many as ``k / ramp_updates`` of
       each layer's target after the ``k``-th update. ``resrep/masked_channels``, ``resrep/masked_norm``
       (mean norm of the masked rows) and ``resrep/kept_norm`` are logged then.
     * At the start of epoch ``prune_epoch`` the masks are completed to the targets (if the ramp has not
       got there), the compactors are folded into their convolutions
-      (:func:`~lightning_modules.resrep.merge_compactors`) and the masked channels are sliced out by
+      (:func:`~lightning_modules.pruning.resrep.merge_compactors`) and the masked channels are sliced out by
       :func:`~callbacks.width_stage.prune_width`, which rebuilds the plain MobileNetV1 and restarts the
       optimiser and LR schedule for the fine-tuning until the end of the fit.
 

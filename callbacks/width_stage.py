@@ -2,7 +2,7 @@
 
 :func:`prune_width` announces the prune (a :class:`~callbacks.distillation.Distillation` callback keeps the
 unpruned net as its teacher), gathers activation statistics when the criterion needs them (HRank), removes
-channels with :func:`~lightning_modules.width_pruning.prune_model` (or an explicit plan), rebuilds the
+channels with :func:`~lightning_modules.pruning.width.prune_model` (or an explicit plan), rebuilds the
 sliced MobileNetV1 from its constructor arguments, restarts the optimiser (and, if asked, the LR schedule)
 and logs params, MACs and the FLOPs preserve rate.
 """
@@ -24,9 +24,9 @@ from callbacks.stages import (
     reset_best_checkpoint,
     restart_optimization,
 )
-from lightning_modules.criteria import Criterion
-from lightning_modules.profiling import model_cost
-from lightning_modules.width_pruning import (
+from lightning_modules.deploy.profiling import model_cost
+from lightning_modules.pruning.criteria import Criterion
+from lightning_modules.pruning.width import (
     ChannelGroup,
     SparsitySpec,
     apply_plan,
@@ -94,7 +94,7 @@ def prune_width(
     Args:
         criterion: scores the channels (ignored when ``plan`` is given).
         sparsity, round_to, global_ranking, max_pruning_ratio: see
-            :func:`~lightning_modules.width_pruning.plan_pruning`.
+            :func:`~lightning_modules.pruning.width.plan_pruning`.
         ignore: module names whose output channels are kept.
         plan: channels to remove per group, instead of ranking them with ``criterion``.
         stage_epochs: epochs of the new LR schedule (default: the rest of the fit).

@@ -20,9 +20,9 @@ from typing import Any
 
 from torch import nn
 
-from lightning_modules.export import export_onnx
-from lightning_modules.mobilenet_v1 import MobileNetV1
-from lightning_modules.profiling import count_macs, measure_latency_onnx, measure_latency_torch
+from lightning_modules.deploy.export import export_onnx
+from lightning_modules.deploy.profiling import count_macs, measure_latency_onnx, measure_latency_torch
+from lightning_modules.models.mobilenet_v1 import MobileNetV1
 
 
 def benchmark_nets(num_classes: int = 1000) -> dict[str, nn.Module]:

@@ -23,7 +23,7 @@ from callbacks.auxiliary_sweep import AuxiliarySweep
 from callbacks.depth_prune import DepthPrune
 from callbacks.width_pruners import check_schedule, describe, shift_epochs, width_pruners
 from datamodules import DatasetError, ImageFolderDataModule
-from lightning_modules.cli import (
+from experiments.cli import (
     ExperimentCLI,
     build_cli,
     close_logger,
@@ -31,9 +31,9 @@ from lightning_modules.cli import (
     load_baseline,
     write_summary,
 )
+from lightning_modules.deploy.profiling import tinyml_budget
 from lightning_modules.image_classifier import ImageClassifier
-from lightning_modules.mobilenet_v1 import MobileNetV1
-from lightning_modules.profiling import tinyml_budget
+from lightning_modules.models.mobilenet_v1 import MobileNetV1
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "depth_cifar10_32.yaml"
 

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from lightning_modules.export import check_onnx, export_onnx, onnx_accuracy, quantize_int8
-from lightning_modules.mobilenet_v1 import NUM_BLOCKS, MobileNetV1
-from lightning_modules.profiling import tinyml_budget
+from lightning_modules.deploy.export import check_onnx, export_onnx, onnx_accuracy, quantize_int8
+from lightning_modules.deploy.profiling import tinyml_budget
+from lightning_modules.models.mobilenet_v1 import NUM_BLOCKS, MobileNetV1
 
 DEFAULT_DATA_ROOT = "../shared/data/cifar10-jpg.tar.gz"
 

@@ -15,10 +15,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lightning_modules.depth_report import Baseline, CutPoint, choose_cut
-from lightning_modules.mobilenet_v1 import MobileNetV1
-from lightning_modules.profiling import measure_latency_torch, tinyml_budget
-from lightning_modules.width_report import plot_width_rows, width_rows, width_table
+from experiments.width_report import plot_width_rows, width_rows, width_table
+from lightning_modules.deploy.profiling import measure_latency_torch, tinyml_budget
+from lightning_modules.models.mobilenet_v1 import MobileNetV1
+from lightning_modules.pruning.depth_cut import Baseline, CutPoint, choose_cut
 
 #: Published replication (MobileNetV1, head DS→64/DS→32, cut after block 6): test accuracy in %.
 REFERENCE_DEPTH = {

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from datamodules import DatasetError, ImageFolderDataModule
-from lightning_modules.cli import build_cli, close_logger, fit_and_test, write_summary
+from experiments.cli import build_cli, close_logger, fit_and_test, write_summary
 from lightning_modules.image_classifier import ImageClassifier
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "baseline_cifar10_32.yaml"

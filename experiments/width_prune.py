@@ -29,7 +29,7 @@ from callbacks.distillation import Distillation
 from callbacks.one_shot_prune import OneShotPrune
 from callbacks.width_pruners import check_schedule, describe, width_pruners
 from datamodules import DatasetError, ImageFolderDataModule
-from lightning_modules.cli import (
+from experiments.cli import (
     ExperimentCLI,
     build_cli,
     close_logger,
@@ -39,8 +39,8 @@ from lightning_modules.cli import (
     validation_accuracy,
     write_summary,
 )
+from lightning_modules.deploy.profiling import model_cost
 from lightning_modules.image_classifier import ImageClassifier
-from lightning_modules.profiling import model_cost
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "width_cifar10_32.yaml"
 

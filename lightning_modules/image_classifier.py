@@ -20,9 +20,9 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.errors import check_num_classes
-from lightning_modules.aux_heads import AuxiliaryHeads, tap_features
-from lightning_modules.layers import Compactor
-from lightning_modules.mobilenet_v1 import NUM_BLOCKS, MobileNetV1
+from lightning_modules.models.aux_heads import AuxiliaryHeads, tap_features
+from lightning_modules.models.layers import Compactor
+from lightning_modules.models.mobilenet_v1 import NUM_BLOCKS, MobileNetV1
 
 #: Hyper-parameters that are MobileNetV1 constructor arguments.
 ARCH_KEYS: tuple[str, ...] = tuple(inspect.signature(MobileNetV1).parameters)
@@ -47,7 +47,7 @@ class ImageClassifier(L.LightningModule):
 
     Args:
         num_classes, width_mult, channels, stem_stride, num_blocks, head_channels, dropout:
-            the network (see :class:`~lightning_modules.mobilenet_v1.MobileNetV1`).
+            the network (see :class:`~lightning_modules.models.mobilenet_v1.MobileNetV1`).
         compactors: the network carries ResRep compactors (set by the
             :class:`~callbacks.rep_prune.RepPrune` callback while it trains them, so that its checkpoints
             rebuild them; folded away at its prune).

@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from callbacks.admm_prune import HOOK_NAME, ADMMPrune
-from lightning_modules.admm import (
+from lightning_modules.image_classifier import ImageClassifier
+from lightning_modules.models.mobilenet_v1 import mobilenet_v1_channels
+from lightning_modules.pruning.admm import (
     admm_penalty,
     admm_update,
     kept_rows,
@@ -19,9 +21,7 @@ from lightning_modules.admm import (
     row_norms,
     zero_rows,
 )
-from lightning_modules.image_classifier import ImageClassifier
-from lightning_modules.mobilenet_v1 import mobilenet_v1_channels
-from lightning_modules.width_pruning import keep_count
+from lightning_modules.pruning.width import keep_count
 from tests.tiny_fit import tiny_datamodule, tiny_folder, tiny_module, tiny_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny fits are faster on one thread

@@ -6,7 +6,9 @@ import pytest
 import timm
 import torch
 
-from lightning_modules.aux_heads import (
+from lightning_modules.deploy.profiling import count_params
+from lightning_modules.image_classifier import ImageClassifier
+from lightning_modules.models.aux_heads import (
     AuxiliaryHeads,
     cut_generic,
     cut_mobilenet_v1,
@@ -16,9 +18,7 @@ from lightning_modules.aux_heads import (
     tap_channels,
     tap_features,
 )
-from lightning_modules.image_classifier import ImageClassifier
-from lightning_modules.mobilenet_v1 import MobileNetV1
-from lightning_modules.profiling import count_params
+from lightning_modules.models.mobilenet_v1 import MobileNetV1
 
 ARCH = ImageClassifier(num_classes=10).arch
 

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from callbacks.bn_slimming import HOOK_NAME, BNSlimming, bn_l1_penalty
-from lightning_modules.criteria import BNScale
 from lightning_modules.image_classifier import ImageClassifier
-from lightning_modules.mobilenet_v1 import mobilenet_v1_channels
-from lightning_modules.width_pruning import keep_count, prune_model
+from lightning_modules.models.mobilenet_v1 import mobilenet_v1_channels
+from lightning_modules.pruning.criteria import BNScale
+from lightning_modules.pruning.width import keep_count, prune_model
 from tests.tiny_fit import tiny_datamodule, tiny_folder, tiny_module, tiny_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny fits are faster on one thread

@@ -10,7 +10,7 @@ import yaml
 
 from callbacks.width_pruners import check_schedule, method_of, width_pruners
 from experiments import depth_prune, train, width_prune
-from lightning_modules.cli import ExperimentCLI, build_cli
+from experiments.cli import ExperimentCLI, build_cli
 from lightning_modules.image_classifier import ImageClassifier
 
 CONFIGS = Path(__file__).resolve().parent.parent / "experiments" / "configs"

@@ -7,15 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from lightning_modules.depth_report import (
+from lightning_modules.pruning.depth_cut import Baseline, CutPoint, choose_cut, knee_point, pareto_front
+from lightning_modules.reporting.sweep import (
     CSV_COLUMNS,
-    Baseline,
-    CutPoint,
-    choose_cut,
     format_sweep_table,
-    knee_point,
     log_sweep_to_wandb,
-    pareto_front,
     write_sweep_report,
 )
 

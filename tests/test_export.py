@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from experiments import profile_model
-from lightning_modules.export import (
+from lightning_modules.deploy.export import (
     check_onnx,
     export_onnx,
     onnx_accuracy,
@@ -22,9 +22,9 @@ from lightning_modules.export import (
     quantize_int8,
     run_onnx,
 )
+from lightning_modules.deploy.profiling import count_macs, count_params, flash_size
 from lightning_modules.image_classifier import ImageClassifier
-from lightning_modules.mobilenet_v1 import MobileNetV1
-from lightning_modules.profiling import count_macs, count_params, flash_size
+from lightning_modules.models.mobilenet_v1 import MobileNetV1
 
 IMAGE_SIZE = 32
 #: Irregular widths, as channel pruning of a width-0.25 MobileNetV1 leaves them (stem + 13 blocks).

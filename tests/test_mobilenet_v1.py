@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from lightning_modules.mobilenet_v1 import NUM_BLOCKS, MobileNetV1, mobilenet_v1_channels
-from lightning_modules.profiling import count_macs, count_params
+from lightning_modules.deploy.profiling import count_macs, count_params
+from lightning_modules.models.mobilenet_v1 import NUM_BLOCKS, MobileNetV1, mobilenet_v1_channels
 
 
 @pytest.mark.parametrize(("num_classes", "expected"), [(10, 3_217_226), (1000, 4_231_976)])

@@ -10,7 +10,7 @@ import torch
 from callbacks.distillation import Distillation
 from callbacks.one_shot_prune import OneShotPrune
 from lightning_modules.image_classifier import ImageClassifier
-from lightning_modules.mobilenet_v1 import mobilenet_v1_channels
+from lightning_modules.models.mobilenet_v1 import mobilenet_v1_channels
 from tests.tiny_fit import tiny_datamodule, tiny_folder, tiny_module, tiny_trainer
 
 

@@ -7,8 +7,7 @@ import torch
 from torch import nn
 
 from experiments import bench_latency
-from lightning_modules.mobilenet_v1 import MobileNetV1
-from lightning_modules.profiling import (
+from lightning_modules.deploy.profiling import (
     ActivationTrace,
     count_macs,
     count_params,
@@ -18,6 +17,7 @@ from lightning_modules.profiling import (
     peak_live_elements,
     tinyml_budget,
 )
+from lightning_modules.models.mobilenet_v1 import MobileNetV1
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,9 +14,9 @@ from torch import nn
 from callbacks.distillation import Distillation
 from callbacks.rep_prune import RepPrune
 from lightning_modules.image_classifier import ARCH_KEYS, ImageClassifier
-from lightning_modules.layers import Compactor
-from lightning_modules.mobilenet_v1 import MobileNetV1, mobilenet_v1_channels
-from lightning_modules.resrep import (
+from lightning_modules.models.layers import Compactor
+from lightning_modules.models.mobilenet_v1 import MobileNetV1, mobilenet_v1_channels
+from lightning_modules.pruning.resrep import (
     compactor_layers,
     mask_vector,
     merge_compactors,
@@ -27,7 +27,7 @@ from lightning_modules.resrep import (
     update_masks,
     with_compactors,
 )
-from lightning_modules.width_pruning import (
+from lightning_modules.pruning.width import (
     apply_plan,
     keep_count,
     mobilenet_v1_arch_after_pruning,

@@ -14,8 +14,8 @@ import yaml
 
 from experiments import depth_prune, report, train, width_prune
 from lightning_modules.image_classifier import ImageClassifier
-from lightning_modules.mobilenet_v1 import mobilenet_v1_channels
-from lightning_modules.width_pruning import keep_count
+from lightning_modules.models.mobilenet_v1 import mobilenet_v1_channels
+from lightning_modules.pruning.width import keep_count
 from tests.fake_data import write_image
 from tests.test_experiments import STOP_AFTER, assert_same_weights, load_weights, tiny_args
 

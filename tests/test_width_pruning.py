@@ -12,7 +12,9 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-from lightning_modules.criteria import (
+from lightning_modules.deploy.profiling import count_macs, count_params
+from lightning_modules.models.mobilenet_v1 import MobileNetV1
+from lightning_modules.pruning.criteria import (
     CRITERIA,
     FPGM,
     BNScale,
@@ -22,9 +24,7 @@ from lightning_modules.criteria import (
     RandomCriterion,
     make_criterion,
 )
-from lightning_modules.mobilenet_v1 import MobileNetV1
-from lightning_modules.profiling import count_macs, count_params
-from lightning_modules.width_pruning import (
+from lightning_modules.pruning.width import (
     ChannelGroup,
     channel_scores,
     flops_preserve_rate,

@@ -9,7 +9,7 @@ convolutions into one group.
 Conventions follow TinyNeuralNetwork's one-shot pruner: ``sparsity`` is the fraction of channels removed
 from every prunable layer (0.5 → width 0.5, 0.75 → width 0.25); the prunable layers are every
 non-depthwise convolution (the stem included); the final ``nn.Linear`` keeps its outputs. Under the MAC
-count of :mod:`lightning_modules.profiling`, the "FLOPs preserve rate" of MobileNetV1-1.0 is about 0.25 at
+count of :mod:`lightning_modules.deploy.profiling`, the "FLOPs preserve rate" of MobileNetV1-1.0 is about 0.25 at
 sparsity 0.5 and 0.06 at 0.75.
 
 Typical use (a callback adds the schedule and the fine-tuning)::
@@ -34,9 +34,9 @@ import torch_pruning as tp
 from timm.layers import make_divisible
 from torch import Tensor, nn
 
-from lightning_modules.criteria import CONVS, NORMS, Criterion
-from lightning_modules.layers import Compactor
-from lightning_modules.mobilenet_v1 import MobileNetV1
+from lightning_modules.models.layers import Compactor
+from lightning_modules.models.mobilenet_v1 import MobileNetV1
+from lightning_modules.pruning.criteria import CONVS, NORMS, Criterion
 
 #: Key of a per-layer sparsity dict that applies to the layers it does not name.
 DEFAULT_KEY: str = "default"

@@ -201,7 +201,7 @@ def _stored_layers(model: nn.Module) -> tuple[list[tuple[int, int, bool]], int]:
     """``([(weight elements, output channels, has bias after folding)], other float parameters)``.
 
     A BatchNorm folds into the weighted layer registered just before it (the Conv → BN order of
-    :class:`~lightning_modules.layers.ConvBNReLU` and of torchvision/timm blocks) when the channels
+    :class:`~lightning_modules.models.layers.ConvBNReLU` and of torchvision/timm blocks) when the channels
     match; any other BatchNorm is stored as a float scale and shift per channel.
     """
     layers: list[list[Any]] = []
@@ -322,7 +322,7 @@ def tinyml_budget(
         "flash_fp32": flash_size(model, 4),
     }
     if latency:
-        from lightning_modules.export import export_onnx
+        from lightning_modules.deploy.export import export_onnx
 
         torch_lat = measure_latency_torch(model, image_size, threads, warmup, runs, in_chans)
         with tempfile.TemporaryDirectory() as tmp:

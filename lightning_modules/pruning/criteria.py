@@ -1,6 +1,6 @@
 """Channel-importance criteria for width pruning.
 
-A criterion scores the output channels of one layer; :func:`~lightning_modules.width_pruning.channel_scores`
+A criterion scores the output channels of one layer; :func:`~lightning_modules.pruning.width.channel_scores`
 sums those scores over the layers that share a channel (a convolution, its BatchNorm, the depthwise
 convolution that follows, ...), as torch-pruning's group importance does, and the lowest-scored channels are
 removed. Each criterion is one small class with a single :meth:`Criterion.score` method:

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lightning_modules.layers import ClassifierHead
-from lightning_modules.mobilenet_v1 import MobileNetV1, mobilenet_v1_channels
+from lightning_modules.models.layers import ClassifierHead
+from lightning_modules.models.mobilenet_v1 import MobileNetV1, mobilenet_v1_channels
 
 #: Head presets: depthwise-separable widths before pooling.
 HEAD_PRESETS: dict[str, tuple[int, ...]] = {

@@ -3,7 +3,7 @@
 Ding et al., *ResRep: Lossless CNN Pruning via Decoupling Remembering and Forgetting*, ICCV 2021.
 
 1. **Convolutional re-parameterisation.** An identity-initialised 1×1 convolution, the *compactor*
-   (:class:`~lightning_modules.layers.Compactor`), follows the BatchNorm of every prunable convolution
+   (:class:`~lightning_modules.models.layers.Compactor`), follows the BatchNorm of every prunable convolution
    (:func:`with_compactors`); the network computes the same function.
 2. **Gradient re-parameterisation.** Training goes on with the objective's gradient re-routed on the
    compactors only: rows (output channels) in a *mask* receive no objective gradient ("forgetting"), every
@@ -14,10 +14,10 @@ Ding et al., *ResRep: Lossless CNN Pruning via Decoupling Remembering and Forget
 3. **Merge and slice.** ``conv → BN → compactor`` folds into one convolution followed by an identity
    BatchNorm (:func:`merge_compactors`); the masked rows are now output channels of that convolution whose
    filters are (near) zero, and slicing them (:func:`removal_plan` with
-   :func:`~lightning_modules.width_pruning.apply_plan`) gives a plain, narrower MobileNetV1.
+   :func:`~lightning_modules.pruning.width.apply_plan`) gives a plain, narrower MobileNetV1.
 
 Compactors are placed after the stem and every pointwise convolution of MobileNetV1 (the prunable
-convolutions of :mod:`lightning_modules.width_pruning`); the keys of :func:`compactor_layers` are the names
+convolutions of :mod:`lightning_modules.pruning.width`); the keys of :func:`compactor_layers` are the names
 of the convolutions they follow, i.e. the group names of the merged network.
 """
 
@@ -29,10 +29,10 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.criteria import Criterion
-from lightning_modules.layers import Compactor
-from lightning_modules.mobilenet_v1 import MobileNetV1
-from lightning_modules.width_pruning import (
+from lightning_modules.models.layers import Compactor
+from lightning_modules.models.mobilenet_v1 import MobileNetV1
+from lightning_modules.pruning.criteria import Criterion
+from lightning_modules.pruning.width import (
     SparsitySpec,
     check_sparsity_names,
     keep_count,
@@ -97,7 +97,7 @@ def removal_targets(
     """Rows to remove from each compactor: ``C − keep_count(C, sparsity, round_to)`` (0 for ``ignore``).
 
     ``sparsity`` is a float for all layers or ``{"default": s, "<conv name>": s, ...}`` as in
-    :func:`~lightning_modules.width_pruning.sparsity_of`.
+    :func:`~lightning_modules.pruning.width.sparsity_of`.
     """
     check_sparsity_names(sparsity, compactors, kind="compactor")
     ignored = set(ignore)
@@ -224,5 +224,5 @@ def merge_compactors(net: MobileNetV1) -> tuple[MobileNetV1, dict]:
 
 def removal_plan(masks: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
     """The channels to slice out of the merged network: ``{group (conv) name: masked rows}``, for
-    :func:`~lightning_modules.width_pruning.apply_plan` (layers with nothing masked are left out)."""
+    :func:`~lightning_modules.pruning.width.apply_plan` (layers with nothing masked are left out)."""
     return {name: sorted(int(i) for i in rows) for name, rows in masks.items() if len(rows)}

@@ -17,7 +17,7 @@ import torch
 from timm.layers import make_divisible
 from torch import nn
 
-from lightning_modules.layers import ClassifierHead, Compactor, ConvBNReLU, DepthwiseSeparableConv
+from lightning_modules.models.layers import ClassifierHead, Compactor, ConvBNReLU, DepthwiseSeparableConv
 
 #: Output channels of the stem followed by those of the 13 depthwise-separable blocks (width 1.0).
 BASE_CHANNELS: tuple[int, ...] = (32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
@@ -45,9 +45,9 @@ class MobileNetV1(nn.Module):
             standard GAP + FC classifier.
         dropout: dropout before the final FC.
         in_chans: input image channels.
-        compactors: put an identity-initialised :class:`~lightning_modules.layers.Compactor` after the
+        compactors: put an identity-initialised :class:`~lightning_modules.models.layers.Compactor` after the
             BatchNorm of the stem and of every pointwise convolution (backbone and head blocks), never after
-            a depthwise one (Ding et al., *ResRep*, ICCV 2021; see :mod:`lightning_modules.resrep`).
+            a depthwise one (Ding et al., *ResRep*, ICCV 2021; see :mod:`lightning_modules.pruning.resrep`).
     """
 
     def __init__(

@@ -25,7 +25,7 @@ from callbacks.epoch_seed import EpochSeed
 from callbacks.last_checkpoint import LastCheckpoint
 from callbacks.stages import run_dir
 from callbacks.throughput import Throughput
-from lightning_modules.profiling import tinyml_budget
+from lightning_modules.deploy.profiling import tinyml_budget
 
 WANDB_HOST = "api.wandb.ai"
 

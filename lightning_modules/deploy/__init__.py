@@ -1,0 +1,1 @@
+"""Deployment: profiling (params, MACs, RAM, flash, latency) and export."""

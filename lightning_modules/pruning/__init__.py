@@ -1,0 +1,1 @@
+"""Pruning maths as plain functions over nn.Modules: criteria, width plans, ADMM, ResRep, depth cut."""

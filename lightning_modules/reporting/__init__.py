@@ -1,0 +1,1 @@
+"""Run-time reports written by the pipeline (the depth sweep)."""

@@ -9,13 +9,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.stages import data_image_size, log_scalars, restart_optimization, save_stage_checkpoint
 from lightning_modules.deploy.profiling import model_cost
-from lightning_modules.models.aux_heads import head_channels_of, mobilenet_cut_arch
-from lightning_modules.models.mobilenet_v1 import MobileNetV1
-
-
-def cut_costs(arch: dict, cut_points: list[int], head_channels: tuple[int, ...], image_size: int) -> dict[int, dict]:
-    """Params and MACs of "stem + blocks ≤ k + head k" for each cut point k."""
-    return {k: model_cost(MobileNetV1(**mobilenet_cut_arch(arch, k, head_channels)), image_size) for k in cut_points}
+from lightning_modules.models.aux_heads import head_channels_of
 
 
 class AuxiliarySweep(L.Callback):
@@ -29,7 +23,8 @@ class AuxiliarySweep(L.Callback):
         start_epoch: first epoch of the sweep (0 when starting from a trained baseline checkpoint).
         epochs: length of the sweep stage (its LR schedule spans these epochs).
         head: head preset (``replication``, ``paper``, ``linear``) or explicit widths.
-        cut_points: which cut points get a head; all (stem + 13 blocks) by default.
+        cut_points: which cut points get a head; all of the backbone's by default (MobileNetV1: the stem +
+            13 blocks; timm: the entries of ``forward_intermediates``).
     """
 
     def __init__(
@@ -55,9 +50,10 @@ class AuxiliarySweep(L.Callback):
         self.started = True
         self.baseline_checkpoint = save_stage_checkpoint(trainer, "baseline.ckpt")
         pl_module.attach_aux_heads(self.head_channels, self.cut_points)
-        pl_module.freeze(["net"])
+        pl_module.freeze_modules(["net"])
         image_size = data_image_size(trainer)
-        self.costs = cut_costs(pl_module.arch, pl_module.aux_heads.cut_points, self.head_channels, image_size)
+        self.costs = pl_module.adapter.cut_costs(pl_module.net, pl_module.arch, pl_module.aux_heads.cut_points,
+                                                 self.head_channels, image_size)
         self.baseline = model_cost(pl_module.net, image_size)
         restart_optimization(trainer, pl_module, self.epochs)
         rank_zero_info(f"Auxiliary sweep: {len(self.costs)} heads {self.head_channels} on a frozen backbone "

@@ -18,7 +18,7 @@ from callbacks.stages import (
     run_dir,
 )
 from lightning_modules.deploy.profiling import model_cost
-from lightning_modules.models.aux_heads import cut_mobilenet_v1, head_channels_of
+from lightning_modules.models.aux_heads import head_channels_of
 from lightning_modules.pruning.depth_cut import Baseline, CutPoint, choose_cut
 from lightning_modules.reporting.sweep import format_sweep_table, log_sweep_to_wandb, write_sweep_report
 
@@ -32,7 +32,8 @@ def sweep_rows(sweep: AuxiliarySweep) -> tuple[list[CutPoint], Baseline]:
 
 
 class DepthPrune(L.Callback):
-    """At ``epoch``: choose the cut, rebuild the network as stem + blocks ≤ k + head k, restart the
+    """At ``epoch``: choose the cut, rebuild the network as the layers up to cut point k + head k
+    (through the backbone's adapter), restart the
     optimiser and LR schedule, and fine-tune until the end of the fit.
 
     Args:
@@ -99,10 +100,12 @@ class DepthPrune(L.Callback):
             cut, reason = self.block, f"block {self.block} given explicitly"
         rank_zero_info(f"Depth pruning: cut after block {cut} — {reason}")
         notify_before_prune(trainer, pl_module)
-        new_net, arch = cut_mobilenet_v1(pl_module.net, pl_module.arch, cut, self.head_channels, head, self.init)
+        new_net, arch = pl_module.adapter.cut(pl_module.net, pl_module.arch, cut, self.head_channels, head,
+                                              self.init)
         pl_module.detach_aux_heads()
         pl_module.rebuild_net(new_net, **arch)
-        pl_module.freeze(["net.stem", "net.blocks"] if self.finetune == "head" else [])
+        trunk = [f"net.{name}" for name in pl_module.adapter.trunk_names(pl_module.net)]
+        pl_module.freeze_modules(trunk if self.finetune == "head" else [])
         restart_optimization(trainer, pl_module, int(trainer.max_epochs) - trainer.current_epoch)
         reset_best_checkpoint(trainer)
         after = model_cost(pl_module.net, image_size)

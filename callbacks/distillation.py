@@ -29,7 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from callbacks.loss_term import LossTermCallback
-from lightning_modules.models.mobilenet_v1 import MobileNetV1
+from lightning_modules.models.adapters import build_net, check_same_architecture
 
 if TYPE_CHECKING:
     from lightning_modules.image_classifier import ImageClassifier
@@ -108,12 +108,13 @@ def frozen_copy(net: nn.Module) -> nn.Module:
 
 
 def build_teacher(arch: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> nn.Module:
-    """A frozen ``MobileNetV1(**arch)`` carrying the weights ``state_dict``.
+    """A frozen network described by ``arch`` (any backbone) carrying the weights ``state_dict``.
 
     The throw-away initialisation draws from a forked RNG, so building the teacher on resume leaves the
     global random stream (data order, augmentation) exactly where an uninterrupted run has it."""
     with torch.random.fork_rng(devices=[]):
-        net = MobileNetV1(**arch)
+        net = build_net(arch)
+    check_same_architecture(state_dict, net.state_dict(), "the teacher's weights")
     net.load_state_dict(state_dict)
     return freeze(net)
 

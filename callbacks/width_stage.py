@@ -2,8 +2,8 @@
 
 :func:`prune_width` announces the prune (a :class:`~callbacks.distillation.Distillation` callback keeps the
 unpruned net as its teacher), gathers activation statistics when the criterion needs them (HRank), removes
-channels with :func:`~lightning_modules.pruning.width.prune_model` (or an explicit plan), rebuilds the
-sliced MobileNetV1 from its constructor arguments, restarts the optimiser (and, if asked, the LR schedule)
+channels with :func:`~lightning_modules.pruning.width.prune_model` (or an explicit plan), describes the
+sliced network through its backbone adapter (MobileNetV1: rebuilt from its constructor arguments), restarts the optimiser (and, if asked, the LR schedule)
 and logs params, MACs and the FLOPs preserve rate.
 """
 
@@ -34,7 +34,6 @@ from lightning_modules.pruning.width import (
     flops_preserve_rate,
     plan_pruning,
     prunable_groups,
-    rebuild_mobilenet_v1,
 )
 
 
@@ -116,7 +115,7 @@ def prune_width(
         scores = channel_scores(groups, criterion, normalize=global_ranking)
         plan = plan_pruning(scores, sparsity, round_to, global_ranking, max_pruning_ratio=max_pruning_ratio)
     apply_plan(groups, plan)
-    new_net, arch = rebuild_mobilenet_v1(net)
+    new_net, arch = pl_module.adapter.after_width_prune(net)
     pl_module.rebuild_net(new_net, **arch)
     if restart_schedule:
         restart_optimization(trainer, pl_module, stage_epochs or int(trainer.max_epochs) - trainer.current_epoch)
@@ -127,7 +126,7 @@ def prune_width(
     rate = flops_preserve_rate(before["macs"], after["macs"])
     removed = sum(len(v) for v in plan.values())
     rank_zero_info(f"Width pruning ({criterion!r}): removed {removed} channels at epoch {trainer.current_epoch}; "
-                   f"channels {arch['channels']}")
+                   f"channels {arch.get('channels', arch.get('structure'))}")
     log_scalars(trainer, {f"{tag}/params": after["params"], f"{tag}/macs": after["macs"],
                           f"{tag}/flops_preserve_rate": rate,
                           f"{tag}/params_ratio": after["params"] / before["params"],

@@ -114,13 +114,21 @@ class ImageFolderDataModule(LightningDataModule):
                 f"{name} cannot download its dataset; prepare it at {root} and use download=False"
             )
         self.classes: list[str] = []
-        self.num_classes: int = self.nominal_num_classes  # replaced by the count found on disk in setup()
+        self._num_classes: int = self.nominal_num_classes  # replaced by the count found on disk
         self.dataset_dir: Path | None = None
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
         self._splits: dict[str, Split] = {}
         self._views: dict[str, tuple[str, Tensor | None]] = {}
+
+    @property
+    def num_classes(self) -> int:
+        """The number of classes found on disk (the splits are read on first use, so the experiment CLIs
+        can give it to the model before training: ``link_arguments("data.num_classes", ...)``)."""
+        if not self._splits:
+            self._read_splits()
+        return self._num_classes
 
     # ----------------------------------------------------------- dataset-specific hooks
 
@@ -227,7 +235,7 @@ class ImageFolderDataModule(LightningDataModule):
         self.dataset_dir = self._locate()
         train, evaluation = self.load_splits(self.dataset_dir)
         check_same_classes(train, evaluation)
-        self.classes, self.num_classes = list(train.classes), len(train.classes)
+        self.classes, self._num_classes = list(train.classes), len(train.classes)
         self._splits = {"train": train, "eval": evaluation}
         hp = self.hparams
         train_idx: Tensor | None = None

@@ -26,6 +26,7 @@ from callbacks.last_checkpoint import LastCheckpoint
 from callbacks.stages import run_dir
 from callbacks.throughput import Throughput
 from lightning_modules.deploy.profiling import tinyml_budget
+from lightning_modules.models.adapters import ArchitectureMismatch
 
 WANDB_HOST = "api.wandb.ai"
 
@@ -85,6 +86,9 @@ class ExperimentCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--ckpt_path", type=str | None, default=None,
                             help="Checkpoint to resume from (e.g. <run dir>/checkpoints/last.ckpt).")
+        # The classifier's outputs are the classes the datamodule finds (``--model.num_classes`` is not an
+        # argument: a mismatch between model and data cannot be configured).
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/acc",
@@ -219,12 +223,24 @@ def read_module(module_class: type[L.LightningModule], path: str) -> L.Lightning
 def load_baseline(model: L.LightningModule, path: str) -> L.LightningModule:
     """Load a trained, unpruned baseline's weights into ``model`` (the architectures must match) and
     return the baseline module read from ``path`` (arguments an older checkpoint lacks have their defaults)."""
-    baseline = read_module(type(model), path)
+    try:
+        baseline = read_module(type(model), path)
+    except ArchitectureMismatch as err:
+        raise SystemExit(f"error: baseline checkpoint {path}: {err}") from err
     if baseline.arch != model.arch:
         raise SystemExit(f"error: baseline checkpoint {path} has architecture {baseline.arch}, "
                          f"but the model is {model.arch}; pass the matching --model.* arguments")
     model.load_state_dict(baseline.state_dict())
     return baseline
+
+
+def check_backbone_support(trainer: L.Trainer, model: L.LightningModule) -> None:
+    """Refuse, before training, a pruning callback the model's backbone does not support."""
+    from callbacks.rep_prune import RepPrune
+
+    if any(isinstance(cb, RepPrune) for cb in trainer.callbacks) and not model.adapter.supports_compactors():
+        raise SystemExit(f"error: RepPrune (ResRep) is not supported for backbone {model.hparams.backbone!r}: "
+                         "its compactors are implemented for mobilenet_v1 only; choose another width method")
 
 
 def validation_accuracy(model: L.LightningModule, datamodule: L.LightningDataModule, accelerator: str = "auto",

@@ -26,6 +26,7 @@ from datamodules import DatasetError, ImageFolderDataModule
 from experiments.cli import (
     ExperimentCLI,
     build_cli,
+    check_backbone_support,
     close_logger,
     fit_and_test,
     load_baseline,
@@ -33,7 +34,7 @@ from experiments.cli import (
 )
 from lightning_modules.deploy.profiling import tinyml_budget
 from lightning_modules.image_classifier import ImageClassifier
-from lightning_modules.models.mobilenet_v1 import MobileNetV1
+from lightning_modules.models.adapters import build_net
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "depth_cifar10_32.yaml"
 
@@ -83,6 +84,7 @@ def main(args: list[str] | None = None) -> Path:
         if sweep.epochs == 0:
             trainer.callbacks.remove(sweep)
         check_stages(trainer, sweep, prune)
+        check_backbone_support(trainer, model)
         checkpoints = fit_and_test(cli)
     except DatasetError as err:
         raise SystemExit(f"error: {err}") from err
@@ -93,7 +95,7 @@ def main(args: list[str] | None = None) -> Path:
         "stage": "depth_prune",
         "dataset": type(data).__name__.removesuffix("DataModule"),
         "baseline": {**result.get("before", {}), "acc": result.get("baseline", {}).get("acc"),
-                     "budget": tinyml_budget(MobileNetV1(**result["arch_before"]), image_size)
+                     "budget": tinyml_budget(build_net(result["arch_before"]), image_size)
                      if "arch_before" in result else None},
         "sweep": result.get("sweep", []),
         "chosen_cut": result.get("cut"),

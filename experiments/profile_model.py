@@ -28,7 +28,8 @@ from torch import nn
 
 from lightning_modules.deploy.export import check_onnx, export_onnx, onnx_accuracy, quantize_int8
 from lightning_modules.deploy.profiling import tinyml_budget
-from lightning_modules.models.mobilenet_v1 import NUM_BLOCKS, MobileNetV1
+from lightning_modules.models.adapters import build_net
+from lightning_modules.models.mobilenet_v1 import NUM_BLOCKS
 
 DEFAULT_DATA_ROOT = "../shared/data/cifar10-jpg.tar.gz"
 
@@ -36,6 +37,9 @@ DEFAULT_DATA_ROOT = "../shared/data/cifar10-jpg.tar.gz"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", type=str, default=None, help="ImageClassifier checkpoint (overrides model args)")
+    parser.add_argument("--backbone", type=str, default="mobilenet_v1",
+                        help="mobilenet_v1 or a timm model name (timm arguments: --backbone_kwargs JSON)")
+    parser.add_argument("--backbone_kwargs", type=json.loads, default=None, help='e.g. \'{"drop_rate": 0.1}\'')
     parser.add_argument("--width_mult", type=float, default=1.0)
     parser.add_argument("--channels", type=int, nargs="+", default=None, help="explicit stem + block widths")
     parser.add_argument("--num_blocks", type=int, default=NUM_BLOCKS)
@@ -64,6 +68,10 @@ def load_net(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
 
         module = ImageClassifier.load_from_checkpoint(args.ckpt, map_location="cpu")
         return module.net.eval(), dict(module.arch)
+    if args.backbone != "mobilenet_v1":
+        arch = {"backbone": args.backbone, "backbone_kwargs": args.backbone_kwargs or {},
+                "num_classes": args.num_classes, "in_chans": 3, "dropout": 0.0, "structure": {}}
+        return build_net(arch).eval(), arch
     arch = {
         "num_classes": args.num_classes,
         "width_mult": args.width_mult,
@@ -72,7 +80,7 @@ def load_net(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
         "head_channels": list(args.head_channels),
         "stem_stride": args.stem_stride,
     }
-    return MobileNetV1(**arch).eval(), arch
+    return build_net(arch).eval(), arch
 
 
 def cifar10_batches(

@@ -17,7 +17,7 @@ from typing import Any
 
 from experiments.width_report import plot_width_rows, width_rows, width_table
 from lightning_modules.deploy.profiling import measure_latency_torch, tinyml_budget
-from lightning_modules.models.mobilenet_v1 import MobileNetV1
+from lightning_modules.models.adapters import build_net
 from lightning_modules.pruning.depth_cut import Baseline, CutPoint, choose_cut
 
 #: Published replication (MobileNetV1, head DS→64/DS→32, cut after block 6): test accuracy in %.
@@ -61,11 +61,13 @@ def budget_of(entry: dict, arch: dict | None, image_size: int) -> dict:
         return entry["budget"]
     if arch is None:
         return {}
-    return tinyml_budget(MobileNetV1(**arch), image_size)
+    return tinyml_budget(build_net(arch), image_size)
 
 
 def unpruned_arch(arch: dict) -> dict:
-    """The full MobileNetV1 a depth-pruned ``arch`` was cut from (same width and classes)."""
+    """The full network a depth-pruned ``arch`` was cut from (same width and classes)."""
+    if arch.get("backbone", "mobilenet_v1") != "mobilenet_v1":
+        return {**arch, "structure": {}}
     return {**arch, "num_blocks": 13, "head_channels": [], "channels": None}
 
 
@@ -141,7 +143,7 @@ def with_latency(budget: dict, arch: dict, image_size: int, runs: int = 50) -> d
     (so the points are comparable with each other), unless the run already carries one."""
     if runs <= 0 or "latency_torch_ms" in budget:
         return budget
-    timing = measure_latency_torch(MobileNetV1(**arch).eval(), image_size, threads=1, runs=runs)
+    timing = measure_latency_torch(build_net(arch).eval(), image_size, threads=1, runs=runs)
     return {**budget, "latency_torch_ms": timing["median_ms"]}
 
 

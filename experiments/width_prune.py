@@ -32,6 +32,7 @@ from datamodules import DatasetError, ImageFolderDataModule
 from experiments.cli import (
     ExperimentCLI,
     build_cli,
+    check_backbone_support,
     close_logger,
     fit_and_test,
     load_baseline,
@@ -69,6 +70,7 @@ def main(args: list[str] | None = None) -> Path:
             raise SystemExit(f"error: a width-pruning run needs exactly one pruning callback in trainer.callbacks "
                              f"(OneShotPrune, BNSlimming, GradualPrune, ADMMPrune or RepPrune), found {len(pruners)}")
         check_schedule(pruners[0], trainer.max_epochs)
+        check_backbone_support(trainer, model)
         baseline_ckpt = cli.config.baseline_ckpt
         if not baseline_ckpt and not cli.config.ckpt_path:
             raise SystemExit("error: --baseline_ckpt is required: train a baseline first with "

@@ -1,14 +1,14 @@
-"""LightningModule training a MobileNetV1 image classifier.
+"""LightningModule training an image classifier: MobileNetV1 (ours) or any timm CNN.
 
-The network is rebuilt from the hyper-parameters that describe it (``ARCH_KEYS``). Pruning callbacks
-change the network by updating those hyper-parameters and calling :meth:`ImageClassifier.rebuild_net`,
-so a checkpoint saved after pruning carries the pruned architecture: ``load_from_checkpoint`` and
-``trainer.fit(ckpt_path=…)`` rebuild it before loading weights.
+The network is rebuilt from the hyper-parameters that describe it (its backbone adapter's ``arch_keys``:
+MobileNetV1's constructor arguments, or a timm name, its arguments and a ``structure``). Pruning callbacks
+change the network and call :meth:`ImageClassifier.rebuild_net` with :meth:`ImageClassifier.describe_net`
+of the new network, so a checkpoint saved after pruning carries the pruned architecture:
+``load_from_checkpoint`` and ``trainer.fit(ckpt_path=…)`` rebuild it before loading weights.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -19,13 +19,19 @@ from timm.scheduler import create_scheduler_v2
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from datamodules.errors import check_num_classes
-from lightning_modules.models.aux_heads import AuxiliaryHeads, tap_features
+from lightning_modules.models.adapters import (
+    MOBILENET_V1,
+    BackboneAdapter,
+    adapter_for,
+    check_same_architecture,
+)
+from lightning_modules.models.adapters.base import ArchitectureMismatch, untouched_rng
+from lightning_modules.models.adapters.mobilenet_v1 import ARCH_KEYS
+from lightning_modules.models.aux_heads import AuxiliaryHeads
 from lightning_modules.models.layers import Compactor
-from lightning_modules.models.mobilenet_v1 import NUM_BLOCKS, MobileNetV1
+from lightning_modules.models.mobilenet_v1 import NUM_BLOCKS
 
-#: Hyper-parameters that are MobileNetV1 constructor arguments.
-ARCH_KEYS: tuple[str, ...] = tuple(inspect.signature(MobileNetV1).parameters)
+__all__ = ["ARCH_KEYS", "ImageClassifier"]
 
 #: Optimiser names accepted on the command line → timm optimiser names.
 OPTIMIZERS: dict[str, str] = {"sgd": "momentum", "nesterov": "nesterov", "adam": "adam", "adamw": "adamw"}
@@ -39,15 +45,48 @@ def _normalise_arch(arch: dict[str, Any]) -> dict[str, Any]:
     for key in ("channels", "head_channels"):
         if out.get(key) is not None:
             out[key] = [int(c) for c in out[key]]
+    for key in ("backbone_kwargs", "structure"):
+        if key in out:
+            out[key] = dict(out[key] or {})
     return out
 
 
+#: MobileNetV1 arguments with their defaults: a timm backbone takes none of them (its own go in
+#: ``backbone_kwargs``).
+MOBILENET_ONLY: dict[str, Any] = {"width_mult": 1.0, "channels": None, "stem_stride": 2, "num_blocks": NUM_BLOCKS,
+                                  "head_channels": (), "compactors": False}
+
+
+def _check_backbone_arguments(hparams: dict[str, Any]) -> None:
+    backbone = hparams["backbone"]
+    if backbone == MOBILENET_V1:
+        if hparams.get("structure"):
+            raise ValueError("structure describes timm networks; MobileNetV1 is described by its own arguments")
+        if hparams.get("backbone_kwargs"):
+            raise ValueError("backbone_kwargs are timm.create_model arguments; MobileNetV1 takes its own "
+                             "(--model.width_mult, --model.channels, ...)")
+        return
+    for key, default in MOBILENET_ONLY.items():
+        value = hparams.get(key)
+        if (tuple(value) if isinstance(value, list | tuple) else value) != default:
+            raise ValueError(f"--model.{key} applies to mobilenet_v1 only, not to backbone {backbone!r}; pass timm "
+                             f"arguments in --model.backbone_kwargs")
+
+
 class ImageClassifier(L.LightningModule):
-    """Image classification with a MobileNetV1 backbone.
+    """Image classification with a MobileNetV1 or timm backbone.
 
     Args:
-        num_classes, width_mult, channels, stem_stride, num_blocks, head_channels, dropout:
-            the network (see :class:`~lightning_modules.models.mobilenet_v1.MobileNetV1`).
+        backbone: ``mobilenet_v1`` (ours) or any timm model name (e.g. ``resnet18``, ``efficientnet_b0``,
+            ``convnext_atto``); never downloads weights.
+        backbone_kwargs: further ``timm.create_model`` arguments (e.g. ``{"drop_path_rate": 0.1}``, or
+            ``{"pretrained": true, "pretrained_cfg_overlay": {"file": "weights.safetensors"}}``).
+        structure: a cut and/or width-pruned timm network (set by the pruning callbacks, see
+            :mod:`lightning_modules.models.adapters.timm`).
+        num_classes: outputs of the classifier (the CLI takes it from the data).
+        width_mult, channels, stem_stride, num_blocks, head_channels, dropout:
+            MobileNetV1's arguments (see :class:`~lightning_modules.models.mobilenet_v1.MobileNetV1`);
+            ``in_chans`` and ``dropout`` apply to timm networks too.
         compactors: the network carries ResRep compactors (set by the
             :class:`~callbacks.rep_prune.RepPrune` callback while it trains them, so that its checkpoints
             rebuild them; folded away at its prune).
@@ -63,6 +102,9 @@ class ImageClassifier(L.LightningModule):
 
     def __init__(
         self,
+        backbone: str = MOBILENET_V1,
+        backbone_kwargs: dict[str, Any] | None = None,
+        structure: dict[str, Any] | None = None,
         num_classes: int = 10,
         width_mult: float = 1.0,
         channels: list[int] | None = None,
@@ -85,7 +127,9 @@ class ImageClassifier(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = MobileNetV1(**self.arch)
+        _check_backbone_arguments(self.hparams)
+        self.adapter: BackboneAdapter = adapter_for(self.hparams)
+        self.net = self.adapter.build(self.arch)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.metrics = nn.ModuleDict(
             {f"{split}_acc": MulticlassAccuracy(num_classes, average="micro") for split in ("train", "val", "test")}
@@ -106,25 +150,37 @@ class ImageClassifier(L.LightningModule):
     # ----------------------------------------------------------------------------------- architecture
     @property
     def arch(self) -> dict[str, Any]:
-        """The network's constructor arguments, taken from the hyper-parameters."""
-        return _normalise_arch({k: self.hparams[k] for k in ARCH_KEYS if k in self.hparams})
+        """The network's description (the adapter's architecture keys), taken from the hyper-parameters."""
+        keys = self.adapter.arch_keys
+        return _normalise_arch({k: self.hparams[k] for k in keys if k in self.hparams})
+
+    def describe_net(self, net: nn.Module) -> dict[str, Any]:
+        """The architecture hyper-parameters of ``net`` (e.g. a pruned copy of ``self.net``), for
+        :meth:`rebuild_net`."""
+        return self.adapter.describe(net)
 
     def rebuild_net(self, net: nn.Module | None = None, **arch: Any) -> None:
         """Replace the network: update the architecture hyper-parameters and install ``net``.
 
-        ``net`` (e.g. a pruned copy carrying trained weights) must match ``arch``; when it is ``None``
-        a freshly initialised network is built from the updated hyper-parameters.
+        ``net`` (e.g. a pruned copy carrying trained weights) must match ``arch``
+        (:class:`~lightning_modules.models.adapters.ArchitectureMismatch` names the first layer that does
+        not); when it is ``None`` a freshly initialised network is built from the updated hyper-parameters.
         """
         self.hparams.update(_normalise_arch(arch))
         device = next(self.parameters()).device
-        self.net = (net if net is not None else MobileNetV1(**self.arch)).to(device)
+        if net is not None:
+            with untouched_rng():
+                expected = self.adapter.build(self.arch)
+            check_same_architecture(net.state_dict(), expected.state_dict(), "the new network's layers")
+        self.net = (net if net is not None else self.adapter.build(self.arch)).to(device)
         if self.hparams.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
 
     def attach_aux_heads(self, head_channels: Sequence[int], cut_points: Sequence[int] | None = None) -> None:
-        """Put an auxiliary classifier at each cut point (all 14 of MobileNetV1 by default)."""
+        """Put an auxiliary classifier at each cut point (all of them by default: 14 for MobileNetV1)."""
         device = next(self.parameters()).device
-        self.aux_heads = AuxiliaryHeads(self.net.channels, self.hparams.num_classes, head_channels, cut_points)
+        channels = [p.channels for p in self.adapter.cut_points(self.net, self.hparams.in_chans)]
+        self.aux_heads = AuxiliaryHeads(channels, self.hparams.num_classes, head_channels, cut_points)
         self.aux_heads.to(device)
         self.aux_metrics = nn.ModuleDict(
             {f"{split}_{k}": MulticlassAccuracy(self.hparams.num_classes, average="micro").to(device)
@@ -135,7 +191,7 @@ class ImageClassifier(L.LightningModule):
         self.aux_heads = None
         self.aux_metrics = nn.ModuleDict()
 
-    def freeze(self, names: Sequence[str] = ()) -> None:
+    def freeze_modules(self, names: Sequence[str] = ()) -> None:
         """Freeze exactly the named submodules (no gradients, BatchNorm statistics fixed); unfreeze the rest."""
         self.frozen = list(names)
         frozen = {id(p) for n in self.frozen for p in self.get_submodule(n).parameters()}
@@ -161,15 +217,19 @@ class ImageClassifier(L.LightningModule):
         and the heads see detached features, so one pass trains all heads and leaves the backbone as is."""
         assert self.aux_heads is not None
         with torch.set_grad_enabled(torch.is_grad_enabled() and "net" not in self.frozen):
-            feats = tap_features(self.net.feature_modules, self._prepare(x))
-            logits = self.net.head(feats[-1])
-        aux = self.aux_heads([f.detach() if "net" in self.frozen else f for f in feats])
+            logits, feats = self.adapter.features(self.net, self._prepare(x), self.aux_heads.cut_points)
+        aux = self.aux_heads({k: f.detach() if "net" in self.frozen else f for k, f in feats.items()})
         return logits, aux
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if getattr(datamodule, "num_classes", None) is not None:
-            check_num_classes(datamodule.num_classes, self.hparams.num_classes, datamodule.hparams.get("root", ""))
+        found = getattr(datamodule, "num_classes", None)
+        if found is not None and int(found) != int(self.hparams.num_classes):
+            raise ValueError(f"the dataset has {found} classes but the model is built for {self.hparams.num_classes}; "
+                             "the experiment CLIs take num_classes from the data")
+        # An example input: Lightning's model summary counts the network's FLOPs on it.
+        size = int(getattr(getattr(datamodule, "hparams", None), "image_size", 0) or 224)
+        self.example_input_array = torch.zeros(1, int(self.hparams.in_chans), size, size)
         if self.hparams.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
 
@@ -284,7 +344,11 @@ class ImageClassifier(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Called before the weights are loaded: rebuild the saved (possibly pruned) architecture.
         saved = checkpoint.get("hyper_parameters", {})
-        saved_arch = _normalise_arch({k: saved[k] for k in ARCH_KEYS if k in saved})
+        saved_backbone = saved.get("backbone") or MOBILENET_V1
+        if saved_backbone != self.hparams.backbone:
+            raise ArchitectureMismatch(f"the checkpoint holds a {saved_backbone} network, the model is a "
+                                       f"{self.hparams.backbone}; pass --model.backbone {saved_backbone}")
+        saved_arch = _normalise_arch({k: saved[k] for k in self.adapter.arch_keys if k in saved})
         if saved_arch and saved_arch != self.arch:
             self.rebuild_net(**saved_arch)
         aux = checkpoint.get("aux_heads")
@@ -292,7 +356,9 @@ class ImageClassifier(L.LightningModule):
             self.attach_aux_heads(aux["head_channels"], aux["cut_points"])
         else:
             self.detach_aux_heads()
-        self.freeze(checkpoint.get("frozen", []))
+        if "state_dict" in checkpoint:
+            check_same_architecture(checkpoint["state_dict"], self.state_dict(), "the checkpoint's weights")
+        self.freeze_modules(checkpoint.get("frozen", []))
         stage = checkpoint.get("stage", {})
         self.stage_start_step = int(stage.get("start_step", 0))
         self.stage_epochs = stage.get("epochs")

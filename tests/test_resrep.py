@@ -14,6 +14,7 @@ from torch import nn
 from callbacks.distillation import Distillation
 from callbacks.rep_prune import RepPrune
 from lightning_modules.image_classifier import ARCH_KEYS, ImageClassifier
+from lightning_modules.models.adapters.mobilenet_v1 import mobilenet_v1_arch_after_pruning
 from lightning_modules.models.layers import Compactor
 from lightning_modules.models.mobilenet_v1 import MobileNetV1, mobilenet_v1_channels
 from lightning_modules.pruning.resrep import (
@@ -30,7 +31,6 @@ from lightning_modules.pruning.resrep import (
 from lightning_modules.pruning.width import (
     apply_plan,
     keep_count,
-    mobilenet_v1_arch_after_pruning,
     prunable_groups,
 )
 from tests.tiny_fit import tiny_datamodule, tiny_folder, tiny_module, tiny_trainer

@@ -13,6 +13,10 @@ import torch_pruning as tp
 from torch import nn
 
 from lightning_modules.deploy.profiling import count_macs, count_params
+from lightning_modules.models.adapters.mobilenet_v1 import (
+    mobilenet_v1_arch_after_pruning,
+    rebuild_mobilenet_v1,
+)
 from lightning_modules.models.mobilenet_v1 import MobileNetV1
 from lightning_modules.pruning.criteria import (
     CRITERIA,
@@ -29,12 +33,10 @@ from lightning_modules.pruning.width import (
     channel_scores,
     flops_preserve_rate,
     keep_count,
-    mobilenet_v1_arch_after_pruning,
     output_layer,
     plan_pruning,
     prunable_groups,
     prune_model,
-    rebuild_mobilenet_v1,
 )
 
 torch.set_num_threads(1)

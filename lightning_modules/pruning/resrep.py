@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from lightning_modules.models.adapters.mobilenet_v1 import mobilenet_v1_arch_after_pruning
 from lightning_modules.models.layers import Compactor
 from lightning_modules.models.mobilenet_v1 import MobileNetV1
 from lightning_modules.pruning.criteria import Criterion
@@ -36,7 +37,6 @@ from lightning_modules.pruning.width import (
     SparsitySpec,
     check_sparsity_names,
     keep_count,
-    mobilenet_v1_arch_after_pruning,
     sparsity_of,
 )
 
@@ -70,6 +70,8 @@ class CompactorRowNorm(Criterion):
 def with_compactors(net: MobileNetV1) -> tuple[MobileNetV1, dict]:
     """A MobileNetV1 with identity compactors carrying ``net``'s weights (the same function) and its
     constructor arguments (``compactors=True``); on ``net``'s device, dtype and train/eval mode."""
+    if not isinstance(net, MobileNetV1):
+        raise TypeError(f"ResRep compactors are implemented for mobilenet_v1 only, not for {type(net).__name__}")
     arch = mobilenet_v1_arch_after_pruning(net)
     if arch["compactors"]:
         raise ValueError("the network already has compactors")

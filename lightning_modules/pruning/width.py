@@ -16,11 +16,11 @@ Typical use (a callback adds the schedule and the fine-tuning)::
 
     criterion = make_criterion("l1_norm")
     prune_model(net, criterion, 0.5, torch.randn(1, 3, 32, 32), round_to=8)
-    arch = mobilenet_v1_arch_after_pruning(net)  # constructor arguments of the sliced MobileNetV1
+    net, arch = adapter.after_width_prune(net)  # the sliced net and its description (any backbone)
 
-Other networks (e.g. timm CNNs) have no constructor argument per layer width; their pruned structure is
-saved and restored with torch-pruning's own ``torch.save(tp.state_dict(net), path)`` and
-``tp.load_state_dict(fresh_net, torch.load(path))``.
+The description of a sliced network comes from its backbone adapter: MobileNetV1's constructor arguments
+(a per-block channel list), or for a timm network the new shapes of every sliced layer
+(:mod:`lightning_modules.models.adapters.timm`).
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ import torch_pruning as tp
 from timm.layers import make_divisible
 from torch import Tensor, nn
 
-from lightning_modules.models.layers import Compactor
-from lightning_modules.models.mobilenet_v1 import MobileNetV1
 from lightning_modules.pruning.criteria import CONVS, NORMS, Criterion
 
 #: Key of a per-layer sparsity dict that applies to the layers it does not name.
@@ -268,32 +266,3 @@ def prune_model(
 def flops_preserve_rate(before_macs: int, after_macs: int) -> float:
     """MACs after pruning / MACs before (TinyNeuralNetwork's "FLOPs preserve rate")."""
     return after_macs / before_macs
-
-
-def mobilenet_v1_arch_after_pruning(net: MobileNetV1) -> dict:
-    """Constructor arguments of a (sliced) :class:`MobileNetV1`, read from its layers.
-
-    ``MobileNetV1(**arch)`` has the parameter shapes of ``net``, so ``load_state_dict(net.state_dict())``
-    rebuilds it exactly (with a consistent ``channels`` attribute, which slicing does not update).
-    """
-    dropout = net.head.dropout
-    return {
-        "num_classes": net.head.fc.out_features,
-        "channels": [net.stem[0].out_channels, *(b.pw[0].out_channels for b in net.blocks)],
-        "stem_stride": net.stem[0].stride[0],
-        "num_blocks": len(net.blocks),
-        "head_channels": [b.pw[0].out_channels for b in net.head.blocks],
-        "dropout": dropout.p if isinstance(dropout, nn.Dropout) else 0.0,
-        "in_chans": net.stem[0].in_channels,
-        "compactors": any(isinstance(m, Compactor) for m in net.modules()),
-    }
-
-
-def rebuild_mobilenet_v1(net: MobileNetV1) -> tuple[MobileNetV1, dict]:
-    """A fresh :class:`MobileNetV1` built from the sliced ``net``'s constructor arguments, with its weights."""
-    arch = mobilenet_v1_arch_after_pruning(net)
-    param = next(net.parameters())
-    new = MobileNetV1(**arch).to(device=param.device, dtype=param.dtype)
-    new.load_state_dict(net.state_dict())
-    new.train(net.training)
-    return new, arch

@@ -1,0 +1,41 @@
+"""Backbone adapters: one file per network family (see :mod:`.base` for the interface).
+
+:func:`make_adapter` picks the adapter of a ``--model.backbone`` value: ``mobilenet_v1`` (ours) or any
+timm model name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from lightning_modules.models.adapters.base import (
+    ArchitectureMismatch,
+    BackboneAdapter,
+    CutPointInfo,
+    check_same_architecture,
+)
+from lightning_modules.models.adapters.mobilenet_v1 import MobileNetV1Adapter
+from lightning_modules.models.adapters.timm import TimmAdapter
+
+#: The default backbone.
+MOBILENET_V1 = "mobilenet_v1"
+
+__all__ = ["ArchitectureMismatch", "BackboneAdapter", "CutPointInfo", "MOBILENET_V1", "MobileNetV1Adapter",
+           "TimmAdapter", "adapter_for", "build_net", "check_same_architecture"]
+
+
+def adapter_for(arch: Mapping[str, Any]) -> BackboneAdapter:
+    """The adapter of a network description (``backbone`` absent = MobileNetV1)."""
+    backbone = arch.get("backbone") or MOBILENET_V1
+    if backbone == MOBILENET_V1:
+        return MobileNetV1Adapter()
+    return TimmAdapter(backbone, arch.get("backbone_kwargs"), arch.get("num_classes", 10), arch.get("in_chans", 3),
+                       arch.get("dropout", 0.0))
+
+
+def build_net(arch: Mapping[str, Any]) -> nn.Module:
+    """A network of any backbone from its description (``pl_module.arch``, ``describe_net``)."""
+    return adapter_for(arch).build(arch)

@@ -1,0 +1,147 @@
+"""The interface every backbone family implements, and shape checks shared by all of them.
+
+A backbone adapter tells the rest of the code base what it needs to know about a family of networks:
+
+* the ordered **cut points** (index ``k`` = "the network up to here"), with channels and stride at each;
+* the **features** at the cut points in one forward pass (what the auxiliary heads of a depth sweep see);
+* the **cut** at ``k``: the truncated backbone followed by a classifier head;
+* a **description** of a network (JSON-able hyper-parameters) from which :meth:`BackboneAdapter.build`
+  rebuilds it, cut and/or width-pruned, from a checkpoint alone.
+
+Adding a backbone family is one file in this package and one entry in ``lightning_modules.models.adapters``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_modules.models.layers import ClassifierHead
+
+
+@dataclass(frozen=True)
+class CutPointInfo:
+    """One place the network can be cut: its index, the module whose output it is, channels and stride."""
+
+    index: int
+    module: str
+    channels: int
+    stride: int
+
+
+class ArchitectureMismatch(ValueError):
+    """Weights (or a network) whose layers do not match the network they are meant for."""
+
+
+def first_shape_mismatch(
+    expected: Mapping[str, torch.Size | Sequence[int]], actual: Mapping[str, torch.Size | Sequence[int]]
+) -> str | None:
+    """A sentence naming the first tensor whose presence or shape differs between two ``name → shape`` maps
+    (in ``expected``'s order, then ``actual``'s extra names), or ``None`` when they agree."""
+    for name, shape in expected.items():
+        if name not in actual:
+            return f"layer {name!r} {tuple(shape)} is missing from the network"
+        if tuple(actual[name]) != tuple(shape):
+            return f"layer {name!r} has shape {tuple(shape)} in the weights but {tuple(actual[name])} in the network"
+    extra = next((name for name in actual if name not in expected), None)
+    if extra is not None:
+        return f"layer {extra!r} {tuple(actual[extra])} of the network has no weights"
+    return None
+
+
+def shapes_of(state: Mapping[str, Any]) -> dict[str, torch.Size]:
+    """``name → shape`` of every tensor in a state dict."""
+    return {k: v.shape for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def check_same_architecture(
+    weights: Mapping[str, Any], network: Mapping[str, Any], what: str = "the weights"
+) -> None:
+    """Raise :class:`ArchitectureMismatch` naming the first mismatching layer and both shapes."""
+    problem = first_shape_mismatch(shapes_of(weights), shapes_of(network))
+    if problem is not None:
+        raise ArchitectureMismatch(f"{what} do not match the network: {problem}")
+
+
+@contextlib.contextmanager
+def untouched_rng() -> Iterator[None]:
+    """Build throw-away networks without moving the global random stream (exact resume, same seeds)."""
+    with torch.random.fork_rng(devices=[]):
+        yield
+
+
+class BackboneAdapter(ABC):
+    """What the LightningModule and the pruning callbacks need from one backbone family."""
+
+    #: The ``--model.backbone`` value(s) this adapter stands for (informational).
+    name: str = ""
+
+    @abstractmethod
+    def build(self, arch: Mapping[str, Any]) -> nn.Module:
+        """A freshly initialised network described by ``arch`` (as :meth:`describe` returns it)."""
+
+    @abstractmethod
+    def describe(self, net: nn.Module) -> dict[str, Any]:
+        """JSON-able hyper-parameters from which :meth:`build` makes a network with ``net``'s shapes."""
+
+    @abstractmethod
+    def cut_points(self, net: nn.Module, in_chans: int = 3) -> list[CutPointInfo]:
+        """The ordered cut points of ``net``."""
+
+    @abstractmethod
+    def features(
+        self, net: nn.Module, x: torch.Tensor, cut_points: Sequence[int]
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """The network's logits and the features at ``cut_points``, from one forward pass."""
+
+    @abstractmethod
+    def cut(
+        self,
+        net: nn.Module,
+        arch: Mapping[str, Any],
+        k: int,
+        head_channels: Sequence[int],
+        head: ClassifierHead | None = None,
+        init: str = "original",
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        """``net`` cut after cut point ``k`` with a classifier head there, and its description.
+
+        ``init``: ``original`` keeps the trained layers and the trained auxiliary ``head``;
+        ``original_fresh_head`` keeps the layers and initialises a new head; ``random`` initialises all.
+        """
+
+    @abstractmethod
+    def cut_costs(
+        self, net: nn.Module, arch: Mapping[str, Any], cut_points: Sequence[int], head_channels: Sequence[int],
+        image_size: int,
+    ) -> dict[int, dict[str, int]]:
+        """Params and MACs of every cut "network up to k + head k"."""
+
+    @abstractmethod
+    def after_width_prune(self, net: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+        """The network to install after its channels were sliced in place, and its description."""
+
+    def supports_compactors(self) -> bool:
+        """Whether ResRep's compactors can be installed in this family's networks."""
+        return False
+
+    def trunk_names(self, net: nn.Module) -> list[str]:
+        """Children of ``net`` before its classifier head (frozen when only the head is fine-tuned)."""
+        return [name for name, _ in net.named_children() if name != "head"]
+
+
+def check_cut_init(init: str, head: nn.Module | None) -> None:
+    if init not in ("original", "original_fresh_head", "random"):
+        raise ValueError(f"init must be original, original_fresh_head or random, got {init!r}")
+    if init == "original" and head is None:
+        raise ValueError("init='original' needs the trained auxiliary head of the cut point")
+
+
+def device_of(net: nn.Module) -> torch.device:
+    return next(net.parameters()).device

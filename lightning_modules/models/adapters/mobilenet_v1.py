@@ -1,0 +1,142 @@
+"""MobileNetV1 (ours): its constructor arguments are its description.
+
+Cut points are the stem (0) and each of the 13 depthwise-separable blocks (k = after block k). A cut or
+width-pruned MobileNetV1 is another set of constructor arguments (``num_blocks``, ``channels``,
+``head_channels``), so checkpoints rebuild it from the hyper-parameters as they always did.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_modules.deploy.profiling import model_cost
+from lightning_modules.models.adapters.base import BackboneAdapter, CutPointInfo, check_cut_init, device_of
+from lightning_modules.models.layers import ClassifierHead, Compactor
+from lightning_modules.models.mobilenet_v1 import BLOCK_STRIDES, MobileNetV1, mobilenet_v1_channels
+
+#: Hyper-parameters that are MobileNetV1 constructor arguments.
+ARCH_KEYS: tuple[str, ...] = tuple(inspect.signature(MobileNetV1).parameters)
+
+
+def tap_features(modules: Sequence[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
+    """Run the feature modules in order and return every cut point's output."""
+    feats = []
+    for module in modules:
+        x = module(x)
+        feats.append(x)
+    return feats
+
+
+def mobilenet_cut_arch(arch: Mapping[str, Any], cut: int, head_channels: Sequence[int]) -> dict:
+    """Constructor arguments of "stem + blocks ≤ ``cut`` + head" for a MobileNetV1 described by ``arch``."""
+    channels = list(arch["channels"]) if arch.get("channels") is not None else mobilenet_v1_channels(
+        arch.get("width_mult", 1.0))
+    return {**arch, "num_blocks": int(cut), "channels": channels[: cut + 1], "head_channels": list(head_channels)}
+
+
+def cut_mobilenet_v1(
+    net: MobileNetV1,
+    arch: Mapping[str, Any],
+    cut: int,
+    head_channels: Sequence[int] = (64, 32),
+    head: ClassifierHead | None = None,
+    init: str = "original",
+) -> tuple[MobileNetV1, dict]:
+    """Cut ``net`` (described by ``arch``) after block ``cut`` (0 = after the stem) and put a head there.
+
+    ``init``: ``original`` keeps the trained stem/blocks and the trained auxiliary ``head`` (whose widths
+    must be ``head_channels``); ``original_fresh_head`` keeps the blocks and initialises a new head;
+    ``random`` initialises everything anew. Returns the new network and its constructor arguments.
+    """
+    check_cut_init(init, head)
+    new_arch = mobilenet_cut_arch(arch, cut, head_channels)
+    new = MobileNetV1(**new_arch).to(device_of(net))
+    if init in ("original", "original_fresh_head"):
+        new.stem.load_state_dict(net.stem.state_dict())
+        for i in range(cut):
+            new.blocks[i].load_state_dict(net.blocks[i].state_dict())
+    if init == "original":
+        new.head.load_state_dict(head.state_dict())
+    return new, new_arch
+
+
+def mobilenet_v1_arch_after_pruning(net: MobileNetV1) -> dict:
+    """Constructor arguments of a (sliced) :class:`MobileNetV1`, read from its layers.
+
+    ``MobileNetV1(**arch)`` has the parameter shapes of ``net``, so ``load_state_dict(net.state_dict())``
+    rebuilds it exactly (with a consistent ``channels`` attribute, which slicing does not update).
+    """
+    dropout = net.head.dropout
+    return {
+        "num_classes": net.head.fc.out_features,
+        "channels": [net.stem[0].out_channels, *(b.pw[0].out_channels for b in net.blocks)],
+        "stem_stride": net.stem[0].stride[0],
+        "num_blocks": len(net.blocks),
+        "head_channels": [b.pw[0].out_channels for b in net.head.blocks],
+        "dropout": dropout.p if isinstance(dropout, nn.Dropout) else 0.0,
+        "in_chans": net.stem[0].in_channels,
+        "compactors": any(isinstance(m, Compactor) for m in net.modules()),
+    }
+
+
+def rebuild_mobilenet_v1(net: MobileNetV1) -> tuple[MobileNetV1, dict]:
+    """A fresh :class:`MobileNetV1` built from the sliced ``net``'s constructor arguments, with its weights."""
+    arch = mobilenet_v1_arch_after_pruning(net)
+    param = next(net.parameters())
+    new = MobileNetV1(**arch).to(device=param.device, dtype=param.dtype)
+    new.load_state_dict(net.state_dict())
+    new.train(net.training)
+    return new, arch
+
+
+class MobileNetV1Adapter(BackboneAdapter):
+    """:class:`~lightning_modules.models.mobilenet_v1.MobileNetV1`, described by its constructor arguments."""
+
+    name = "mobilenet_v1"
+    arch_keys = ARCH_KEYS
+
+    def build(self, arch: Mapping[str, Any]) -> MobileNetV1:
+        return MobileNetV1(**{k: v for k, v in arch.items() if k in ARCH_KEYS})
+
+    def describe(self, net: nn.Module) -> dict[str, Any]:
+        return mobilenet_v1_arch_after_pruning(net)
+
+    def cut_points(self, net: nn.Module, in_chans: int = 3) -> list[CutPointInfo]:
+        stride = net.stem[0].stride[0]
+        points = [CutPointInfo(0, "stem", int(net.channels[0]), stride)]
+        for i in range(len(net.blocks)):
+            stride *= BLOCK_STRIDES[i]
+            points.append(CutPointInfo(i + 1, f"blocks.{i}", int(net.channels[i + 1]), stride))
+        return points
+
+    def features(
+        self, net: nn.Module, x: torch.Tensor, cut_points: Sequence[int]
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        feats = tap_features(net.feature_modules, x)
+        return net.head(feats[-1]), {k: feats[k] for k in cut_points}
+
+    def cut(
+        self, net: nn.Module, arch: Mapping[str, Any], k: int, head_channels: Sequence[int],
+        head: ClassifierHead | None = None, init: str = "original",
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        return cut_mobilenet_v1(net, arch, k, head_channels, head, init)
+
+    def cut_costs(
+        self, net: nn.Module, arch: Mapping[str, Any], cut_points: Sequence[int], head_channels: Sequence[int],
+        image_size: int,
+    ) -> dict[int, dict[str, int]]:
+        # Built from the constructor arguments (this draws from the global RNG, as every recorded
+        # MobileNetV1 run did: keeping it keeps those runs reproducible).
+        return {k: model_cost(MobileNetV1(**mobilenet_cut_arch(arch, k, head_channels)), image_size)
+                for k in cut_points}
+
+    def after_width_prune(self, net: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+        return rebuild_mobilenet_v1(net)
+
+    def supports_compactors(self) -> bool:
+        return True

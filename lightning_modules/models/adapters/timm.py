@@ -1,0 +1,256 @@
+"""Any CNN timm can build, through timm's own feature API.
+
+Cut points are the entries of ``forward_intermediates`` (timm's API for intermediate features): the stem
+and every block for the EfficientNet / MobileNetV3 family (``extra_blocks=True``), the stem and stages for
+ResNets, the stages for ConvNeXt. The cut itself is ``prune_intermediate_layers`` (which drops the layers
+after the cut point and the classifier) followed by one of our classifier heads.
+
+A network is described by its timm name and arguments plus a ``structure`` hyper-parameter:
+``{"cut": k, "cut_channels": C, "head_channels": [...]}`` for a cut network and ``{"layers": {...}}``
+for a width-pruned one: for every module whose tensors were sliced, the new shapes of its own tensors
+(and the ``groups`` of a convolution). :func:`apply_layer_shapes` resizes a freshly built network to
+them, so ``ImageClassifier.load_from_checkpoint`` rebuilds a pruned timm network from the checkpoint's
+hyper-parameters alone (JSON, nothing unpickled), before loading its weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from lightning_modules.deploy.profiling import model_cost
+from lightning_modules.models.adapters.base import (
+    BackboneAdapter,
+    CutPointInfo,
+    check_cut_init,
+    device_of,
+    untouched_rng,
+)
+from lightning_modules.models.layers import ClassifierHead
+
+#: Hyper-parameters that describe a timm network.
+ARCH_KEYS: tuple[str, ...] = ("backbone", "backbone_kwargs", "num_classes", "in_chans", "dropout", "structure")
+#: Image size of the dummy pass that measures channels and stride at the cut points.
+PROBE_SIZE: int = 64
+
+
+def check_timm_name(name: str) -> None:
+    """A clear error for a name timm cannot build, with close names."""
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:12]
+        raise ValueError(f"backbone {name!r} is neither 'mobilenet_v1' nor a timm model name; "
+                         f"close timm names: {close}")
+
+
+def intermediate_kwargs(model: nn.Module) -> dict[str, Any]:
+    """``extra_blocks=True`` where timm offers block granularity (EfficientNet, MobileNetV3 families)."""
+    params = inspect.signature(model.forward_intermediates).parameters
+    return {"extra_blocks": True} if "extra_blocks" in params else {}
+
+
+class TimmCut(nn.Module):
+    """A timm network truncated after cut point ``index`` (``prune_intermediate_layers``) and a head."""
+
+    def __init__(self, body: nn.Module, index: int, cut_channels: int, head: ClassifierHead,
+                 head_channels: Sequence[int]) -> None:
+        super().__init__()
+        self.body = body
+        self.head = head
+        self.index = int(index)
+        self.cut_channels = int(cut_channels)
+        self.head_channels = [int(c) for c in head_channels]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.body.forward_intermediates(x, indices=[self.index], intermediates_only=True,
+                                                **intermediate_kwargs(self.body))
+        return self.head(feats[-1])
+
+
+# ------------------------------------------------------------------------------ width-pruned shapes
+def _own_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(module.named_parameters(recurse=False)),
+            **{k: v for k, v in module.named_buffers(recurse=False) if v is not None}}
+
+
+def layer_shapes(net: nn.Module, reference: nn.Module) -> dict[str, dict[str, Any]]:
+    """For every module of ``net`` whose own tensors differ in shape from ``reference``'s (the same
+    network before slicing): ``{"shapes": {tensor: shape}, "groups": g}`` (``groups`` for convolutions)."""
+    ref_modules = dict(reference.named_modules())
+    out: dict[str, dict[str, Any]] = {}
+    for name, module in net.named_modules():
+        if name not in ref_modules:
+            raise ValueError(f"module {name!r} is not in the network the description is built from")
+        ref = _own_tensors(ref_modules[name])
+        changed = {k: list(v.shape) for k, v in _own_tensors(module).items()
+                   if k not in ref or ref[k].shape != v.shape}
+        if changed:
+            entry: dict[str, Any] = {"shapes": changed}
+            if isinstance(module, nn.modules.conv._ConvNd):
+                entry["groups"] = int(module.groups)
+            out[name] = entry
+    return out
+
+
+def apply_layer_shapes(net: nn.Module, layers: Mapping[str, Mapping[str, Any]]) -> nn.Module:
+    """Resize ``net``'s tensors (uninitialised: load weights next) and layer attributes to ``layers``."""
+    for name, entry in layers.items():
+        module = net.get_submodule(name)
+        for key, shape in entry["shapes"].items():
+            old = getattr(module, key)
+            new = torch.empty(tuple(shape), dtype=old.dtype, device=old.device)
+            if isinstance(old, nn.Parameter):
+                setattr(module, key, nn.Parameter(new, requires_grad=old.requires_grad))
+            else:
+                module.register_buffer(key, new, persistent=key not in module._non_persistent_buffers_set)
+        _sync_attributes(module, entry)
+    return net
+
+
+def _sync_attributes(module: nn.Module, entry: Mapping[str, Any]) -> None:
+    """The size attributes of the standard layers, from their resized weights."""
+    weight = getattr(module, "weight", None)
+    if isinstance(module, nn.modules.conv._ConvNd):
+        module.groups = int(entry.get("groups", module.groups))
+        module.out_channels = weight.shape[0]
+        module.in_channels = weight.shape[1] * module.groups
+    elif isinstance(module, nn.modules.batchnorm._NormBase):
+        module.num_features = (weight if weight is not None else module.running_mean).shape[0]
+    elif isinstance(module, nn.Linear):
+        module.out_features, module.in_features = weight.shape
+    elif isinstance(module, nn.LayerNorm) and weight is not None:
+        module.normalized_shape = (weight.shape[0],)
+    elif isinstance(module, nn.GroupNorm) and weight is not None:
+        module.num_channels = weight.shape[0]
+
+
+# ------------------------------------------------------------------------------------------ adapter
+class TimmAdapter(BackboneAdapter):
+    """Networks built by ``timm.create_model(backbone, num_classes=…, in_chans=…, **backbone_kwargs)``.
+
+    No weights are downloaded: ``pretrained`` is off unless ``backbone_kwargs`` asks for it, e.g. with a
+    local file ``{"pretrained": true, "pretrained_cfg_overlay": {"file": "weights.safetensors"}}``.
+    """
+
+    arch_keys = ARCH_KEYS
+
+    def __init__(self, backbone: str, backbone_kwargs: Mapping[str, Any] | None = None, num_classes: int = 10,
+                 in_chans: int = 3, dropout: float = 0.0) -> None:
+        check_timm_name(backbone)
+        self.name = backbone
+        self.kwargs = dict(backbone_kwargs or {})
+        self.num_classes, self.in_chans, self.dropout = int(num_classes), int(in_chans), float(dropout)
+
+    # ------------------------------------------------------------------------------------- building
+    def _create(self) -> nn.Module:
+        kwargs = {"pretrained": False, **self.kwargs}
+        if self.dropout > 0:
+            kwargs.setdefault("drop_rate", self.dropout)
+        return timm.create_model(self.name, num_classes=self.num_classes, in_chans=self.in_chans, **kwargs)
+
+    def _build_unsliced(self, structure: Mapping[str, Any]) -> nn.Module:
+        model = self._create()
+        if structure.get("cut") is None:
+            return model
+        k = int(structure["cut"])
+        model.prune_intermediate_layers(indices=[k], prune_norm=True, prune_head=True,
+                                        **intermediate_kwargs(model))
+        head = ClassifierHead(int(structure["cut_channels"]), self.num_classes, structure["head_channels"],
+                              self.dropout)
+        return TimmCut(model, k, structure["cut_channels"], head, structure["head_channels"])
+
+    def build(self, arch: Mapping[str, Any]) -> nn.Module:
+        structure = dict(arch.get("structure") or {})
+        net = self._build_unsliced(structure)
+        return apply_layer_shapes(net, structure.get("layers") or {})
+
+    def _base_arch(self, structure: Mapping[str, Any]) -> dict[str, Any]:
+        return {"backbone": self.name, "backbone_kwargs": dict(self.kwargs), "num_classes": self.num_classes,
+                "in_chans": self.in_chans, "dropout": self.dropout, "structure": dict(structure)}
+
+    def describe(self, net: nn.Module) -> dict[str, Any]:
+        structure: dict[str, Any] = {}
+        if isinstance(net, TimmCut):
+            structure = {"cut": net.index, "cut_channels": net.cut_channels, "head_channels": net.head_channels}
+        with untouched_rng():
+            reference = self._build_unsliced(structure)
+        layers = layer_shapes(net, reference)
+        if layers:
+            structure["layers"] = layers
+        return self._base_arch(structure)
+
+    # ------------------------------------------------------------------------------------ cut points
+    def _full(self, net: nn.Module) -> nn.Module:
+        if isinstance(net, TimmCut):
+            raise ValueError(f"{self.name} is already cut after cut point {net.index}; sweep and cut the "
+                             "uncut network")
+        return net
+
+    def cut_points(self, net: nn.Module, in_chans: int = 3) -> list[CutPointInfo]:
+        net = self._full(net)
+        kwargs = intermediate_kwargs(net)
+        modes = {m: m.training for m in net.modules()}
+        net.eval()
+        try:
+            with torch.no_grad():
+                x = torch.zeros(1, in_chans, PROBE_SIZE, PROBE_SIZE, device=device_of(net))
+                feats = net.forward_intermediates(x, intermediates_only=True, **kwargs)
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+        infos = net.feature_info if isinstance(net.feature_info, list) else net.feature_info.get_dicts()
+        if kwargs:  # the stem, then every entry of net.blocks
+            names = [infos[0]["module"], *(f"blocks.{i}" for i in range(len(feats) - 1))]
+        else:
+            names = [info["module"] for info in infos]
+        return [CutPointInfo(k, names[k], int(f.shape[1]), PROBE_SIZE // int(f.shape[-1]))
+                for k, f in enumerate(feats)]
+
+    def features(
+        self, net: nn.Module, x: torch.Tensor, cut_points: Sequence[int]
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        net = self._full(net)
+        points = sorted(int(k) for k in cut_points)
+        final, feats = net.forward_intermediates(x, indices=points, **intermediate_kwargs(net))
+        return net.forward_head(final), dict(zip(points, feats, strict=True))
+
+    # ------------------------------------------------------------------------------------------ cut
+    def cut(
+        self, net: nn.Module, arch: Mapping[str, Any], k: int, head_channels: Sequence[int],
+        head: ClassifierHead | None = None, init: str = "original",
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        check_cut_init(init, head)
+        net = self._full(net)
+        point = self.cut_points(net, self.in_chans)[k]
+        structure = {"cut": int(k), "cut_channels": point.channels, "head_channels": [int(c) for c in head_channels]}
+        if init == "random":
+            if (arch.get("structure") or {}).get("layers"):
+                raise ValueError("init='random' re-initialises a timm network from its timm arguments, which do "
+                                 "not hold a width-pruned structure; cut before width pruning")
+            new = self._build_unsliced(structure).to(device_of(net))
+            return new, self.describe(new)
+        body = copy.deepcopy(net)
+        body.prune_intermediate_layers(indices=[k], prune_norm=True, prune_head=True, **intermediate_kwargs(body))
+        if init == "original":
+            new_head = copy.deepcopy(head)
+        else:
+            new_head = ClassifierHead(point.channels, self.num_classes, structure["head_channels"], self.dropout)
+        new = TimmCut(body, k, point.channels, new_head.to(device_of(net)), structure["head_channels"])
+        new.train(net.training)
+        return new, self.describe(new)
+
+    def cut_costs(
+        self, net: nn.Module, arch: Mapping[str, Any], cut_points: Sequence[int], head_channels: Sequence[int],
+        image_size: int,
+    ) -> dict[int, dict[str, int]]:
+        with untouched_rng():
+            return {k: model_cost(self.cut(net, arch, k, head_channels, None, "original_fresh_head")[0], image_size)
+                    for k in cut_points}
+
+    def after_width_prune(self, net: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+        return net, self.describe(net)

@@ -9,7 +9,7 @@ default keep the decoded images in memory, augmenting whole batches on the train
 from datamodules.archive import resolve_root
 from datamodules.base import ImageFolderDataModule
 from datamodules.cifar import CIFAR10DataModule
-from datamodules.errors import DatasetError, check_num_classes
+from datamodules.errors import DatasetError
 from datamodules.imagenette import ImageNetDataModule, ImagenetteDataModule, ImagewoofDataModule
 
 __all__ = [
@@ -19,6 +19,5 @@ __all__ = [
     "ImageNetDataModule",
     "ImagenetteDataModule",
     "ImagewoofDataModule",
-    "check_num_classes",
     "resolve_root",
 ]

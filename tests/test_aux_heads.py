@@ -3,21 +3,12 @@
 import copy
 
 import pytest
-import timm
 import torch
 
 from lightning_modules.deploy.profiling import count_params
 from lightning_modules.image_classifier import ImageClassifier
-from lightning_modules.models.aux_heads import (
-    AuxiliaryHeads,
-    cut_generic,
-    cut_mobilenet_v1,
-    feature_modules_of,
-    head_channels_of,
-    mobilenet_cut_arch,
-    tap_channels,
-    tap_features,
-)
+from lightning_modules.models.adapters.mobilenet_v1 import cut_mobilenet_v1, mobilenet_cut_arch, tap_features
+from lightning_modules.models.aux_heads import AuxiliaryHeads, head_channels_of
 from lightning_modules.models.mobilenet_v1 import MobileNetV1
 
 ARCH = ImageClassifier(num_classes=10).arch
@@ -49,7 +40,7 @@ def test_sweep_mode_keeps_backbone_and_trains_every_head() -> None:
     torch.manual_seed(0)
     module = ImageClassifier(num_classes=10, width_mult=0.25)
     module.attach_aux_heads((16, 8))
-    module.freeze(["net"])
+    module.freeze_modules(["net"])
     module.train()
     before = copy.deepcopy(module.net.state_dict())
     opt = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.1)
@@ -95,24 +86,3 @@ def test_other_init_modes(init: str) -> None:
 def test_original_init_needs_the_head() -> None:
     with pytest.raises(ValueError, match="needs the trained auxiliary head"):
         cut_mobilenet_v1(MobileNetV1(num_classes=10), ARCH, 3, (64, 32), None, "original")
-
-
-@pytest.mark.parametrize(("name", "n_points"), [("resnet18", 5), ("mobilenetv1_100", 6)])
-def test_heads_and_cut_on_a_timm_backbone(name: str, n_points: int) -> None:
-    torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
-    modules = feature_modules_of(model)
-    channels = tap_channels(modules, image_size=64)
-    assert len(channels) == n_points
-    heads = AuxiliaryHeads(channels, 10, (32, 16)).eval()
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        out = heads(tap_features(modules, x))
-        cut = cut_generic(modules, 2, heads.heads["2"]).eval()
-        assert torch.allclose(cut(x), out[2], atol=1e-5)
-    assert count_params(cut) < count_params(model)
-
-
-def test_unknown_backbone_is_rejected() -> None:
-    with pytest.raises(TypeError, match="no stem"):
-        feature_modules_of(torch.nn.Linear(3, 3))

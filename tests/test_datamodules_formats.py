@@ -16,7 +16,6 @@ from datamodules import (
     ImageNetDataModule,
     ImagenetteDataModule,
     ImagewoofDataModule,
-    check_num_classes,
 )
 from datamodules import imagenette as imagenette_module
 from datamodules.datasets import InMemoryImageDataset
@@ -162,9 +161,14 @@ def test_generic_image_folder_and_odd_image_modes(tmp_path: Path) -> None:
     assert torch.equal(grey[0], grey[1]) and int(grey[0, 0, 0]) == 90
 
 
-def test_nominal_class_count_before_setup() -> None:
-    assert CIFAR10DataModule().num_classes == 10
-    assert ImageNetDataModule().num_classes == 1000
+def test_nominal_class_count() -> None:
+    assert CIFAR10DataModule.nominal_num_classes == 10
+    assert ImageNetDataModule.nominal_num_classes == 1000
+
+
+def test_num_classes_is_read_from_disk_before_setup(tmp_path: Path) -> None:
+    dm = CIFAR10DataModule(root=str(fake_data.make_image_folder(tmp_path / "three")), num_workers=0)
+    assert dm.num_classes == 3  # what the CLI links to the model's num_classes
 
 
 # ------------------------------------------------------------------------------- bad inputs
@@ -236,13 +240,6 @@ def test_corrupt_pickled_batch(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="cifar-10-batches-py") as info:
         _setup(CIFAR10DataModule(root=str(tmp_path / "d")))
     assert "download=True" in str(info.value)
-
-
-def test_check_num_classes() -> None:
-    check_num_classes(10, 10, "data/cifar")
-    with pytest.raises(DatasetError, match="data/cifar") as info:
-        check_num_classes(10, 100, "data/cifar")
-    assert "10 classes" in str(info.value) and "100" in str(info.value)
 
 
 def test_bad_arguments() -> None:

@@ -123,11 +123,11 @@ def test_missing_data_root_is_a_clear_error(tmp_path: Path) -> None:
     assert str(missing) in str(exc.value.code)
 
 
-def test_class_count_mismatch_is_a_clear_error(real_data_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(SystemExit) as exc:
+def test_num_classes_comes_from_the_data_not_the_command_line(real_data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exc:  # linked from data.num_classes: not an argument of its own
         train.main([*tiny_args(real_data_dir, tmp_path), "--model.num_classes", "7",
                     "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path)])
-    assert "10" in str(exc.value.code) and "7" in str(exc.value.code)
+    assert exc.value.code != 0
 
 
 def test_depth_prune_from_baseline_checkpoint_with_random_init(real_data_dir: Path, tmp_path: Path) -> None:

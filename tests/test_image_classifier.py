@@ -72,7 +72,7 @@ def test_label_smoothing_changes_the_loss() -> None:
 
 def test_freeze_head_only_finetuning() -> None:
     module = ImageClassifier(num_classes=4, width_mult=0.25, num_blocks=6, head_channels=[16, 8])
-    module.freeze(["net.stem", "net.blocks"])
+    module.freeze_modules(["net.stem", "net.blocks"])
     before = {k: v.clone() for k, v in module.net.state_dict().items()}
     fit(module)
     after = module.net.state_dict()

@@ -17,13 +17,15 @@ import pytest
 import torch
 from lightning.pytorch.utilities.model_summary import ModelSummary
 
-from experiments import depth_prune, train, width_prune
+from callbacks import ADMMPrune, BNSlimming, GradualPrune, OneShotPrune
+from experiments import depth_prune, profile_model, train, width_prune
 from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.models.adapters import ArchitectureMismatch, build_net
 from lightning_modules.pruning.criteria import make_criterion
 from lightning_modules.pruning.width import prune_model
 from tests.fake_data import make_image_folder
 from tests.test_experiments import STOP_AFTER, assert_same_weights, load_weights
+from tests.tiny_fit import tiny_datamodule, tiny_trainer
 
 FAMILIES = ["resnet10t", "mobilenetv3_small_050", "convnext_atto"]
 #: sha256 of the state dict of ``ImageClassifier()`` built after ``seed_everything(0)``, computed before the
@@ -89,6 +91,26 @@ def test_cut_and_width_pruned_timm_net_reloads_with_identical_outputs(backbone: 
     with torch.no_grad():
         assert torch.equal(module(x), reloaded(x))
     assert reloaded.arch == module.arch
+
+
+@pytest.mark.parametrize("backbone", ["resnet10t", "mobilenetv3_small_050"])
+def test_profile_and_onnx_export_of_a_cut_pruned_timm_checkpoint(backbone: str, tmp_path: Path) -> None:
+    module = ImageClassifier(backbone=backbone, num_classes=3)
+    new, arch = module.adapter.cut(module.net, module.arch, 2, (16, 8), None, "original_fresh_head")
+    module.rebuild_net(new, **arch)
+    prune_model(module.net, make_criterion("l1_norm"), 0.5, torch.randn(1, 3, 32, 32))
+    pruned, arch = module.adapter.after_width_prune(module.net)
+    module.rebuild_net(pruned, **arch)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, max_epochs=0)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "net.ckpt")
+    results = profile_model.main(["--ckpt", str(tmp_path / "net.ckpt"), "--image_size", "32",
+                                  "--onnx", str(tmp_path / "net.onnx")])
+    assert results["params"] == sum(p.numel() for p in module.net.parameters())
+    assert results["macs"] > 0 and results["peak_ram_int8"] > 0 and results["flash_int8"] > 0
+    assert results["onnx_max_abs_diff"] < 1e-4
+    untrained = profile_model.main(["--backbone", backbone, "--num_classes", "3", "--image_size", "32"])
+    assert untrained["params"] > results["params"]
 
 
 def test_mismatching_network_or_weights_is_one_clear_error(tmp_path: Path) -> None:
@@ -178,3 +200,40 @@ def test_resrep_on_timm_is_refused_before_training(folder: Path, tmp_path: Path)
         width_prune.main([*cli_args(folder, tmp_path / "logs", "resnet10t"), "--baseline_ckpt",
                           str(tmp_path / "base.ckpt"), "--trainer.max_epochs", "3",
                           "--trainer.callbacks+=callbacks.RepPrune", "--trainer.callbacks.prune_epoch", "1"])
+
+
+def width_method(name: str) -> L.Callback:
+    """Each width-pruning method, scheduled to prune within a 2-epoch fit."""
+    if name.startswith("oneshot_"):
+        return OneShotPrune(epoch=1, criterion=name.removeprefix("oneshot_"), sparsity=0.5, hrank_batches=2)
+    return {"bn_slimming": lambda: BNSlimming(start_epoch=0, prune_epoch=1, sparsity=0.5),
+            "admm": lambda: ADMMPrune(start_epoch=0, admm_epoch=1, prune_epoch=1, sparsity=0.5),
+            "gradual": lambda: GradualPrune(start_epoch=0, num_steps=2, interval=1, final_sparsity=0.5)}[name]()
+
+
+METHODS = [*(f"oneshot_{c}" for c in ("random", "l1_norm", "l2_norm", "fpgm", "hrank", "bn_scale")),
+           "bn_slimming", "admm", "gradual"]
+#: Methods that read BatchNorm layers (scales, or feature maps after them): ConvNeXt has LayerNorms only.
+NEEDS_BATCHNORM = {"oneshot_bn_scale", "oneshot_hrank", "bn_slimming"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("backbone", FAMILIES)
+def test_every_width_method_on_timm_families(backbone: str, method: str, folder: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = ImageClassifier(backbone=backbone, num_classes=3, lr=0.01)
+    before = sum(p.numel() for p in module.net.parameters())
+    trainer = tiny_trainer(tmp_path, 2, [width_method(method)], limit_train_batches=2)
+    if backbone == "convnext_atto" and method in NEEDS_BATCHNORM:
+        with pytest.raises(ValueError, match="BatchNorm"):
+            trainer.fit(module, tiny_datamodule(folder, batch_size=8))
+        return
+    trainer.fit(module, tiny_datamodule(folder, batch_size=8))
+    assert sum(p.numel() for p in module.net.parameters()) < before
+    reloaded = ImageClassifier.load_from_checkpoint(tmp_path / "epoch=1.ckpt", map_location="cpu")
+    assert reloaded.arch == module.arch
+    x = torch.randn(2, 3, 32, 32)
+    module.eval(), reloaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), module(x))

@@ -26,6 +26,7 @@ The description of a sliced network comes from its backbone adapter: MobileNetV1
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -130,8 +131,13 @@ def channel_scores(
 ) -> dict[str, Tensor]:
     """Importance of each group's channels: the criterion's per-channel scores summed over the group's
     layers of ``criterion.layer_types``. With ``normalize`` (for a global ranking) the scores of each
-    group are divided by their mean when ``criterion.normalize`` is set."""
+    group are divided by their mean when ``criterion.normalize`` is set.
+
+    A group with no layer the criterion reads (e.g. the squeeze convolution of a squeeze-excitation block
+    has no BatchNorm for ``bn_scale`` or ``hrank``) gets no scores, so no channel of it is removed; a
+    warning names those groups, and a criterion that can score no group at all is an error."""
     scores: dict[str, Tensor] = {}
+    unscored: list[str] = []
     for g in groups:
         total = torch.zeros(g.num_channels, dtype=torch.float64)
         scored = False
@@ -141,10 +147,17 @@ def channel_scores(
                 total.index_add_(0, torch.tensor(root_idxs), s[idxs])
                 scored = True
         if not scored:
-            raise ValueError(f"{criterion!r} scores none of the layers of group {g.name!r}")
+            unscored.append(g.name)
+            continue
         if normalize and criterion.normalize:
             total = total / total.mean().clamp_min(1e-12)
         scores[g.name] = total.float()
+    if unscored and not scores:
+        raise ValueError(f"{criterion!r} scores no layer of any prunable group (it reads "
+                         f"{[t.__name__ for t in criterion.layer_types]}); choose another criterion")
+    if unscored:
+        warnings.warn(f"{criterion!r} reads no layer of the groups {unscored}: their channels are kept",
+                      stacklevel=2)
     return scores
 
 

@@ -127,6 +127,9 @@ class ImageFolderDataModule(LightningDataModule):
         """The number of classes found on disk (the splits are read on first use, so the experiment CLIs
         can give it to the model before training: ``link_arguments("data.num_classes", ...)``)."""
         if not self._splits:
+            missing = not Path(self.hparams.root).expanduser().exists() and not self.hparams.download
+            if missing and self.nominal_num_classes:
+                return self.nominal_num_classes  # nothing to read here: setup() raises the clear DatasetError
             self._read_splits()
         return self._num_classes
 

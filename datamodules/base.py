@@ -201,9 +201,11 @@ class ImageFolderDataModule(LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
         """Augment (training) or resize (evaluation) and normalise uint8 batches on their device.
 
-        Float batches (streaming path) pass unchanged. Without an attached trainer, batches are
-        treated as evaluation batches.
+        Float batches (streaming path) and bare tensors (the model summary's example input) pass unchanged.
+        Without an attached trainer, batches are treated as evaluation batches.
         """
+        if isinstance(batch, Tensor):
+            return batch
         images, labels = batch
         if images.dtype != torch.uint8:
             return batch

@@ -147,6 +147,13 @@ def test_model_summary_counts_flops(backbone: str) -> None:
     assert ModelSummary(module).total_flops > 0
 
 
+def test_cli_run_with_the_model_summary(folder: Path, tmp_path: Path) -> None:
+    """The summary runs the example input through the datamodule's batch hook and the network."""
+    summary = json.loads(train.main([*cli_args(folder, tmp_path, "resnet10t"), "--trainer.fast_dev_run", "true",
+                                     "--trainer.enable_model_summary", "true"]).read_text())
+    assert summary["arch"]["num_classes"] == 3
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", FAMILIES)
 def test_depth_pipeline_on_timm_kill_after_cut_and_resume(backbone: str, folder: Path, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from callbacks.loss_term import LossTermCallback
+from callbacks.pruning_base import WidthPruningCallback, check_at_least
 from callbacks.width_stage import prune_width
 from lightning_modules.pruning.criteria import BNScale
 from lightning_modules.pruning.width import SparsitySpec
@@ -35,7 +36,7 @@ def bn_l1_penalty(net: nn.Module) -> torch.Tensor:
     return torch.stack(scales).sum()
 
 
-class BNSlimming(LossTermCallback):
+class BNSlimming(WidthPruningCallback, LossTermCallback):
     """Train with ``λ·Σ|γ|`` from ``start_epoch``, prune by ``|γ|`` at ``prune_epoch``, fine-tune after.
 
     During the training epochs ``start_epoch ≤ e < prune_epoch`` the callback installs
@@ -60,6 +61,10 @@ class BNSlimming(LossTermCallback):
     """
 
     hook_name = HOOK_NAME
+    penalty_name = "bn_l1"
+    method = "bn_slimming"
+    criteria = frozenset({"bn_scale"})
+    epoch_attributes = ("start_epoch", "prune_epoch")
 
     def __init__(
         self,
@@ -72,16 +77,6 @@ class BNSlimming(LossTermCallback):
         ignore: list[str] | None = None,
         max_pruning_ratio: float = 0.8,
     ) -> None:
-        if start_epoch < 0:
-            raise ValueError(f"start_epoch must be >= 0, got {start_epoch}")
-        if prune_epoch < start_epoch:
-            raise ValueError(f"prune_epoch ({prune_epoch}) must not come before start_epoch ({start_epoch})")
-        if penalty < 0:
-            raise ValueError(f"penalty must be >= 0, got {penalty}")
-        if round_to < 1:
-            raise ValueError(f"round_to must be >= 1, got {round_to}")
-        if not 0.0 < max_pruning_ratio <= 1.0:
-            raise ValueError(f"max_pruning_ratio must be in (0, 1], got {max_pruning_ratio}")
         self.start_epoch = start_epoch
         self.prune_epoch = prune_epoch
         self.criterion = "bn_scale"
@@ -94,8 +89,12 @@ class BNSlimming(LossTermCallback):
         self.result: dict[str, Any] = {}
 
     @property
-    def done(self) -> bool:
-        return bool(self.result)
+    def penalty_weight(self) -> float:  # type: ignore[override]
+        return self.penalty
+
+    def check_settings(self) -> None:
+        super().check_settings()
+        check_at_least(self, "penalty", self.penalty, 0.0)
 
     def penalty_active(self, epoch: int) -> bool:
         """Whether the L1 term is part of the loss during training epoch ``epoch``."""
@@ -115,22 +114,6 @@ class BNSlimming(LossTermCallback):
             self.result = {**result, "bn_l1": bn_l1}
         self.set_loss_term(pl_module, self.penalty_active(epoch))
 
-    def loss_hook(
-        self,
-        pl_module: ImageClassifier,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        logits: torch.Tensor,
-        task_loss: torch.Tensor,
-    ) -> torch.Tensor:
-        """The ``LossHook``: ``task_loss + λ·Σ|γ|``."""
-        l1 = bn_l1_penalty(pl_module.net)
-        pl_module.log("train/bn_l1", l1.detach(), on_step=False, on_epoch=True)
-        return task_loss + self.penalty * l1
-
-    # ----------------------------------------------------------------------------- checkpointing
-    def state_dict(self) -> dict[str, Any]:
-        return {"result": self.result}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.result = state_dict["result"]
+    def penalty_term(self, pl_module: ImageClassifier) -> torch.Tensor:
+        """``Σ|γ|`` (logged as ``train/bn_l1``); the loss gets ``λ·Σ|γ|``."""
+        return bn_l1_penalty(pl_module.net)

@@ -9,7 +9,7 @@ The teacher is, by order of preference:
 2. the network of ``teacher_ckpt``, an :class:`~lightning_modules.image_classifier.ImageClassifier`
    checkpoint;
 3. the unpruned network: a copy of ``pl_module.net`` taken the first time a pruning callback announces a
-   prune (see :mod:`callbacks.prune_events`);
+   prune (see :func:`callbacks.pruning_base.notify_before_prune`);
 4. the current network, when distillation starts before anything was pruned.
 
 The teacher is kept on the callback, not on the LightningModule: it is neither in the module's

@@ -18,10 +18,15 @@ if TYPE_CHECKING:
 
 
 class LossTermCallback(L.Callback):
-    """Base class: set :attr:`hook_name` and implement :meth:`loss_hook`."""
+    """Base class: set :attr:`hook_name`, and implement :meth:`penalty_term` for a term added to the loss, or
+    :meth:`loss_hook` for any other change of the loss."""
 
     #: Key of the term in ``ImageClassifier.loss_hooks``.
     hook_name: ClassVar[str] = ""
+    #: The penalty is logged as ``train/<penalty_name>``.
+    penalty_name: ClassVar[str] = ""
+    #: Weight of the penalty in the loss.
+    penalty_weight: float = 1.0
 
     def set_loss_term(self, pl_module: ImageClassifier, active: bool) -> None:
         """Install the term (``active``) or remove it."""
@@ -42,5 +47,12 @@ class LossTermCallback(L.Callback):
         logits: torch.Tensor,
         task_loss: torch.Tensor,
     ) -> torch.Tensor:
-        """The loss with this callback's term, from the batch, the logits and the loss so far."""
+        """The loss with this callback's term, from the batch, the logits and the loss so far: by default
+        ``task_loss + penalty_weight · penalty_term(pl_module)``, the penalty logged per epoch."""
+        term = self.penalty_term(pl_module)
+        pl_module.log(f"train/{self.penalty_name}", term.detach(), on_step=False, on_epoch=True)
+        return task_loss + self.penalty_weight * term
+
+    def penalty_term(self, pl_module: ImageClassifier) -> torch.Tensor:
+        """The term added to the loss, before its weight (differentiable in the network's parameters)."""
         raise NotImplementedError

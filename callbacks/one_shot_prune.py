@@ -6,12 +6,13 @@ from typing import Any
 
 import lightning as L
 
+from callbacks.pruning_base import WidthPruningCallback
 from callbacks.width_stage import prune_width
-from lightning_modules.pruning.criteria import CRITERIA, make_criterion
+from lightning_modules.pruning.criteria import make_criterion
 from lightning_modules.pruning.width import SparsitySpec
 
 
-class OneShotPrune(L.Callback):
+class OneShotPrune(WidthPruningCallback):
     """At the start of training epoch ``epoch``, prune every prunable layer once and fine-tune until the end.
 
     TinyNeuralNetwork's ``OneShotChannelPruner`` setting: ``sparsity`` is the fraction of channels removed
@@ -31,6 +32,8 @@ class OneShotPrune(L.Callback):
         seed: of the ``random`` criterion.
     """
 
+    method = "oneshot"
+
     def __init__(
         self,
         epoch: int = 0,
@@ -43,8 +46,6 @@ class OneShotPrune(L.Callback):
         hrank_batches: int = 8,
         seed: int = 0,
     ) -> None:
-        if criterion not in CRITERIA:
-            raise ValueError(f"unknown criterion {criterion!r}; choose from {sorted(CRITERIA)}")
         self.epoch = epoch
         self.criterion = criterion
         self.sparsity: SparsitySpec = sparsity
@@ -59,10 +60,6 @@ class OneShotPrune(L.Callback):
     def __repr__(self) -> str:
         return f"OneShotPrune(epoch={self.epoch}, criterion={self.criterion!r}, sparsity={self.sparsity})"
 
-    @property
-    def done(self) -> bool:
-        return bool(self.result)
-
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.done or trainer.current_epoch < self.epoch:
             return
@@ -71,9 +68,3 @@ class OneShotPrune(L.Callback):
             trainer, pl_module, make_criterion(self.criterion, **kwargs), self.sparsity, self.round_to,
             self.global_ranking, self.ignore, self.max_pruning_ratio, hrank_batches=self.hrank_batches,
         )
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"result": self.result}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.result = state_dict["result"]

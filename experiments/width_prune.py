@@ -27,7 +27,7 @@ from lightning.pytorch.accelerators import CPUAccelerator
 
 from callbacks.distillation import Distillation
 from callbacks.one_shot_prune import OneShotPrune
-from callbacks.width_pruners import check_schedule, describe, width_pruners
+from callbacks.pruning_base import PruningSettingsError, check_pruning, width_pruners
 from datamodules import DatasetError, ImageFolderDataModule
 from experiments.cli import (
     ExperimentCLI,
@@ -68,7 +68,6 @@ def main(args: list[str] | None = None) -> Path:
         if len(pruners) != 1:
             raise SystemExit(f"error: a width-pruning run needs exactly one pruning callback in trainer.callbacks "
                              f"(OneShotPrune, BNSlimming, GradualPrune, ADMMPrune or RepPrune), found {len(pruners)}")
-        check_schedule(pruners[0], trainer.max_epochs)
         baseline_ckpt = cli.config.baseline_ckpt
         if not baseline_ckpt and not cli.config.ckpt_path:
             raise SystemExit("error: --baseline_ckpt is required: train a baseline first with "
@@ -78,12 +77,14 @@ def main(args: list[str] | None = None) -> Path:
             accelerator = "cpu" if isinstance(trainer.accelerator, CPUAccelerator) else "auto"
             baseline = (read_module(ImageClassifier, baseline_ckpt) if cli.config.ckpt_path  # resuming
                         else load_baseline(model, baseline_ckpt))
+        check_pruning(trainer, model.net, int(data.hparams.image_size))  # before any data is decoded
+        if baseline_ckpt:
             acc_before = validation_accuracy(baseline, data, accelerator)
             baseline_cost = model_cost(baseline.net, int(data.hparams.image_size))
         checkpoints = fit_and_test(cli)
-    except DatasetError as err:
+    except (DatasetError, PruningSettingsError) as err:
         raise SystemExit(f"error: {err}") from err
-    width = describe(pruners[0])
+    width = pruners[0].describe()
     pruned = model_cost(model.net, int(data.hparams.image_size))
     rate = pruned["macs"] / baseline_cost["macs"] if baseline_cost else width["flops_preserve_rate"]
     acc_after = trainer.callback_metrics.get("test/acc")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from callbacks.width_pruners import check_schedule, method_of, width_pruners
+from callbacks.pruning_base import check_schedule, width_pruners
 from experiments import depth_prune, train, width_prune
 from experiments.cli import ExperimentCLI, build_cli
 from lightning_modules.image_classifier import ImageClassifier
@@ -62,7 +62,7 @@ def width_row(cli: ExperimentCLI) -> tuple[float, str, str, bool]:
     (pruner,) = width_pruners(cli.trainer)
     sparsity = getattr(pruner, "final_sparsity", pruner.sparsity)
     distill = any(type(cb).__name__ == "Distillation" for cb in cli.trainer.callbacks)
-    return (sparsity, method_of(pruner), pruner.criterion, distill)
+    return (sparsity, pruner.method, pruner.criterion, distill)
 
 
 @pytest.mark.parametrize("config", WIDTH_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")

@@ -9,7 +9,8 @@ live on the convolution that produces each prunable group's channels). The maths
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
@@ -22,7 +23,7 @@ from callbacks.stages import log_scalars
 from callbacks.width_stage import module_groups, prune_width
 from lightning_modules.pruning.admm import admm_penalty, admm_update, primal_residual, project_rows, zero_rows
 from lightning_modules.pruning.criteria import L2Norm
-from lightning_modules.pruning.width import SparsitySpec, keep_counts
+from lightning_modules.pruning.width import keep_counts
 
 if TYPE_CHECKING:
     from lightning_modules.image_classifier import ImageClassifier
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 HOOK_NAME = "admm"
 
 
+@dataclass(eq=False)
 class ADMMPrune(WidthPruningCallback, LossTermCallback):
     """ADMM training from ``start_epoch``, a hard structural prune onto ``Z``'s support at ``prune_epoch``.
 
@@ -69,25 +71,17 @@ class ADMMPrune(WidthPruningCallback, LossTermCallback):
     epoch_attributes = ("start_epoch", "prune_epoch")
     state_attributes = ("keep", "Z", "U", "updates", "result")
 
-    def __init__(
-        self,
-        start_epoch: int = 0,
-        admm_epoch: int = 1,
-        prune_epoch: int = 3,
-        rho: float = 1e-3,
-        sparsity: float | dict[str, float] = 0.75,
-        criterion: str = "l2_norm",
-        round_to: int = 1,
-        ignore: list[str] | None = None,
-    ) -> None:
-        self.start_epoch = start_epoch
-        self.admm_epoch = admm_epoch
-        self.prune_epoch = prune_epoch
-        self.rho = rho
-        self.sparsity: SparsitySpec = sparsity
-        self.criterion = criterion
-        self.round_to = round_to
-        self.ignore = list(ignore or [])
+    start_epoch: int = 0
+    admm_epoch: int = 1
+    prune_epoch: int = 3
+    rho: float = 1e-3
+    sparsity: float | dict[str, float] = 0.75
+    criterion: str = "l2_norm"
+    round_to: int = 1
+    ignore: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         #: Filters kept by the projection, per root convolution name.
         self.keep: dict[str, int] = {}
         #: ADMM variables per root convolution name (on the module's device while training).
@@ -95,7 +89,6 @@ class ADMMPrune(WidthPruningCallback, LossTermCallback):
         self.U: dict[str, Tensor] = {}
         #: Z/U updates done so far.
         self.updates = 0
-        self.result: dict[str, Any] = {}
 
     def check_settings(self) -> None:
         super().check_settings()

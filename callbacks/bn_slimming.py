@@ -8,7 +8,8 @@ paper) are then removed and the thinner network is fine-tuned.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import lightning as L
 import torch
@@ -18,7 +19,6 @@ from callbacks.loss_term import LossTermCallback
 from callbacks.pruning_base import WidthPruningCallback, check_at_least
 from callbacks.width_stage import prune_width
 from lightning_modules.pruning.criteria import BNScale
-from lightning_modules.pruning.width import SparsitySpec
 
 if TYPE_CHECKING:
     from lightning_modules.image_classifier import ImageClassifier
@@ -36,6 +36,7 @@ def bn_l1_penalty(net: nn.Module) -> torch.Tensor:
     return torch.stack(scales).sum()
 
 
+@dataclass(eq=False)
 class BNSlimming(WidthPruningCallback, LossTermCallback):
     """Train with ``λ·Σ|γ|`` from ``start_epoch``, prune by ``|γ|`` at ``prune_epoch``, fine-tune after.
 
@@ -63,30 +64,18 @@ class BNSlimming(WidthPruningCallback, LossTermCallback):
     hook_name = HOOK_NAME
     penalty_name = "bn_l1"
     method = "bn_slimming"
-    criteria = frozenset({"bn_scale"})
+    criterion: ClassVar[str] = "bn_scale"
+    criteria = frozenset({criterion})
     epoch_attributes = ("start_epoch", "prune_epoch")
 
-    def __init__(
-        self,
-        start_epoch: int = 0,
-        prune_epoch: int = 1,
-        sparsity: float | dict[str, float] = 0.5,
-        penalty: float = 1e-4,
-        global_ranking: bool = True,
-        round_to: int = 1,
-        ignore: list[str] | None = None,
-        max_pruning_ratio: float = 0.8,
-    ) -> None:
-        self.start_epoch = start_epoch
-        self.prune_epoch = prune_epoch
-        self.criterion = "bn_scale"
-        self.sparsity: SparsitySpec = sparsity
-        self.penalty = penalty
-        self.global_ranking = global_ranking
-        self.round_to = round_to
-        self.ignore = list(ignore or [])
-        self.max_pruning_ratio = max_pruning_ratio
-        self.result: dict[str, Any] = {}
+    start_epoch: int = 0
+    prune_epoch: int = 1
+    sparsity: float | dict[str, float] = 0.5
+    penalty: float = 1e-4
+    global_ranking: bool = True
+    round_to: int = 1
+    ignore: list[str] | None = None
+    max_pruning_ratio: float = 0.8
 
     @property
     def penalty_weight(self) -> float:  # type: ignore[override]

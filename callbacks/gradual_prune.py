@@ -13,7 +13,7 @@ prune (the channels are sliced out, not masked), so the network gets cheaper as 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
 
 import lightning as L
 
@@ -62,6 +62,7 @@ def global_relative_sparsity(current: Mapping[str, int], target: Mapping[str, in
 
 
 # ---------------------------------------------------------------------------------- the callback
+@dataclass(eq=False)
 class GradualPrune(WidthPruningCallback):
     """Prune at the epochs ``t0 + kΔt`` so that each layer follows AGP's cubic sparsity schedule.
 
@@ -96,36 +97,24 @@ class GradualPrune(WidthPruningCallback):
     state_attributes = ("original", "completed", "result")
     sparsity_option = "final_sparsity"
 
-    def __init__(
-        self,
-        start_epoch: int = 0,
-        num_steps: int = 4,
-        interval: int = 1,
-        initial_sparsity: float = 0.0,
-        final_sparsity: float | dict[str, float] = 0.5,
-        criterion: str = "l2_norm",
-        round_to: int = 1,
-        global_ranking: bool = False,
-        ignore: list[str] | None = None,
-        hrank_batches: int = 8,
-        seed: int = 0,
-    ) -> None:
-        self.start_epoch = start_epoch
-        self.num_steps = num_steps
-        self.interval = interval
-        self.initial_sparsity = initial_sparsity
-        self.final_sparsity: SparsitySpec = final_sparsity
-        self.criterion = criterion
-        self.round_to = round_to
-        self.global_ranking = global_ranking
-        self.ignore = list(ignore or [])
-        self.hrank_batches = hrank_batches
-        self.seed = seed
+    start_epoch: int = 0
+    num_steps: int = 4
+    interval: int = 1
+    initial_sparsity: float = 0.0
+    final_sparsity: float | dict[str, float] = 0.5
+    criterion: str = "l2_norm"
+    round_to: int = 1
+    global_ranking: bool = False
+    ignore: list[str] | None = None
+    hrank_batches: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         #: Output channels of every prunable group when the first step ran.
         self.original: dict[str, int] = {}
         #: How many of ``step_epochs`` have been passed.
         self.completed = 0
-        self.result: dict[str, Any] = {}
 
     @property
     def sparsity(self) -> SparsitySpec:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import lightning as L
 
 from callbacks.pruning_base import WidthPruningCallback
 from callbacks.width_stage import prune_width
 from lightning_modules.pruning.criteria import make_criterion
-from lightning_modules.pruning.width import SparsitySpec
 
 
+@dataclass(eq=False)
 class OneShotPrune(WidthPruningCallback):
     """At the start of training epoch ``epoch``, prune every prunable layer once and fine-tune until the end.
 
@@ -34,28 +34,15 @@ class OneShotPrune(WidthPruningCallback):
 
     method = "oneshot"
 
-    def __init__(
-        self,
-        epoch: int = 0,
-        criterion: str = "l2_norm",
-        sparsity: float | dict[str, float] = 0.5,
-        round_to: int = 1,
-        global_ranking: bool = False,
-        ignore: list[str] | None = None,
-        max_pruning_ratio: float = 1.0,
-        hrank_batches: int = 8,
-        seed: int = 0,
-    ) -> None:
-        self.epoch = epoch
-        self.criterion = criterion
-        self.sparsity: SparsitySpec = sparsity
-        self.round_to = round_to
-        self.global_ranking = global_ranking
-        self.ignore = list(ignore or [])
-        self.max_pruning_ratio = max_pruning_ratio
-        self.hrank_batches = hrank_batches
-        self.seed = seed
-        self.result: dict[str, Any] = {}
+    epoch: int = 0
+    criterion: str = "l2_norm"
+    sparsity: float | dict[str, float] = 0.5
+    round_to: int = 1
+    global_ranking: bool = False
+    ignore: list[str] | None = None
+    max_pruning_ratio: float = 1.0
+    hrank_batches: int = 8
+    seed: int = 0
 
     def __repr__(self) -> str:
         return f"OneShotPrune(epoch={self.epoch}, criterion={self.criterion!r}, sparsity={self.sparsity})"

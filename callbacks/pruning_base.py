@@ -66,7 +66,8 @@ class PruningCallback(L.Callback):
     Subclasses set :attr:`method`, :attr:`epoch_attributes` and :attr:`state_attributes`, keep what they
     did in ``self.result`` (empty until they acted) and override :meth:`structure_epochs` when they change
     the network more than once. The constructor's arguments must be kept under their own names: they
-    are the callback's settings (its state key and its description).
+    are the callback's settings (its state key and its description); a ``@dataclass(eq=False)``
+    subclass declares them as fields and its state in ``__post_init__``.
     """
 
     #: Name of the method in summaries and tables.
@@ -78,6 +79,9 @@ class PruningCallback(L.Callback):
     #: What the callback did (filled when it acts; empty before).
     result: dict[str, Any]
     _state_key: str | None = None
+
+    def __post_init__(self) -> None:
+        self.result = {}
 
     # ----------------------------------------------------------------------------------- schedule
     @property
@@ -187,6 +191,10 @@ class WidthPruningCallback(PruningCallback):
     criteria: ClassVar[frozenset[str]] = frozenset(CRITERIA)
     #: The option holding the sparsity the method ends at.
     sparsity_option: ClassVar[str] = "sparsity"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.ignore = list(self.ignore or [])
 
     def check_settings(self) -> None:
         check_sparsity(self, self.sparsity_option, self.sparsity)

@@ -6,6 +6,7 @@ is in :mod:`lightning_modules.pruning.resrep`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -31,9 +32,10 @@ from lightning_modules.pruning.resrep import (
     update_masks,
     with_compactors,
 )
-from lightning_modules.pruning.width import SparsitySpec, flops_preserve_rate
+from lightning_modules.pruning.width import flops_preserve_rate
 
 
+@dataclass(eq=False)
 class RepPrune(WidthPruningCallback):
     """ResRep: compactors from ``start_epoch``, a structural prune at ``prune_epoch``, fine-tuning after.
 
@@ -83,27 +85,18 @@ class RepPrune(WidthPruningCallback):
     epoch_attributes = ("start_epoch", "prune_epoch")
     state_attributes = ("result", "targets", "masks", "start_step", "updates", "baseline")
 
-    def __init__(
-        self,
-        start_epoch: int = 0,
-        prune_epoch: int = 3,
-        sparsity: float | dict[str, float] = 0.75,
-        penalty: float = 1e-4,
-        mask_interval: int = 50,
-        ramp_updates: int = 10,
-        criterion: str = "l2_norm",
-        round_to: int = 1,
-        ignore: list[str] | None = None,
-    ) -> None:
-        self.start_epoch = start_epoch
-        self.prune_epoch = prune_epoch
-        self.sparsity: SparsitySpec = sparsity
-        self.penalty = penalty
-        self.mask_interval = mask_interval
-        self.ramp_updates = ramp_updates
-        self.criterion = criterion
-        self.round_to = round_to
-        self.ignore = list(ignore or [])
+    start_epoch: int = 0
+    prune_epoch: int = 3
+    sparsity: float | dict[str, float] = 0.75
+    penalty: float = 1e-4
+    mask_interval: int = 50
+    ramp_updates: int = 10
+    criterion: str = "l2_norm"
+    round_to: int = 1
+    ignore: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         #: Rows to remove from each compactor (keyed by the convolution it follows).
         self.targets: dict[str, int] = {}
         #: Currently masked rows of each compactor.
@@ -114,7 +107,6 @@ class RepPrune(WidthPruningCallback):
         self.updates = 0
         #: Params and MACs of the plain network before the compactors (the baseline of the preserve rate).
         self.baseline: dict[str, Any] = {}
-        self.result: dict[str, Any] = {}
         self._mask_cache: dict[str, torch.Tensor] = {}
 
     def structure_epochs(self) -> list[int]:

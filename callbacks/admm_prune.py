@@ -76,9 +76,6 @@ class ADMMPrune(WidthPruningCallback, LossTermCallback):
     prune_epoch: int = 3
     rho: float = 1e-3
     sparsity: float | dict[str, float] = 0.75
-    criterion: str = "l2_norm"
-    round_to: int = 1
-    ignore: list[str] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -124,7 +121,7 @@ class ADMMPrune(WidthPruningCallback, LossTermCallback):
         else:
             self.set_loss_term(pl_module, True)
 
-    def penalty_term(self, pl_module: ImageClassifier) -> torch.Tensor:
+    def penalty_term(self, pl_module: ImageClassifier, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """``Σ ρ/2 ‖W − Z + U‖²`` (logged as ``train/admm_penalty``)."""
         return admm_penalty(self._weights(pl_module), self.Z, self.U, self.rho)
 

@@ -8,8 +8,8 @@ paper) are then removed and the thinner network is fine-tuned.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
@@ -64,8 +64,7 @@ class BNSlimming(WidthPruningCallback, LossTermCallback):
     hook_name = HOOK_NAME
     penalty_name = "bn_l1"
     method = "bn_slimming"
-    criterion: ClassVar[str] = "bn_scale"
-    criteria = frozenset({criterion})
+    criteria = frozenset({"bn_scale"})
     epoch_attributes = ("start_epoch", "prune_epoch")
 
     start_epoch: int = 0
@@ -73,9 +72,8 @@ class BNSlimming(WidthPruningCallback, LossTermCallback):
     sparsity: float | dict[str, float] = 0.5
     penalty: float = 1e-4
     global_ranking: bool = True
-    round_to: int = 1
-    ignore: list[str] | None = None
     max_pruning_ratio: float = 0.8
+    criterion: str = field(default="bn_scale", kw_only=True)
 
     @property
     def penalty_weight(self) -> float:  # type: ignore[override]
@@ -103,6 +101,6 @@ class BNSlimming(WidthPruningCallback, LossTermCallback):
             self.result = {**result, "bn_l1": bn_l1}
         self.set_loss_term(pl_module, self.penalty_active(epoch))
 
-    def penalty_term(self, pl_module: ImageClassifier) -> torch.Tensor:
+    def penalty_term(self, pl_module: ImageClassifier, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """``Σ|γ|`` (logged as ``train/bn_l1``); the loss gets ``λ·Σ|γ|``."""
         return bn_l1_penalty(pl_module.net)

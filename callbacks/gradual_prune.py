@@ -102,10 +102,7 @@ class GradualPrune(WidthPruningCallback):
     interval: int = 1
     initial_sparsity: float = 0.0
     final_sparsity: float | dict[str, float] = 0.5
-    criterion: str = "l2_norm"
-    round_to: int = 1
     global_ranking: bool = False
-    ignore: list[str] | None = None
     hrank_batches: int = 8
     seed: int = 0
 

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 
 
 class LossTermCallback(L.Callback):
-    """Base class: set :attr:`hook_name`, and implement :meth:`penalty_term` for a term added to the loss, or
-    :meth:`loss_hook` for any other change of the loss."""
+    """Base class: set :attr:`hook_name` and :attr:`penalty_name`, implement :meth:`penalty_term` (the term,
+    logged) and, for anything but ``task_loss + penalty_weight · term``, :meth:`combine`."""
 
     #: Key of the term in ``ImageClassifier.loss_hooks``.
     hook_name: ClassVar[str] = ""
@@ -47,12 +47,16 @@ class LossTermCallback(L.Callback):
         logits: torch.Tensor,
         task_loss: torch.Tensor,
     ) -> torch.Tensor:
-        """The loss with this callback's term, from the batch, the logits and the loss so far: by default
-        ``task_loss + penalty_weight · penalty_term(pl_module)``, the penalty logged per epoch."""
-        term = self.penalty_term(pl_module)
+        """The loss with this callback's term, from the batch, the logits and the loss so far: the term of
+        :meth:`penalty_term` (logged as ``train/<penalty_name>`` per epoch), joined by :meth:`combine`."""
+        term = self.penalty_term(pl_module, images, logits)
         pl_module.log(f"train/{self.penalty_name}", term.detach(), on_step=False, on_epoch=True)
-        return task_loss + self.penalty_weight * term
+        return self.combine(task_loss, term)
 
-    def penalty_term(self, pl_module: ImageClassifier) -> torch.Tensor:
-        """The term added to the loss, before its weight (differentiable in the network's parameters)."""
+    def penalty_term(self, pl_module: ImageClassifier, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The term (differentiable in the network's parameters), from the batch's images and logits."""
         raise NotImplementedError
+
+    def combine(self, task_loss: torch.Tensor, term: torch.Tensor) -> torch.Tensor:
+        """The loss from the task loss and the term: ``task_loss + penalty_weight · term``."""
+        return task_loss + self.penalty_weight * term

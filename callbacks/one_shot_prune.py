@@ -35,11 +35,8 @@ class OneShotPrune(WidthPruningCallback):
     method = "oneshot"
 
     epoch: int = 0
-    criterion: str = "l2_norm"
     sparsity: float | dict[str, float] = 0.5
-    round_to: int = 1
     global_ranking: bool = False
-    ignore: list[str] | None = None
     max_pruning_ratio: float = 1.0
     hrank_batches: int = 8
     seed: int = 0

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import lightning as L
 import torch
 
 from lightning_modules.pruning.criteria import CRITERIA
-from lightning_modules.pruning.width import DEFAULT_KEY, SparsitySpec, prunable_groups
+from lightning_modules.pruning.width import DEFAULT_KEY, prunable_groups
 
 
 class PruningSettingsError(ValueError):
@@ -180,13 +181,15 @@ class PruningCallback(L.Callback):
                                  "saved under other settings", "resume with the settings of the original run")
 
 
+@dataclass(eq=False, kw_only=True)
 class WidthPruningCallback(PruningCallback):
-    """The settings every width method shares: ``sparsity`` (a float or a per-layer dict), ``round_to``,
-    ``ignore`` and (where the method has one) ``criterion`` and ``max_pruning_ratio``."""
+    """The settings every width method shares: ``criterion`` (one of :attr:`criteria`), ``round_to`` and
+    ``ignore`` (keyword-only fields, see the methods' docstrings); each method adds its sparsity (a float
+    or a per-layer dict, under :attr:`sparsity_option`) and, where it has one, ``max_pruning_ratio``."""
 
-    sparsity: SparsitySpec
-    round_to: int
-    ignore: list[str]
+    criterion: str = "l2_norm"
+    round_to: int = 1
+    ignore: list[str] | None = None
     #: Criteria the method accepts.
     criteria: ClassVar[frozenset[str]] = frozenset(CRITERIA)
     #: The option holding the sparsity the method ends at.

@@ -91,9 +91,6 @@ class RepPrune(WidthPruningCallback):
     penalty: float = 1e-4
     mask_interval: int = 50
     ramp_updates: int = 10
-    criterion: str = "l2_norm"
-    round_to: int = 1
-    ignore: list[str] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()

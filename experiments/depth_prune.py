@@ -24,7 +24,7 @@ from callbacks.depth_prune import DepthPrune
 from callbacks.pruning_base import PruningSettingsError, check_pruning, pruning_callbacks, width_pruners
 from datamodules import DatasetError, ImageFolderDataModule
 from experiments.cli import (
-    ExperimentCLI,
+    PruningCLI,
     build_cli,
     close_logger,
     fit_and_test,
@@ -38,15 +38,13 @@ from lightning_modules.models.mobilenet_v1 import MobileNetV1
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "depth_cifar10_32.yaml"
 
 
-class DepthPruneCLI(ExperimentCLI):
-    """Adds the sweep (``--sweep.*``), the cut (``--prune.*``) and ``--baseline_ckpt``."""
+class DepthPruneCLI(PruningCLI):
+    """Adds the sweep (``--sweep.*``) and the cut (``--prune.*``) to ``--baseline_ckpt``."""
 
     def add_arguments_to_parser(self, parser) -> None:
         super().add_arguments_to_parser(parser)
         parser.add_lightning_class_args(AuxiliarySweep, "sweep")
         parser.add_lightning_class_args(DepthPrune, "prune")
-        parser.add_argument("--baseline_ckpt", type=str | None, default=None,
-                            help="Start from this trained baseline and skip the baseline stage.")
 
 
 def check_stages(trainer, sweep: AuxiliarySweep, prune: DepthPrune, net, image_size: int) -> None:

@@ -30,7 +30,7 @@ from callbacks.one_shot_prune import OneShotPrune
 from callbacks.pruning_base import PruningSettingsError, check_pruning, width_pruners
 from datamodules import DatasetError, ImageFolderDataModule
 from experiments.cli import (
-    ExperimentCLI,
+    PruningCLI,
     build_cli,
     close_logger,
     fit_and_test,
@@ -45,20 +45,11 @@ from lightning_modules.image_classifier import ImageClassifier
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "width_cifar10_32.yaml"
 
 
-class WidthPruneCLI(ExperimentCLI):
-    """Adds ``--baseline_ckpt``: the trained, unpruned network every width-pruning run starts from."""
-
-    def add_arguments_to_parser(self, parser) -> None:
-        super().add_arguments_to_parser(parser)
-        parser.add_argument("--baseline_ckpt", type=str | None, default=None,
-                            help="Trained baseline to prune (an experiments/train.py checkpoint).")
-
-
 def main(args: list[str] | None = None) -> Path:
     """Prune, fine-tune, test the best pruned checkpoint, write ``summary.json``; returns its path."""
     started = time.time()
     try:
-        cli = build_cli(ImageClassifier, ImageFolderDataModule, DEFAULT_CONFIG, args, cli_class=WidthPruneCLI)
+        cli = build_cli(ImageClassifier, ImageFolderDataModule, DEFAULT_CONFIG, args, cli_class=PruningCLI)
         trainer, model, data = cli.trainer, cli.model, cli.datamodule
         pruners = width_pruners(trainer)
         if not pruners:  # no method named: one-shot l2_norm at sparsity 0.5, before the first epoch

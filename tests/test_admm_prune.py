@@ -22,7 +22,7 @@ from lightning_modules.pruning.admm import (
     zero_rows,
 )
 from lightning_modules.pruning.width import keep_count
-from tests.tiny_fit import tiny_datamodule, tiny_folder, tiny_module, tiny_trainer
+from tests.tiny_fit import tiny_datamodule, tiny_module, tiny_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny fits are faster on one thread
 
@@ -91,11 +91,6 @@ def test_minimising_only_the_penalty_drives_w_onto_the_sparse_set() -> None:
 
 
 # -------------------------------------------------------------------------------- inside a real fit
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_folder(tmp_path_factory.mktemp("tiny"))
-
-
 class Probe(L.Callback):
     """Records the loss hooks of each epoch and the root weights just before and just after the prune."""
 

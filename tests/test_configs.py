@@ -18,7 +18,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 
 def instantiate(config: Path, tmp_path: Path) -> ExperimentCLI:
     if config.parent.parent.name == "width" or config.stem.startswith("width_"):
-        script, cli_class = width_prune, width_prune.WidthPruneCLI
+        script, cli_class = width_prune, width_prune.PruningCLI
     elif config.name.startswith("depth_"):
         script, cli_class = depth_prune, depth_prune.DepthPruneCLI
     else:

@@ -21,7 +21,7 @@ from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.models.mobilenet_v1 import mobilenet_v1_channels
 from lightning_modules.pruning.width import keep_count
 from tests.stop_after import StopAfterEpoch
-from tests.tiny_fit import tiny_datamodule, tiny_folder, tiny_module, tiny_trainer
+from tests.tiny_fit import tiny_datamodule, tiny_module, tiny_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny fits are faster on one thread
 
@@ -65,11 +65,6 @@ def test_defaults() -> None:
 
 
 # -------------------------------------------------------------------------------- inside a real fit
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_folder(tmp_path_factory.mktemp("tiny"))
-
-
 class Probe(L.Callback):
     """Records the channels, LR stage and LR each training epoch starts with (after the prune)."""
 

@@ -11,12 +11,7 @@ from callbacks.distillation import Distillation
 from callbacks.one_shot_prune import OneShotPrune
 from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.models.mobilenet_v1 import mobilenet_v1_channels
-from tests.tiny_fit import tiny_datamodule, tiny_folder, tiny_module, tiny_trainer
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_folder(tmp_path_factory.mktemp("tiny"))
+from tests.tiny_fit import tiny_datamodule, tiny_module, tiny_trainer
 
 
 @pytest.mark.parametrize("criterion", ["random", "l1_norm", "l2_norm", "fpgm", "hrank", "bn_scale"])

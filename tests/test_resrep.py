@@ -33,7 +33,7 @@ from lightning_modules.pruning.width import (
     mobilenet_v1_arch_after_pruning,
     prunable_groups,
 )
-from tests.tiny_fit import tiny_datamodule, tiny_folder, tiny_module, tiny_trainer
+from tests.tiny_fit import tiny_datamodule, tiny_module, tiny_trainer
 
 X = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -179,11 +179,6 @@ class Snapshots(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.nets[trainer.current_epoch] = copy.deepcopy(pl_module.net).eval()
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_folder(tmp_path_factory.mktemp("tiny"))
 
 
 def rep_prune() -> RepPrune:

@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from callbacks.loss_term import LossTermCallback
-from callbacks.pruning_base import WidthPruningCallback, check_at_least
+from callbacks.pruning_base import WidthPruningCallback, check_at_least, settings_error
 from callbacks.stages import log_scalars
 from callbacks.width_stage import module_groups, prune_width
 from lightning_modules.pruning.admm import admm_penalty, admm_update, primal_residual, project_rows, zero_rows
@@ -90,7 +90,8 @@ class ADMMPrune(WidthPruningCallback, LossTermCallback):
     def check_settings(self) -> None:
         super().check_settings()
         check_at_least(self, "admm_epoch", self.admm_epoch, 1)
-        check_at_least(self, "rho", self.rho, 1e-12)
+        if self.rho <= 0:
+            raise settings_error(self, "rho", self.rho, "must be > 0", "give the penalty weight, e.g. 1e-3")
 
     @property
     def started(self) -> bool:

@@ -120,7 +120,7 @@ class DepthPrune(PruningCallback):
         restart_optimization(trainer, pl_module, int(trainer.max_epochs) - trainer.current_epoch)
         reset_best_checkpoint(trainer)
         after = model_cost(pl_module.net, image_size)
-        self.result.update(cut=cut, reason=reason, after=after, arch=arch)
+        self.result.update(epoch=trainer.current_epoch, cut=cut, reason=reason, after=after, arch=arch)
         log_scalars(trainer, {"prune/cut": cut, "prune/params": after["params"], "prune/macs": after["macs"],
                               "prune/params_ratio": after["params"] / before["params"],
                               "prune/macs_ratio": after["macs"] / before["macs"]})

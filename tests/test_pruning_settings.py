@@ -38,7 +38,7 @@ BAD_SETTINGS = [
     (BNSlimming(penalty=-1.0), "BNSlimming.penalty = -1.0: must be >= 0"),
     (BNSlimming(start_epoch=-1), "BNSlimming.start_epoch = -1: must be >= 0"),
     (ADMMPrune(criterion="fpgm"), "ADMMPrune.criterion = 'fpgm': unknown; choose one of ['l2_norm']"),
-    (ADMMPrune(rho=0.0), "ADMMPrune.rho = 0.0"),
+    (ADMMPrune(rho=0.0), "ADMMPrune.rho = 0.0: must be > 0; give the penalty weight"),
     (ADMMPrune(admm_epoch=0), "ADMMPrune.admm_epoch = 0: must be >= 1"),
     (ADMMPrune(sparsity=1.0), "ADMMPrune.sparsity = 1.0: every sparsity must be in [0, 1)"),
     (GradualPrune(final_sparsity=1.0), "GradualPrune.final_sparsity = 1.0: every sparsity must be in [0, 1)"),

@@ -9,7 +9,8 @@ live on the convolution that produces each prunable group's channels). The maths
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
@@ -17,16 +18,12 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from callbacks.loss_term import LossTermCallback
+from callbacks.pruning_base import WidthPruningCallback, check_at_least, settings_error
 from callbacks.stages import log_scalars
 from callbacks.width_stage import module_groups, prune_width
 from lightning_modules.pruning.admm import admm_penalty, admm_update, primal_residual, project_rows, zero_rows
 from lightning_modules.pruning.criteria import L2Norm
-from lightning_modules.pruning.width import (
-    SparsitySpec,
-    check_sparsity_names,
-    keep_count,
-    sparsity_of,
-)
+from lightning_modules.pruning.width import keep_counts
 
 if TYPE_CHECKING:
     from lightning_modules.image_classifier import ImageClassifier
@@ -35,7 +32,8 @@ if TYPE_CHECKING:
 HOOK_NAME = "admm"
 
 
-class ADMMPrune(LossTermCallback):
+@dataclass(eq=False)
+class ADMMPrune(WidthPruningCallback, LossTermCallback):
     """ADMM training from ``start_epoch``, a hard structural prune onto ``Z``'s support at ``prune_epoch``.
 
     For the root convolution ``W`` of every prunable group (stem, pointwise convolutions) with ``C`` output
@@ -66,44 +64,21 @@ class ADMMPrune(LossTermCallback):
     """
 
     hook_name = HOOK_NAME
+    penalty_name = "admm_penalty"
+    method = "admm"
+    # the Euclidean projection onto the filter-sparse set keeps the filters of largest L2 norm
+    criteria = frozenset({"l2_norm"})
+    epoch_attributes = ("start_epoch", "prune_epoch")
+    state_attributes = ("keep", "Z", "U", "updates", "result")
 
-    def __init__(
-        self,
-        start_epoch: int = 0,
-        admm_epoch: int = 1,
-        prune_epoch: int = 3,
-        rho: float = 1e-3,
-        sparsity: float | dict[str, float] = 0.75,
-        criterion: str = "l2_norm",
-        round_to: int = 1,
-        ignore: list[str] | None = None,
-    ) -> None:
-        if criterion != "l2_norm":
-            raise ValueError(
-                f"ADMMPrune supports only criterion='l2_norm' (the Euclidean projection onto the "
-                f"filter-sparse set keeps the filters of largest L2 norm), got {criterion!r}"
-            )
-        if start_epoch < 0:
-            raise ValueError(f"start_epoch must be >= 0, got {start_epoch}")
-        if prune_epoch < start_epoch:
-            raise ValueError(f"prune_epoch ({prune_epoch}) must not come before start_epoch ({start_epoch})")
-        if admm_epoch < 1:
-            raise ValueError(f"admm_epoch must be >= 1, got {admm_epoch}")
-        if rho <= 0:
-            raise ValueError(f"rho must be > 0, got {rho}")
-        if round_to < 1:
-            raise ValueError(f"round_to must be >= 1, got {round_to}")
-        rates = list(sparsity.values()) if isinstance(sparsity, Mapping) else [sparsity]
-        if not all(0.0 <= s < 1.0 for s in rates):
-            raise ValueError(f"sparsities must be in [0, 1), got {sparsity}")
-        self.start_epoch = start_epoch
-        self.admm_epoch = admm_epoch
-        self.prune_epoch = prune_epoch
-        self.rho = rho
-        self.sparsity: SparsitySpec = sparsity
-        self.criterion = criterion
-        self.round_to = round_to
-        self.ignore = list(ignore or [])
+    start_epoch: int = 0
+    admm_epoch: int = 1
+    prune_epoch: int = 3
+    rho: float = 1e-3
+    sparsity: float | dict[str, float] = 0.75
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         #: Filters kept by the projection, per root convolution name.
         self.keep: dict[str, int] = {}
         #: ADMM variables per root convolution name (on the module's device while training).
@@ -111,11 +86,12 @@ class ADMMPrune(LossTermCallback):
         self.U: dict[str, Tensor] = {}
         #: Z/U updates done so far.
         self.updates = 0
-        self.result: dict[str, Any] = {}
 
-    @property
-    def done(self) -> bool:
-        return bool(self.result)
+    def check_settings(self) -> None:
+        super().check_settings()
+        check_at_least(self, "admm_epoch", self.admm_epoch, 1)
+        if self.rho <= 0:
+            raise settings_error(self, "rho", self.rho, "must be > 0", "give the penalty weight, e.g. 1e-3")
 
     @property
     def started(self) -> bool:
@@ -146,26 +122,15 @@ class ADMMPrune(LossTermCallback):
         else:
             self.set_loss_term(pl_module, True)
 
-    def loss_hook(
-        self,
-        pl_module: ImageClassifier,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        logits: torch.Tensor,
-        task_loss: torch.Tensor,
-    ) -> torch.Tensor:
-        """The ``LossHook``: ``task_loss + Σ ρ/2 ‖W − Z + U‖²``."""
-        penalty = admm_penalty(self._weights(pl_module), self.Z, self.U, self.rho)
-        pl_module.log("train/admm_penalty", penalty.detach(), on_step=False, on_epoch=True)
-        return task_loss + penalty
+    def penalty_term(self, pl_module: ImageClassifier, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """``Σ ρ/2 ‖W − Z + U‖²`` (logged as ``train/admm_penalty``)."""
+        return admm_penalty(self._weights(pl_module), self.Z, self.U, self.rho)
 
     # -------------------------------------------------------------------------------------- steps
     def _init(self, trainer: L.Trainer, pl_module: ImageClassifier) -> dict[str, Tensor]:
         """``Z = proj(W)``, ``U = 0`` over the root convolution of every prunable group."""
         groups = module_groups(trainer, pl_module, self.ignore)
-        check_sparsity_names(self.sparsity, [g.name for g in groups])
-        self.keep = {g.name: keep_count(g.num_channels, sparsity_of(g.name, self.sparsity), self.round_to)
-                     for g in groups}
+        self.keep = keep_counts({g.name: g.num_channels for g in groups}, self.sparsity, self.round_to)
         weights = {g.name: g.root.weight for g in groups}
         with torch.no_grad():
             self.Z = {n: project_rows(w, self.keep[n]) for n, w in weights.items()}
@@ -205,20 +170,3 @@ class ADMMPrune(LossTermCallback):
                 self.Z[n] = self.Z[n].to(w)
                 self.U[n] = self.U[n].to(w)
         return weights
-
-    # ----------------------------------------------------------------------------- checkpointing
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "keep": dict(self.keep),
-            "Z": {n: z.detach().cpu().clone() for n, z in self.Z.items()},
-            "U": {n: u.detach().cpu().clone() for n, u in self.U.items()},
-            "updates": self.updates,
-            "result": self.result,
-        }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.keep = dict(state_dict["keep"])
-        self.Z = dict(state_dict["Z"])
-        self.U = dict(state_dict["U"])
-        self.updates = int(state_dict["updates"])
-        self.result = state_dict["result"]

@@ -8,16 +8,17 @@ paper) are then removed and the thinner network is fine-tuned.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
 from torch import nn
 
 from callbacks.loss_term import LossTermCallback
+from callbacks.pruning_base import WidthPruningCallback, check_at_least
 from callbacks.width_stage import prune_width
 from lightning_modules.pruning.criteria import BNScale
-from lightning_modules.pruning.width import SparsitySpec
 
 if TYPE_CHECKING:
     from lightning_modules.image_classifier import ImageClassifier
@@ -35,7 +36,8 @@ def bn_l1_penalty(net: nn.Module) -> torch.Tensor:
     return torch.stack(scales).sum()
 
 
-class BNSlimming(LossTermCallback):
+@dataclass(eq=False)
+class BNSlimming(WidthPruningCallback, LossTermCallback):
     """Train with ``λ·Σ|γ|`` from ``start_epoch``, prune by ``|γ|`` at ``prune_epoch``, fine-tune after.
 
     During the training epochs ``start_epoch ≤ e < prune_epoch`` the callback installs
@@ -60,42 +62,26 @@ class BNSlimming(LossTermCallback):
     """
 
     hook_name = HOOK_NAME
+    penalty_name = "bn_l1"
+    method = "bn_slimming"
+    criteria = frozenset({"bn_scale"})
+    epoch_attributes = ("start_epoch", "prune_epoch")
 
-    def __init__(
-        self,
-        start_epoch: int = 0,
-        prune_epoch: int = 1,
-        sparsity: float | dict[str, float] = 0.5,
-        penalty: float = 1e-4,
-        global_ranking: bool = True,
-        round_to: int = 1,
-        ignore: list[str] | None = None,
-        max_pruning_ratio: float = 0.8,
-    ) -> None:
-        if start_epoch < 0:
-            raise ValueError(f"start_epoch must be >= 0, got {start_epoch}")
-        if prune_epoch < start_epoch:
-            raise ValueError(f"prune_epoch ({prune_epoch}) must not come before start_epoch ({start_epoch})")
-        if penalty < 0:
-            raise ValueError(f"penalty must be >= 0, got {penalty}")
-        if round_to < 1:
-            raise ValueError(f"round_to must be >= 1, got {round_to}")
-        if not 0.0 < max_pruning_ratio <= 1.0:
-            raise ValueError(f"max_pruning_ratio must be in (0, 1], got {max_pruning_ratio}")
-        self.start_epoch = start_epoch
-        self.prune_epoch = prune_epoch
-        self.criterion = "bn_scale"
-        self.sparsity: SparsitySpec = sparsity
-        self.penalty = penalty
-        self.global_ranking = global_ranking
-        self.round_to = round_to
-        self.ignore = list(ignore or [])
-        self.max_pruning_ratio = max_pruning_ratio
-        self.result: dict[str, Any] = {}
+    start_epoch: int = 0
+    prune_epoch: int = 1
+    sparsity: float | dict[str, float] = 0.5
+    penalty: float = 1e-4
+    global_ranking: bool = True
+    max_pruning_ratio: float = 0.8
+    criterion: str = field(default="bn_scale", kw_only=True)
 
     @property
-    def done(self) -> bool:
-        return bool(self.result)
+    def penalty_weight(self) -> float:  # type: ignore[override]
+        return self.penalty
+
+    def check_settings(self) -> None:
+        super().check_settings()
+        check_at_least(self, "penalty", self.penalty, 0.0)
 
     def penalty_active(self, epoch: int) -> bool:
         """Whether the L1 term is part of the loss during training epoch ``epoch``."""
@@ -115,22 +101,6 @@ class BNSlimming(LossTermCallback):
             self.result = {**result, "bn_l1": bn_l1}
         self.set_loss_term(pl_module, self.penalty_active(epoch))
 
-    def loss_hook(
-        self,
-        pl_module: ImageClassifier,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        logits: torch.Tensor,
-        task_loss: torch.Tensor,
-    ) -> torch.Tensor:
-        """The ``LossHook``: ``task_loss + λ·Σ|γ|``."""
-        l1 = bn_l1_penalty(pl_module.net)
-        pl_module.log("train/bn_l1", l1.detach(), on_step=False, on_epoch=True)
-        return task_loss + self.penalty * l1
-
-    # ----------------------------------------------------------------------------- checkpointing
-    def state_dict(self) -> dict[str, Any]:
-        return {"result": self.result}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.result = state_dict["result"]
+    def penalty_term(self, pl_module: ImageClassifier, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """``Σ|γ|`` (logged as ``train/bn_l1``); the loss gets ``λ·Σ|γ|``."""
+        return bn_l1_penalty(pl_module.net)

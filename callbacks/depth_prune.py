@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Literal
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
 
 from callbacks.auxiliary_sweep import AuxiliarySweep
-from callbacks.prune_events import notify_before_prune
+from callbacks.pruning_base import PruningCallback, check_choice, notify_before_prune, settings_error
 from callbacks.stages import (
     data_image_size,
     find_callback,
@@ -31,10 +33,10 @@ def sweep_rows(sweep: AuxiliarySweep) -> tuple[list[CutPoint], Baseline]:
     return rows, Baseline(params=base["params"], macs=base["macs"], acc=base.get("acc", float("nan")))
 
 
-class DepthPrune(L.Callback):
+class DepthPrune(PruningCallback):
     """At ``epoch``: choose the cut, rebuild the network as the layers up to cut point k + head k
-    (through the backbone's adapter), restart the
-    optimiser and LR schedule, and fine-tune until the end of the fit.
+    (through the backbone's adapter), restart the optimiser and LR schedule, and fine-tune until the end
+    of the fit.
 
     Args:
         epoch: the epoch at whose start the network is cut.
@@ -47,6 +49,8 @@ class DepthPrune(L.Callback):
             ``random`` (same architecture, re-initialised).
         finetune: ``all`` parameters (the replication) or ``head`` only (the paper's frozen tail).
     """
+
+    method = "depth"
 
     def __init__(
         self,
@@ -67,9 +71,19 @@ class DepthPrune(L.Callback):
         self.finetune = finetune
         self.result: dict[str, Any] = {}
 
-    @property
-    def done(self) -> bool:
-        return bool(self.result)
+    def check_settings(self) -> None:
+        check_choice(self, "rule", self.rule, ("tolerance", "knee"))
+        check_choice(self, "init", self.init, ("original", "original_fresh_head", "random"))
+        check_choice(self, "finetune", self.finetune, ("all", "head"))
+        if self.epoch < 0 or not 0.0 <= self.tolerance < 1.0:
+            raise settings_error(self, "epoch, tolerance", (self.epoch, self.tolerance), "out of range",
+                                 "give an epoch >= 0 and a tolerance in [0, 1), e.g. 0.01 for one point")
+
+    def check_network(self, net: nn.Module, layer_names: Collection[str]) -> None:
+        blocks = len(net.blocks)
+        if self.block is not None and not 0 <= self.block <= blocks:
+            raise settings_error(self, "block", self.block, f"is no cut point of the network (0 = after the stem, "
+                                 f"{blocks} = after its last block)", f"give a block in [0, {blocks}]")
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.done or trainer.current_epoch < self.epoch:
@@ -109,13 +123,7 @@ class DepthPrune(L.Callback):
         restart_optimization(trainer, pl_module, int(trainer.max_epochs) - trainer.current_epoch)
         reset_best_checkpoint(trainer)
         after = model_cost(pl_module.net, image_size)
-        self.result.update(cut=cut, reason=reason, after=after, arch=arch)
+        self.result.update(epoch=trainer.current_epoch, cut=cut, reason=reason, after=after, arch=arch)
         log_scalars(trainer, {"prune/cut": cut, "prune/params": after["params"], "prune/macs": after["macs"],
                               "prune/params_ratio": after["params"] / before["params"],
                               "prune/macs_ratio": after["macs"] / before["macs"]})
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"result": self.result}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.result = state_dict["result"]

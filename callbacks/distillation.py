@@ -9,7 +9,7 @@ The teacher is, by order of preference:
 2. the network of ``teacher_ckpt``, an :class:`~lightning_modules.image_classifier.ImageClassifier`
    checkpoint;
 3. the unpruned network: a copy of ``pl_module.net`` taken the first time a pruning callback announces a
-   prune (see :mod:`callbacks.prune_events`);
+   prune (see :func:`callbacks.pruning_base.notify_before_prune`);
 4. the current network, when distillation starts before anything was pruned.
 
 The teacher is kept on the callback, not on the LightningModule: it is neither in the module's
@@ -138,6 +138,7 @@ class Distillation(LossTermCallback):
     """
 
     hook_name = HOOK_NAME
+    penalty_name = "distill_kl"
 
     def __init__(
         self,
@@ -181,21 +182,15 @@ class Distillation(LossTermCallback):
         self.ensure_teacher(pl_module, epoch=trainer.current_epoch)
         self.set_loss_term(pl_module, True)
 
-    def loss_hook(
-        self,
-        pl_module: ImageClassifier,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        logits: torch.Tensor,
-        task_loss: torch.Tensor,
-    ) -> torch.Tensor:
-        """The ``LossHook``: the teacher's logits on ``images`` → :func:`distillation_loss`."""
-        teacher = self.ensure_teacher(pl_module)
+    def penalty_term(self, pl_module: ImageClassifier, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """``KL(softmax(teacher/T) ‖ softmax(student/T))`` with the teacher's logits on ``images``."""
         with torch.no_grad():
-            teacher_logits = teacher(images)
-        kl = soft_target_kl(logits, teacher_logits, self.temperature)
-        pl_module.log("train/distill_kl", kl.detach(), on_step=False, on_epoch=True)
-        return mix_losses(task_loss, kl, self.alpha, self.temperature)
+            teacher_logits = self.ensure_teacher(pl_module)(images)
+        return soft_target_kl(logits, teacher_logits, self.temperature)
+
+    def combine(self, task_loss: torch.Tensor, term: torch.Tensor) -> torch.Tensor:
+        """:func:`mix_losses`: ``(1 − α)·task_loss + α·T²·KL``."""
+        return mix_losses(task_loss, term, self.alpha, self.temperature)
 
     # ----------------------------------------------------------------------------------- teacher
     def ensure_teacher(self, pl_module: ImageClassifier, epoch: int | None = None) -> nn.Module:

@@ -13,18 +13,18 @@ prune (the channels are sliced out, not masked), so the network gets cheaper as 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_warn
 
+from callbacks.pruning_base import WidthPruningCallback, check_at_least, check_sparsity, settings_error
 from callbacks.width_stage import module_groups, prune_width
-from lightning_modules.pruning.criteria import CRITERIA, make_criterion
+from lightning_modules.pruning.criteria import make_criterion
 from lightning_modules.pruning.width import (
     DEFAULT_KEY,
     SparsitySpec,
     check_sparsity_names,
-    keep_count,
+    keep_counts,
     sparsity_of,
 )
 
@@ -62,7 +62,8 @@ def global_relative_sparsity(current: Mapping[str, int], target: Mapping[str, in
 
 
 # ---------------------------------------------------------------------------------- the callback
-class GradualPrune(L.Callback):
+@dataclass(eq=False)
+class GradualPrune(WidthPruningCallback):
     """Prune at the epochs ``t0 + kΔt`` so that each layer follows AGP's cubic sparsity schedule.
 
     At the start of each step epoch ``t`` every prunable group is sliced down to
@@ -91,53 +92,26 @@ class GradualPrune(L.Callback):
         seed: of the ``random`` criterion (step ``k`` uses ``seed + k``).
     """
 
-    def __init__(
-        self,
-        start_epoch: int = 0,
-        num_steps: int = 4,
-        interval: int = 1,
-        initial_sparsity: float = 0.0,
-        final_sparsity: float | dict[str, float] = 0.5,
-        criterion: str = "l2_norm",
-        round_to: int = 1,
-        global_ranking: bool = False,
-        ignore: list[str] | None = None,
-        hrank_batches: int = 8,
-        seed: int = 0,
-    ) -> None:
-        if criterion not in CRITERIA:
-            raise ValueError(f"unknown criterion {criterion!r}; choose from {sorted(CRITERIA)}")
-        if start_epoch < 0:
-            raise ValueError(f"start_epoch must be >= 0, got {start_epoch}")
-        if num_steps < 1 or interval < 1:
-            raise ValueError(f"num_steps and interval must be >= 1, got {num_steps} and {interval}")
-        if round_to < 1:
-            raise ValueError(f"round_to must be >= 1, got {round_to}")
-        finals = list(final_sparsity.values()) if isinstance(final_sparsity, Mapping) else [final_sparsity]
-        for s in (initial_sparsity, *finals):
-            if not 0.0 <= s < 1.0:
-                raise ValueError(f"sparsities must be in [0, 1), got {s}")
-        if any(initial_sparsity > s for s in finals):
-            raise ValueError(
-                f"initial_sparsity ({initial_sparsity}) exceeds a final sparsity ({final_sparsity})"
-            )
-        self.start_epoch = start_epoch
-        self.num_steps = num_steps
-        self.interval = interval
-        self.initial_sparsity = initial_sparsity
-        self.final_sparsity: SparsitySpec = final_sparsity
-        self.criterion = criterion
-        self.round_to = round_to
-        self.global_ranking = global_ranking
-        self.ignore = list(ignore or [])
-        self.hrank_batches = hrank_batches
-        self.seed = seed
-        self.step_epochs = agp_step_epochs(start_epoch, num_steps, interval, initial_sparsity)
+    method = "gradual"
+    epoch_attributes = ("start_epoch",)
+    state_attributes = ("original", "completed", "result")
+    sparsity_option = "final_sparsity"
+
+    start_epoch: int = 0
+    num_steps: int = 4
+    interval: int = 1
+    initial_sparsity: float = 0.0
+    final_sparsity: float | dict[str, float] = 0.5
+    global_ranking: bool = False
+    hrank_batches: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         #: Output channels of every prunable group when the first step ran.
         self.original: dict[str, int] = {}
         #: How many of ``step_epochs`` have been passed.
         self.completed = 0
-        self.result: dict[str, Any] = {}
 
     @property
     def sparsity(self) -> SparsitySpec:
@@ -145,8 +119,26 @@ class GradualPrune(L.Callback):
         return self.final_sparsity
 
     @property
+    def step_epochs(self) -> list[int]:
+        """The epochs that prune (computed from ``start_epoch``, so they move when the schedule shifts)."""
+        return agp_step_epochs(self.start_epoch, self.num_steps, self.interval, self.initial_sparsity)
+
+    def structure_epochs(self) -> list[int]:
+        return self.step_epochs
+
+    @property
     def done(self) -> bool:
         return self.completed >= len(self.step_epochs)
+
+    def check_settings(self) -> None:
+        super().check_settings()
+        check_at_least(self, "num_steps", self.num_steps, 1)
+        check_at_least(self, "interval", self.interval, 1)
+        check_sparsity(self, "initial_sparsity", self.initial_sparsity)
+        finals = self.final_sparsity.values() if isinstance(self.final_sparsity, Mapping) else [self.final_sparsity]
+        if any(self.initial_sparsity > s for s in finals):
+            raise settings_error(self, "initial_sparsity", self.initial_sparsity, "exceeds a final sparsity "
+                                 f"({self.final_sparsity})", "set it at most the smallest final_sparsity")
 
     def sparsity_at(self, epoch: int, name: str) -> float:
         """The scheduled sparsity of group ``name`` at ``epoch``."""
@@ -156,16 +148,9 @@ class GradualPrune(L.Callback):
 
     def target_channels(self, epoch: int) -> dict[str, int]:
         """Channels every group keeps after the step at ``epoch``, counted from its original width."""
-        return {name: keep_count(c, self.sparsity_at(epoch, name), self.round_to)
-                for name, c in self.original.items()}
+        return keep_counts(self.original, {n: self.sparsity_at(epoch, n) for n in self.original}, self.round_to)
 
     # ------------------------------------------------------------------------------------- hooks
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        last = self.step_epochs[-1]
-        if trainer.max_epochs is not None and 0 <= trainer.max_epochs <= last:
-            rank_zero_warn(f"GradualPrune's last step is at epoch {last} but the fit stops after "
-                           f"{trainer.max_epochs} epochs: the final sparsity will not be reached.")
-
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
         due = sum(1 for e in self.step_epochs[self.completed:] if e <= epoch)
@@ -205,12 +190,3 @@ class GradualPrune(L.Callback):
     def _current_channels(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, int]:
         """Output channels of every prunable group of the current network, by root name."""
         return {g.name: g.num_channels for g in module_groups(trainer, pl_module, self.ignore)}
-
-    # ----------------------------------------------------------------------------- checkpointing
-    def state_dict(self) -> dict[str, Any]:
-        return {"original": dict(self.original), "completed": self.completed, "result": self.result}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.original = dict(state_dict["original"])
-        self.completed = int(state_dict["completed"])
-        self.result = state_dict["result"]

@@ -18,10 +18,15 @@ if TYPE_CHECKING:
 
 
 class LossTermCallback(L.Callback):
-    """Base class: set :attr:`hook_name` and implement :meth:`loss_hook`."""
+    """Base class: set :attr:`hook_name` and :attr:`penalty_name`, implement :meth:`penalty_term` (the term,
+    logged) and, for anything but ``task_loss + penalty_weight · term``, :meth:`combine`."""
 
     #: Key of the term in ``ImageClassifier.loss_hooks``.
     hook_name: ClassVar[str] = ""
+    #: The penalty is logged as ``train/<penalty_name>``.
+    penalty_name: ClassVar[str] = ""
+    #: Weight of the penalty in the loss.
+    penalty_weight: float = 1.0
 
     def set_loss_term(self, pl_module: ImageClassifier, active: bool) -> None:
         """Install the term (``active``) or remove it."""
@@ -42,5 +47,16 @@ class LossTermCallback(L.Callback):
         logits: torch.Tensor,
         task_loss: torch.Tensor,
     ) -> torch.Tensor:
-        """The loss with this callback's term, from the batch, the logits and the loss so far."""
+        """The loss with this callback's term, from the batch, the logits and the loss so far: the term of
+        :meth:`penalty_term` (logged as ``train/<penalty_name>`` per epoch), joined by :meth:`combine`."""
+        term = self.penalty_term(pl_module, images, logits)
+        pl_module.log(f"train/{self.penalty_name}", term.detach(), on_step=False, on_epoch=True)
+        return self.combine(task_loss, term)
+
+    def penalty_term(self, pl_module: ImageClassifier, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The term (differentiable in the network's parameters), from the batch's images and logits."""
         raise NotImplementedError
+
+    def combine(self, task_loss: torch.Tensor, term: torch.Tensor) -> torch.Tensor:
+        """The loss from the task loss and the term: ``task_loss + penalty_weight · term``."""
+        return task_loss + self.penalty_weight * term

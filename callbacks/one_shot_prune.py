@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import lightning as L
 
+from callbacks.pruning_base import WidthPruningCallback
 from callbacks.width_stage import prune_width
-from lightning_modules.pruning.criteria import CRITERIA, make_criterion
-from lightning_modules.pruning.width import SparsitySpec
+from lightning_modules.pruning.criteria import make_criterion
 
 
-class OneShotPrune(L.Callback):
+@dataclass(eq=False)
+class OneShotPrune(WidthPruningCallback):
     """At the start of training epoch ``epoch``, prune every prunable layer once and fine-tune until the end.
 
     TinyNeuralNetwork's ``OneShotChannelPruner`` setting: ``sparsity`` is the fraction of channels removed
@@ -31,37 +32,17 @@ class OneShotPrune(L.Callback):
         seed: of the ``random`` criterion.
     """
 
-    def __init__(
-        self,
-        epoch: int = 0,
-        criterion: str = "l2_norm",
-        sparsity: float | dict[str, float] = 0.5,
-        round_to: int = 1,
-        global_ranking: bool = False,
-        ignore: list[str] | None = None,
-        max_pruning_ratio: float = 1.0,
-        hrank_batches: int = 8,
-        seed: int = 0,
-    ) -> None:
-        if criterion not in CRITERIA:
-            raise ValueError(f"unknown criterion {criterion!r}; choose from {sorted(CRITERIA)}")
-        self.epoch = epoch
-        self.criterion = criterion
-        self.sparsity: SparsitySpec = sparsity
-        self.round_to = round_to
-        self.global_ranking = global_ranking
-        self.ignore = list(ignore or [])
-        self.max_pruning_ratio = max_pruning_ratio
-        self.hrank_batches = hrank_batches
-        self.seed = seed
-        self.result: dict[str, Any] = {}
+    method = "oneshot"
+
+    epoch: int = 0
+    sparsity: float | dict[str, float] = 0.5
+    global_ranking: bool = False
+    max_pruning_ratio: float = 1.0
+    hrank_batches: int = 8
+    seed: int = 0
 
     def __repr__(self) -> str:
         return f"OneShotPrune(epoch={self.epoch}, criterion={self.criterion!r}, sparsity={self.sparsity})"
-
-    @property
-    def done(self) -> bool:
-        return bool(self.result)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.done or trainer.current_epoch < self.epoch:
@@ -71,9 +52,3 @@ class OneShotPrune(L.Callback):
             trainer, pl_module, make_criterion(self.criterion, **kwargs), self.sparsity, self.round_to,
             self.global_ranking, self.ignore, self.max_pruning_ratio, hrank_batches=self.hrank_batches,
         )
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"result": self.result}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.result = state_dict["result"]

@@ -6,13 +6,14 @@ is in :mod:`lightning_modules.pruning.resrep`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from callbacks.prune_events import notify_before_prune
+from callbacks.pruning_base import WidthPruningCallback, check_at_least, notify_before_prune, settings_error
 from callbacks.stages import data_image_size, log_scalars, restart_optimization
 from callbacks.width_stage import ignored_modules, prune_width
 from lightning_modules.deploy.profiling import model_cost
@@ -31,10 +32,11 @@ from lightning_modules.pruning.resrep import (
     update_masks,
     with_compactors,
 )
-from lightning_modules.pruning.width import SparsitySpec, flops_preserve_rate
+from lightning_modules.pruning.width import flops_preserve_rate
 
 
-class RepPrune(L.Callback):
+@dataclass(eq=False)
+class RepPrune(WidthPruningCallback):
     """ResRep: compactors from ``start_epoch``, a structural prune at ``prune_epoch``, fine-tuning after.
 
     * At the start of epoch ``start_epoch`` the prune is announced (a
@@ -78,34 +80,20 @@ class RepPrune(L.Callback):
         ignore: convolutions whose output channels are kept, e.g. ``["stem.0"]``.
     """
 
-    def __init__(
-        self,
-        start_epoch: int = 0,
-        prune_epoch: int = 3,
-        sparsity: float | dict[str, float] = 0.75,
-        penalty: float = 1e-4,
-        mask_interval: int = 50,
-        ramp_updates: int = 10,
-        criterion: str = "l2_norm",
-        round_to: int = 1,
-        ignore: list[str] | None = None,
-    ) -> None:
-        if criterion not in ROW_NORMS:
-            raise ValueError(f"unknown criterion {criterion!r}; choose from {sorted(ROW_NORMS)}")
-        if not 0 <= start_epoch < prune_epoch:
-            raise ValueError(f"need 0 <= start_epoch < prune_epoch, got {start_epoch} and {prune_epoch}")
-        if penalty < 0 or mask_interval < 1 or ramp_updates < 1:
-            raise ValueError(f"need penalty >= 0, mask_interval >= 1 and ramp_updates >= 1, got {penalty}, "
-                             f"{mask_interval} and {ramp_updates}")
-        self.start_epoch = start_epoch
-        self.prune_epoch = prune_epoch
-        self.sparsity: SparsitySpec = sparsity
-        self.penalty = penalty
-        self.mask_interval = mask_interval
-        self.ramp_updates = ramp_updates
-        self.criterion = criterion
-        self.round_to = round_to
-        self.ignore = list(ignore or [])
+    method = "resrep"
+    criteria = frozenset(ROW_NORMS)
+    epoch_attributes = ("start_epoch", "prune_epoch")
+    state_attributes = ("result", "targets", "masks", "start_step", "updates", "baseline")
+
+    start_epoch: int = 0
+    prune_epoch: int = 3
+    sparsity: float | dict[str, float] = 0.75
+    penalty: float = 1e-4
+    mask_interval: int = 50
+    ramp_updates: int = 10
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         #: Rows to remove from each compactor (keyed by the convolution it follows).
         self.targets: dict[str, int] = {}
         #: Currently masked rows of each compactor.
@@ -116,12 +104,20 @@ class RepPrune(L.Callback):
         self.updates = 0
         #: Params and MACs of the plain network before the compactors (the baseline of the preserve rate).
         self.baseline: dict[str, Any] = {}
-        self.result: dict[str, Any] = {}
         self._mask_cache: dict[str, torch.Tensor] = {}
 
-    @property
-    def done(self) -> bool:
-        return bool(self.result)
+    def structure_epochs(self) -> list[int]:
+        """Compactors are installed at ``start_epoch`` and merged away at ``prune_epoch``."""
+        return [self.start_epoch, self.prune_epoch]
+
+    def check_settings(self) -> None:
+        super().check_settings()
+        if self.prune_epoch <= self.start_epoch:
+            raise settings_error(self, "prune_epoch", self.prune_epoch, f"must come after start_epoch "
+                                 f"({self.start_epoch}): the compactors train in between", "set start_epoch < prune_epoch")
+        check_at_least(self, "penalty", self.penalty, 0.0)
+        check_at_least(self, "mask_interval", self.mask_interval, 1)
+        check_at_least(self, "ramp_updates", self.ramp_updates, 1)
 
     @property
     def active(self) -> bool:
@@ -241,16 +237,6 @@ class RepPrune(L.Callback):
         return mask
 
     # ------------------------------------------------------------------------------------ checkpoint
-    def state_dict(self) -> dict[str, Any]:
-        return {"result": self.result, "targets": dict(self.targets),
-                "masks": {k: list(v) for k, v in self.masks.items()}, "start_step": self.start_step,
-                "updates": self.updates, "baseline": self.baseline}
-
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.result = state_dict["result"]
-        self.targets = dict(state_dict.get("targets", {}))
-        self.masks = {k: list(v) for k, v in state_dict.get("masks", {}).items()}
-        self.start_step = state_dict.get("start_step")
-        self.updates = int(state_dict.get("updates", 0))
-        self.baseline = state_dict.get("baseline", {})
+        super().load_state_dict(state_dict)
         self._mask_cache = {}

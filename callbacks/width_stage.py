@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from callbacks.prune_events import notify_before_prune
+from callbacks.pruning_base import notify_before_prune
 from callbacks.stages import (
     data_image_size,
     log_scalars,

@@ -107,6 +107,16 @@ class ExperimentCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
+class PruningCLI(ExperimentCLI):
+    """Adds ``--baseline_ckpt``: the trained, unpruned network a pruning run starts from."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_argument("--baseline_ckpt", type=str | None, default=None,
+                            help="Trained baseline to prune (an experiments/train.py checkpoint); the depth "
+                                 "pipeline then skips its baseline stage.")
+
+
 def trainer_defaults(project: str = "tinyml-pruning") -> dict[str, Any]:
     return {
         "logger": {

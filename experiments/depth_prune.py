@@ -21,10 +21,10 @@ from pathlib import Path
 
 from callbacks.auxiliary_sweep import AuxiliarySweep
 from callbacks.depth_prune import DepthPrune
-from callbacks.width_pruners import check_schedule, describe, shift_epochs, width_pruners
+from callbacks.pruning_base import PruningSettingsError, check_pruning, pruning_callbacks, width_pruners
 from datamodules import DatasetError, ImageFolderDataModule
 from experiments.cli import (
-    ExperimentCLI,
+    PruningCLI,
     build_cli,
     check_backbone_support,
     close_logger,
@@ -39,30 +39,25 @@ from lightning_modules.models.adapters import build_net
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "depth_cifar10_32.yaml"
 
 
-class DepthPruneCLI(ExperimentCLI):
-    """Adds the sweep (``--sweep.*``), the cut (``--prune.*``) and ``--baseline_ckpt``."""
+class DepthPruneCLI(PruningCLI):
+    """Adds the sweep (``--sweep.*``) and the cut (``--prune.*``) to ``--baseline_ckpt``."""
 
     def add_arguments_to_parser(self, parser) -> None:
         super().add_arguments_to_parser(parser)
         parser.add_lightning_class_args(AuxiliarySweep, "sweep")
         parser.add_lightning_class_args(DepthPrune, "prune")
-        parser.add_argument("--baseline_ckpt", type=str | None, default=None,
-                            help="Start from this trained baseline and skip the baseline stage.")
 
 
-def check_stages(trainer, sweep: AuxiliarySweep, prune: DepthPrune) -> None:
+def check_stages(trainer, sweep: AuxiliarySweep, prune: DepthPrune, net, image_size: int) -> None:
+    """The stages fit together and every pruning callback's settings fit the network (before training)."""
     if sweep.epochs > 0 and prune.epoch != sweep.start_epoch + sweep.epochs:
-        raise SystemExit(f"error: --prune.epoch ({prune.epoch}) must equal --sweep.start_epoch + --sweep.epochs "
-                         f"({sweep.start_epoch} + {sweep.epochs})")
-    if trainer.max_epochs is None or trainer.max_epochs <= prune.epoch:
-        raise SystemExit(f"error: --trainer.max_epochs ({trainer.max_epochs}) must exceed --prune.epoch "
-                         f"({prune.epoch}) to leave epochs for fine-tuning")
+        raise PruningSettingsError(f"--prune.epoch ({prune.epoch}) must equal --sweep.start_epoch + --sweep.epochs "
+                                   f"({sweep.start_epoch} + {sweep.epochs})")
     for callback in width_pruners(trainer):  # an optional width stage thins the kept blocks after the cut
-        first = getattr(callback, "start_epoch", getattr(callback, "epoch", 0))
-        if first <= prune.epoch:
-            raise SystemExit(f"error: the width stage ({type(callback).__name__}) must start after the cut "
-                             f"(epoch {prune.epoch}), not at epoch {first}")
-        check_schedule(callback, trainer.max_epochs)
+        if callback.first_epoch <= prune.epoch:
+            raise PruningSettingsError(f"the width stage ({type(callback).__name__}) must start after the cut "
+                                       f"(epoch {prune.epoch}), not at epoch {callback.first_epoch}")
+    check_pruning(trainer, net, image_size)
 
 
 def main(args: list[str] | None = None) -> Path:
@@ -73,20 +68,22 @@ def main(args: list[str] | None = None) -> Path:
         trainer, model, data = cli.trainer, cli.model, cli.datamodule
         sweep = next(cb for cb in trainer.callbacks if isinstance(cb, AuxiliarySweep))
         prune = next(cb for cb in trainer.callbacks if isinstance(cb, DepthPrune))
-        if cli.config.baseline_ckpt and not cli.config.ckpt_path:
-            load_baseline(model, cli.config.baseline_ckpt)
-            # the baseline stage is done: start at the sweep, or at the cut when there is no sweep
+        if cli.config.baseline_ckpt:
+            if not cli.config.ckpt_path:  # a resumed run has its weights in its checkpoint
+                load_baseline(model, cli.config.baseline_ckpt)
+            # the baseline stage is done: start at the sweep, or at the cut when there is no sweep (the
+            # same shift when resuming, so the schedule is the one the checkpoint was written in)
             shift = sweep.start_epoch if sweep.epochs > 0 else prune.epoch
-            sweep.start_epoch, prune.epoch = 0, prune.epoch - shift
+            sweep.start_epoch = 0
             trainer.fit_loop.max_epochs -= shift
-            for callback in width_pruners(trainer):
-                shift_epochs(callback, shift)
+            for callback in pruning_callbacks(trainer):  # the cut and any width stage, every epoch of them
+                callback.shift_schedule(shift)
         if sweep.epochs == 0:
             trainer.callbacks.remove(sweep)
-        check_stages(trainer, sweep, prune)
+        check_stages(trainer, sweep, prune, model.net, int(data.hparams.image_size))
         check_backbone_support(trainer, model)
         checkpoints = fit_and_test(cli)
-    except DatasetError as err:
+    except (DatasetError, PruningSettingsError) as err:
         raise SystemExit(f"error: {err}") from err
     image_size = int(data.hparams.image_size)
     result = prune.result
@@ -105,6 +102,7 @@ def main(args: list[str] | None = None) -> Path:
         "pruned": {"params": budget["params"], "macs": budget["macs"], "acc": _metric(trainer, "test/acc"),
                    "budget": budget},
         "stages": stage_rows(prune, width_pruners(trainer), budget, _metric(trainer, "test/acc")),
+        "width": [cb.describe() for cb in width_pruners(trainer)],
         "baseline_ckpt": cli.config.baseline_ckpt,
         "baseline_checkpoint": sweep.baseline_checkpoint,
     }
@@ -114,14 +112,16 @@ def main(args: list[str] | None = None) -> Path:
 
 
 def stage_rows(prune: DepthPrune, widths: list, final: dict, test_acc: float | None) -> list[dict]:
-    """One row per pruning stage: its method, the net's params/MACs after it, and the validation accuracy
-    just before the next stage (the final row carries the test accuracy of the best checkpoint)."""
+    """One row per pruning stage that changed the network: its method, the net's params/MACs after it, the
+    epochs it pruned at, and the validation accuracy just before the next stage (the final row carries the
+    test accuracy of the best checkpoint). A width stage that never pruned has no row."""
     rows = [{"stage": "depth", "cut": prune.result.get("cut"), **prune.result.get("after", {})}]
-    for callback in widths:
-        width = describe(callback)
+    for width in (cb.describe() for cb in widths):
+        if not width["pruned_at"]:
+            continue
         rows[-1]["val_acc"] = width["result"].get("val_acc_before")
-        rows.append({"stage": "width", **{k: width[k] for k in ("method", "criterion", "sparsity")},
-                     **width["result"].get("after", {})})
+        rows.append({"stage": "width", **{k: width[k] for k in ("method", "criterion", "sparsity", "pruned_at")},
+                     "done": width["done"], **width["result"].get("after", {})})
     rows[-1].update(params=final["params"], macs=final["macs"], test_acc=test_acc)
     return rows
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from callbacks.pruning_base import PruningSettingsError, check_pruning
 from datamodules import DatasetError, ImageFolderDataModule
 from experiments.cli import build_cli, close_logger, fit_and_test, write_summary
 from lightning_modules.image_classifier import ImageClassifier
@@ -24,8 +25,9 @@ def main(args: list[str] | None = None) -> Path:
     try:
         cli = build_cli(ImageClassifier, ImageFolderDataModule, DEFAULT_CONFIG, args)
         trainer, model, data = cli.trainer, cli.model, cli.datamodule
+        check_pruning(trainer, model.net, int(data.hparams.image_size))  # any pruning callback given
         checkpoints = fit_and_test(cli)
-    except DatasetError as err:
+    except (DatasetError, PruningSettingsError) as err:
         raise SystemExit(f"error: {err}") from err
     path = write_summary(trainer, model, data, started, checkpoints, {"stage": "baseline"})
     close_logger(trainer)

@@ -27,10 +27,10 @@ from lightning.pytorch.accelerators import CPUAccelerator
 
 from callbacks.distillation import Distillation
 from callbacks.one_shot_prune import OneShotPrune
-from callbacks.width_pruners import check_schedule, describe, width_pruners
+from callbacks.pruning_base import PruningSettingsError, check_pruning, width_pruners
 from datamodules import DatasetError, ImageFolderDataModule
 from experiments.cli import (
-    ExperimentCLI,
+    PruningCLI,
     build_cli,
     check_backbone_support,
     close_logger,
@@ -46,20 +46,11 @@ from lightning_modules.image_classifier import ImageClassifier
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "width_cifar10_32.yaml"
 
 
-class WidthPruneCLI(ExperimentCLI):
-    """Adds ``--baseline_ckpt``: the trained, unpruned network every width-pruning run starts from."""
-
-    def add_arguments_to_parser(self, parser) -> None:
-        super().add_arguments_to_parser(parser)
-        parser.add_argument("--baseline_ckpt", type=str | None, default=None,
-                            help="Trained baseline to prune (an experiments/train.py checkpoint).")
-
-
 def main(args: list[str] | None = None) -> Path:
     """Prune, fine-tune, test the best pruned checkpoint, write ``summary.json``; returns its path."""
     started = time.time()
     try:
-        cli = build_cli(ImageClassifier, ImageFolderDataModule, DEFAULT_CONFIG, args, cli_class=WidthPruneCLI)
+        cli = build_cli(ImageClassifier, ImageFolderDataModule, DEFAULT_CONFIG, args, cli_class=PruningCLI)
         trainer, model, data = cli.trainer, cli.model, cli.datamodule
         pruners = width_pruners(trainer)
         if not pruners:  # no method named: one-shot l2_norm at sparsity 0.5, before the first epoch
@@ -69,7 +60,6 @@ def main(args: list[str] | None = None) -> Path:
         if len(pruners) != 1:
             raise SystemExit(f"error: a width-pruning run needs exactly one pruning callback in trainer.callbacks "
                              f"(OneShotPrune, BNSlimming, GradualPrune, ADMMPrune or RepPrune), found {len(pruners)}")
-        check_schedule(pruners[0], trainer.max_epochs)
         check_backbone_support(trainer, model)
         baseline_ckpt = cli.config.baseline_ckpt
         if not baseline_ckpt and not cli.config.ckpt_path:
@@ -80,12 +70,14 @@ def main(args: list[str] | None = None) -> Path:
             accelerator = "cpu" if isinstance(trainer.accelerator, CPUAccelerator) else "auto"
             baseline = (read_module(ImageClassifier, baseline_ckpt) if cli.config.ckpt_path  # resuming
                         else load_baseline(model, baseline_ckpt))
+        check_pruning(trainer, model.net, int(data.hparams.image_size))  # before any data is decoded
+        if baseline_ckpt:
             acc_before = validation_accuracy(baseline, data, accelerator)
             baseline_cost = model_cost(baseline.net, int(data.hparams.image_size))
         checkpoints = fit_and_test(cli)
-    except DatasetError as err:
+    except (DatasetError, PruningSettingsError) as err:
         raise SystemExit(f"error: {err}") from err
-    width = describe(pruners[0])
+    width = pruners[0].describe()
     pruned = model_cost(model.net, int(data.hparams.image_size))
     rate = pruned["macs"] / baseline_cost["macs"] if baseline_cost else width["flops_preserve_rate"]
     acc_after = trainer.callback_metrics.get("test/acc")

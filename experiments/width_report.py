@@ -29,7 +29,6 @@ REFERENCE_WIDTH: dict[tuple[float, str, str, bool], float] = {
     (0.75, "gradual", "l2_norm", False): 93.78,
     (0.75, "resrep", "l2_norm", True): 93.49,
 }
-REFERENCE_BASELINE = 94.2
 METHOD_ORDER = ("oneshot", "bn_slimming", "admm", "gradual", "resrep")
 
 

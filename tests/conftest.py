@@ -43,6 +43,14 @@ def real_data_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 3-class CIFAR-layout image folder for the pruning callbacks' fits (one per test module)."""
+    from tests.tiny_fit import tiny_folder
+
+    return tiny_folder(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """Run a module's tests on one CPU thread (the latency and export tests ask for it by name)."""
     previous = torch.get_num_threads()

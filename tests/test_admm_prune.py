@@ -22,7 +22,7 @@ from lightning_modules.pruning.admm import (
     zero_rows,
 )
 from lightning_modules.pruning.width import keep_count
-from tests.tiny_fit import tiny_datamodule, tiny_folder, tiny_module, tiny_trainer
+from tests.tiny_fit import tiny_datamodule, tiny_module, tiny_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny fits are faster on one thread
 
@@ -91,11 +91,6 @@ def test_minimising_only_the_penalty_drives_w_onto_the_sparse_set() -> None:
 
 
 # -------------------------------------------------------------------------------- inside a real fit
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_folder(tmp_path_factory.mktemp("tiny"))
-
-
 class Probe(L.Callback):
     """Records the loss hooks of each epoch and the root weights just before and just after the prune."""
 
@@ -153,7 +148,7 @@ def test_admm_prunes_onto_z_support_reloads_and_resumes_exactly(folder: Path, tm
     torch.testing.assert_close(reloaded(x), module(x))
 
     # killed after epoch 0 (mid-ADMM): the resumed run restores Z/U and ends where the full run did
-    state = torch.load(tmp_path / "epoch=0.ckpt", weights_only=False)["callbacks"]["ADMMPrune"]
+    state = torch.load(tmp_path / "epoch=0.ckpt", weights_only=False)["callbacks"][callback.state_key]
     assert state["updates"] == 0 and not state["result"] and set(state["Z"]) == set(names)
     resumed, again, resumed_probe = run(tmp_path / "resumed", tmp_path / "epoch=0.ckpt")
     assert resumed_probe.hooks == {1: [HOOK_NAME], 2: []}
@@ -175,16 +170,3 @@ def test_ignored_layers_keep_their_channels(folder: Path, tmp_path: Path) -> Non
     full = mobilenet_v1_channels(0.25)
     assert "stem.0" not in callback.Z
     assert module.arch["channels"] == [full[0], *(keep_count(c, 0.5) for c in full[1:-1]), full[-1]]
-
-
-def test_bad_arguments_are_clear_errors() -> None:
-    with pytest.raises(ValueError, match="only criterion='l2_norm'"):
-        ADMMPrune(criterion="fpgm")
-    with pytest.raises(ValueError, match="must not come before start_epoch"):
-        ADMMPrune(start_epoch=3, prune_epoch=2)
-    with pytest.raises(ValueError, match="rho"):
-        ADMMPrune(rho=0.0)
-    with pytest.raises(ValueError, match="admm_epoch"):
-        ADMMPrune(admm_epoch=0)
-    with pytest.raises(ValueError, match="sparsities"):
-        ADMMPrune(sparsity=1.0)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from callbacks.width_pruners import check_schedule, method_of, width_pruners
+from callbacks.pruning_base import check_pruning, width_pruners
 from experiments import depth_prune, train, width_prune
 from experiments.cli import ExperimentCLI, build_cli
 from lightning_modules.image_classifier import ImageClassifier
@@ -18,7 +18,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 
 def instantiate(config: Path, tmp_path: Path) -> ExperimentCLI:
     if config.parent.parent.name == "width" or config.stem.startswith("width_"):
-        script, cli_class = width_prune, width_prune.WidthPruneCLI
+        script, cli_class = width_prune, width_prune.PruningCLI
     elif config.name.startswith("depth_"):
         script, cli_class = depth_prune, depth_prune.DepthPruneCLI
     else:
@@ -37,7 +37,7 @@ def test_config_instantiates(config: Path, tmp_path: Path) -> None:
     if config.name.startswith("depth_"):
         sweep = next(cb for cb in cli.trainer.callbacks if isinstance(cb, depth_prune.AuxiliarySweep))
         prune = next(cb for cb in cli.trainer.callbacks if isinstance(cb, depth_prune.DepthPrune))
-        depth_prune.check_stages(cli.trainer, sweep, prune)
+        depth_prune.check_stages(cli.trainer, sweep, prune, cli.model.net, size)
         assert prune.init == ("random" if "random" in config.stem else "original")
 
 
@@ -62,7 +62,7 @@ def width_row(cli: ExperimentCLI) -> tuple[float, str, str, bool]:
     (pruner,) = width_pruners(cli.trainer)
     sparsity = getattr(pruner, "final_sparsity", pruner.sparsity)
     distill = any(type(cb).__name__ == "Distillation" for cb in cli.trainer.callbacks)
-    return (sparsity, method_of(pruner), pruner.criterion, distill)
+    return (sparsity, pruner.method, pruner.criterion, distill)
 
 
 @pytest.mark.parametrize("config", WIDTH_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
@@ -72,8 +72,7 @@ def test_width_config_instantiates(config: Path, tmp_path: Path) -> None:
     assert cli.datamodule.hparams.image_size == (32 if scale == "cifar10_32" else 224)
     assert cli.model.hparams.num_classes == (1000 if scale == "imagenet" else 10)
     assert cli.model.arch["channels"] is None and cli.model.hparams.width_mult == 1.0  # prunes MobileNetV1-1.0
-    (pruner,) = width_pruners(cli.trainer)
-    check_schedule(pruner, cli.trainer.max_epochs)
+    check_pruning(cli.trainer, cli.model.net, cli.datamodule.hparams.image_size)  # settings fit MobileNetV1-1.0
     if scale != "imagenet":
         assert width_row(cli) in CIFAR_ROWS
 

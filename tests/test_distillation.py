@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import callbacks.distillation as distillation_module
 from callbacks.distillation import HOOK_NAME, Distillation, distillation_loss, soft_target_kl
-from callbacks.prune_events import notify_before_prune
+from callbacks.pruning_base import notify_before_prune
 from lightning_modules.image_classifier import ImageClassifier
 
 NUM_CLASSES = 4

@@ -180,16 +180,43 @@ def check_sparsity_names(
             raise ValueError(f"{argument} names no {kind}: {sorted(unknown)}; {kind}s: {names}")
 
 
+def round_channels(count: float, round_to: int = 1) -> int:
+    """``count`` channels as a whole number: the nearest multiple of ``round_to`` not below 90 % of it
+    (timm's ``make_divisible``, as for width multipliers), or the nearest integer when ``round_to`` is 1."""
+    return int(make_divisible(count, round_to)) if round_to > 1 else int(count + 0.5)
+
+
 def keep_count(num_channels: int, sparsity: float, round_to: int = 1, min_channels: int = 1) -> int:
-    """Channels kept when removing a ``sparsity`` fraction: rounded to a multiple of ``round_to`` (timm's
-    ``make_divisible``, as for width multipliers), at least ``min_channels``, at most ``num_channels``."""
+    """Channels kept when removing a ``sparsity`` fraction: :func:`round_channels` of
+    ``num_channels · (1 − sparsity)``, at least ``min_channels``, at most ``num_channels``.
+
+    The one place where a sparsity becomes a channel count. torch-pruning's pruners truncate instead
+    (``int(C · (1 − s))``) and round the kept count *down* to ``round_to``, which can leave 0 channels;
+    rounding to the nearest keeps TinyNeuralNetwork's widths (0.5 → MobileNetV1-0.5) and never empties a
+    layer.
+    """
     if not 0.0 <= sparsity <= 1.0:
         raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
     if sparsity == 0.0:
         return num_channels
-    keep = num_channels * (1.0 - sparsity)
-    kept = make_divisible(keep, round_to) if round_to > 1 else int(keep + 0.5)
-    return int(min(num_channels, max(min_channels, kept)))
+    return int(min(num_channels, max(min_channels, round_channels(num_channels * (1.0 - sparsity), round_to))))
+
+
+def keep_counts(
+    channels: Mapping[str, int],
+    sparsity: SparsitySpec,
+    round_to: int = 1,
+    min_channels: int = 1,
+    ignore: Iterable[str] = (),
+    kind: str = "prunable group",
+) -> dict[str, int]:
+    """:func:`keep_count` of every layer of ``channels`` (name → output channels) at its sparsity
+    (:func:`sparsity_of`); the layers in ``ignore`` keep all their channels. A per-layer ``sparsity``
+    naming no layer of ``channels`` is an error."""
+    check_sparsity_names(sparsity, channels, kind=kind)
+    ignored = set(ignore)
+    return {name: c if name in ignored else keep_count(c, sparsity_of(name, sparsity), round_to, min_channels)
+            for name, c in channels.items()}
 
 
 def plan_pruning(
@@ -210,11 +237,13 @@ def plan_pruning(
     a layer whose scores are all small, e.g. the last BatchNorm of a slimmed MobileNet) and a multiple of
     ``round_to``.
     """
+    # torch-pruning's MetaPruner ranks globally too, but keeps every channel at or below one threshold and
+    # enforces max_pruning_ratio only between iterative steps; here the removed total is exactly the local
+    # plans' total and the cap holds within the one step, so the planning is our own.
     if not 0.0 < max_pruning_ratio <= 1.0:
         raise ValueError(f"max_pruning_ratio must be in (0, 1], got {max_pruning_ratio}")
-    check_sparsity_names(sparsity, scores)
     rates = {name: sparsity_of(name, sparsity) for name in scores}
-    keep = {name: keep_count(len(s), rates[name], round_to, min_channels) for name, s in scores.items()}
+    keep = keep_counts({name: len(s) for name, s in scores.items()}, sparsity, round_to, min_channels)
     if global_ranking:
         keep = _global_keep(scores, rates, keep, round_to, min_channels, max_pruning_ratio)
     order = {name: torch.argsort(s, stable=True) for name, s in scores.items()}
@@ -242,8 +271,7 @@ def _global_keep(
             left[owners[i]] -= 1
             removed += 1
     for n in pool:
-        rounded = make_divisible(left[n], round_to) if round_to > 1 else left[n]
-        left[n] = int(min(len(scores[n]), max(floor[n], rounded)))
+        left[n] = int(min(len(scores[n]), max(floor[n], round_channels(left[n], round_to))))
     return left
 
 

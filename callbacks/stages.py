@@ -90,6 +90,9 @@ def share_network(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
     if not isinstance(strategy, DDPStrategy):
         raise RuntimeError(f"{type(strategy).__name__} wraps the module in DistributedDataParallel but is not a "
                            f"DDPStrategy; the changed network cannot be re-wrapped")
+    if getattr(strategy, "_layer_sync", None) is not None:
+        raise RuntimeError("--trainer.sync_batchnorm true cannot be combined with a change of the network: the "
+                           "pruned network is rebuilt with plain BatchNorm; leave sync_batchnorm off")
     check_same_structure(trainer, pl_module)
     old = weakref.ref(strategy.model)
     strategy.model = pl_module

@@ -48,8 +48,9 @@ def save_stage_checkpoint(trainer: L.Trainer, name: str) -> str | None:
 
 
 def distributed(trainer: L.Trainer) -> bool:
-    """Whether ``trainer`` runs in several processes that exchange data."""
-    return trainer.world_size > 1 and dist.is_available() and dist.is_initialized()
+    """Whether ``trainer`` runs in several processes that exchange data (a stand-in without ``world_size``,
+    as in unit tests of a callback, is one process)."""
+    return getattr(trainer, "world_size", 1) > 1 and dist.is_available() and dist.is_initialized()
 
 
 def broadcast_from_rank_zero(trainer: L.Trainer, obj: T) -> T:

@@ -12,6 +12,7 @@ from torch import nn
 from callbacks.auxiliary_sweep import AuxiliarySweep
 from callbacks.pruning_base import PruningCallback, check_choice, notify_before_prune, settings_error
 from callbacks.stages import (
+    broadcast_from_rank_zero,
     data_image_size,
     find_callback,
     log_scalars,
@@ -96,7 +97,8 @@ class DepthPrune(PruningCallback):
         head = None
         if sweep is not None and sweep.accuracies:
             rows, baseline = sweep_rows(sweep)
-            cut, reason = choose_cut(rows, baseline, self.block, self.rule, self.tolerance)
+            cut, reason = broadcast_from_rank_zero(trainer, choose_cut(rows, baseline, self.block, self.rule,
+                                                                       self.tolerance))
             self.head_channels = tuple(sweep.head_channels)
             rank_zero_info(format_sweep_table(rows, baseline, cut))
             if trainer.is_global_zero:

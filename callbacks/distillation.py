@@ -29,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from callbacks.loss_term import LossTermCallback
+from callbacks.stages import sync_from_rank_zero
 from lightning_modules.models.adapters import build_net, check_same_architecture
 
 if TYPE_CHECKING:
@@ -179,6 +180,8 @@ class Distillation(LossTermCallback):
         if trainer.current_epoch < self.start_epoch:
             self.set_loss_term(pl_module, False)
             return
+        if not self.has_teacher and self.teacher_ckpt is None:  # the current network becomes the teacher:
+            sync_from_rank_zero(trainer, pl_module)  # rank 0's, buffers included, on every rank
         self.ensure_teacher(pl_module, epoch=trainer.current_epoch)
         self.set_loss_term(pl_module, True)
 

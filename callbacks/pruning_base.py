@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 
+from callbacks.stages import sync_from_rank_zero
 from lightning_modules.pruning.criteria import CRITERIA
 from lightning_modules.pruning.width import DEFAULT_KEY, prunable_groups
 
@@ -236,7 +237,10 @@ def _detached(value: Any) -> Any:
 def notify_before_prune(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
     """Call ``on_before_prune(trainer, pl_module)`` on each of ``trainer.callbacks`` that has it, in order,
     right before a callback changes ``pl_module.net`` (e.g. :class:`~callbacks.distillation.Distillation`
-    keeps a copy of the unpruned network as its teacher)."""
+    keeps a copy of the unpruned network as its teacher). In a multi-process fit every rank first takes
+    rank 0's parameters and buffers, so that the pruning decision that follows (and the teacher) are the
+    same on every rank."""
+    sync_from_rank_zero(trainer, pl_module)
     for callback in trainer.callbacks:
         hook = getattr(callback, "on_before_prune", None)
         if callable(hook):

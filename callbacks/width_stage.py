@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.pruning_base import notify_before_prune
 from callbacks.stages import (
+    broadcast_from_rank_zero,
     data_image_size,
     log_scalars,
     rebuild_optimizer,
@@ -114,6 +115,7 @@ def prune_width(
             criterion.collect(net, statistics_batches(trainer, hrank_batches, device))
         scores = channel_scores(groups, criterion, normalize=global_ranking)
         plan = plan_pruning(scores, sparsity, round_to, global_ranking, max_pruning_ratio=max_pruning_ratio)
+    plan = broadcast_from_rank_zero(trainer, plan)  # every rank removes exactly rank 0's channels
     apply_plan(groups, plan)
     new_net, arch = pl_module.adapter.after_width_prune(net)
     pl_module.rebuild_net(new_net, **arch)

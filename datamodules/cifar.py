@@ -98,6 +98,7 @@ class CIFAR10DataModule(ImageFolderDataModule):
 
     eval_split_names: ClassVar[tuple[str, ...]] = ("test", "val")
     nominal_num_classes: ClassVar[int] = 10
+    known_dataset: ClassVar[str | None] = "CIFAR-10"
     supports_download: ClassVar[bool] = True
     mean: ClassVar[tuple[float, float, float]] = T.CIFAR10_MEAN
     std: ClassVar[tuple[float, float, float]] = T.CIFAR10_STD

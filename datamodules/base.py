@@ -106,12 +106,13 @@ class ImageFolderDataModule(LightningDataModule):
         self.save_hyperparameters()
         name = type(self).__name__
         if image_size <= 0 or batch_size <= 0 or (eval_batch_size is not None and eval_batch_size <= 0):
-            raise ValueError(f"{name}: image_size, batch_size and eval_batch_size must be positive")
+            raise DatasetError(f"{name}: image_size, batch_size and eval_batch_size must be positive, got "
+                               f"{image_size}, {batch_size}, {eval_batch_size}")
         if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"{name}: val_fraction must be in [0, 1), got {val_fraction}")
+            raise DatasetError(f"{name}: val_fraction must be in [0, 1), got {val_fraction}")
         for arg, value in (("train_subset", train_subset), ("eval_subset", eval_subset)):
             if value is not None and value <= 0:
-                raise ValueError(f"{name}: {arg} must be positive or None, got {value}")
+                raise DatasetError(f"{name}: {arg} must be positive or None, got {value}")
         if in_memory and not self.supports_in_memory:
             raise DatasetError(
                 f"{name} (root {root}) streams images from disk; in_memory=True is not supported"

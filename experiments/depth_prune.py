@@ -22,11 +22,12 @@ from pathlib import Path
 from callbacks.auxiliary_sweep import AuxiliarySweep
 from callbacks.depth_prune import DepthPrune
 from callbacks.width_pruners import check_schedule, describe, shift_epochs, width_pruners
-from datamodules import DatasetError, ImageFolderDataModule
+from datamodules import ImageFolderDataModule
 from experiments.cli import (
     ExperimentCLI,
     build_cli,
     close_logger,
+    exits_cleanly,
     fit_and_test,
     load_baseline,
     write_summary,
@@ -64,28 +65,26 @@ def check_stages(trainer, sweep: AuxiliarySweep, prune: DepthPrune) -> None:
         check_schedule(callback, trainer.max_epochs)
 
 
+@exits_cleanly
 def main(args: list[str] | None = None) -> Path:
     """Run the pipeline, test the best pruned checkpoint, write ``summary.json``; returns its path."""
     started = time.time()
-    try:
-        cli = build_cli(ImageClassifier, ImageFolderDataModule, DEFAULT_CONFIG, args, cli_class=DepthPruneCLI)
-        trainer, model, data = cli.trainer, cli.model, cli.datamodule
-        sweep = next(cb for cb in trainer.callbacks if isinstance(cb, AuxiliarySweep))
-        prune = next(cb for cb in trainer.callbacks if isinstance(cb, DepthPrune))
-        if cli.config.baseline_ckpt and not cli.config.ckpt_path:
-            load_baseline(model, cli.config.baseline_ckpt)
-            # the baseline stage is done: start at the sweep, or at the cut when there is no sweep
-            shift = sweep.start_epoch if sweep.epochs > 0 else prune.epoch
-            sweep.start_epoch, prune.epoch = 0, prune.epoch - shift
-            trainer.fit_loop.max_epochs -= shift
-            for callback in width_pruners(trainer):
-                shift_epochs(callback, shift)
-        if sweep.epochs == 0:
-            trainer.callbacks.remove(sweep)
-        check_stages(trainer, sweep, prune)
-        checkpoints = fit_and_test(cli)
-    except DatasetError as err:
-        raise SystemExit(f"error: {err}") from err
+    cli = build_cli(ImageClassifier, ImageFolderDataModule, DEFAULT_CONFIG, args, cli_class=DepthPruneCLI)
+    trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    sweep = next(cb for cb in trainer.callbacks if isinstance(cb, AuxiliarySweep))
+    prune = next(cb for cb in trainer.callbacks if isinstance(cb, DepthPrune))
+    if cli.config.baseline_ckpt and not cli.config.ckpt_path:
+        load_baseline(model, cli.config.baseline_ckpt)
+        # the baseline stage is done: start at the sweep, or at the cut when there is no sweep
+        shift = sweep.start_epoch if sweep.epochs > 0 else prune.epoch
+        sweep.start_epoch, prune.epoch = 0, prune.epoch - shift
+        trainer.fit_loop.max_epochs -= shift
+        for callback in width_pruners(trainer):
+            shift_epochs(callback, shift)
+    if sweep.epochs == 0:
+        trainer.callbacks.remove(sweep)
+    check_stages(trainer, sweep, prune)
+    checkpoints = fit_and_test(cli)
     image_size = int(data.hparams.image_size)
     result = prune.result
     budget = tinyml_budget(model.net, image_size)

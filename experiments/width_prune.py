@@ -28,11 +28,12 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from callbacks.distillation import Distillation
 from callbacks.one_shot_prune import OneShotPrune
 from callbacks.width_pruners import check_schedule, describe, width_pruners
-from datamodules import DatasetError, ImageFolderDataModule
+from datamodules import ImageFolderDataModule
 from experiments.cli import (
     ExperimentCLI,
     build_cli,
     close_logger,
+    exits_cleanly,
     fit_and_test,
     load_baseline,
     read_module,
@@ -54,35 +55,33 @@ class WidthPruneCLI(ExperimentCLI):
                             help="Trained baseline to prune (an experiments/train.py checkpoint).")
 
 
+@exits_cleanly
 def main(args: list[str] | None = None) -> Path:
     """Prune, fine-tune, test the best pruned checkpoint, write ``summary.json``; returns its path."""
     started = time.time()
-    try:
-        cli = build_cli(ImageClassifier, ImageFolderDataModule, DEFAULT_CONFIG, args, cli_class=WidthPruneCLI)
-        trainer, model, data = cli.trainer, cli.model, cli.datamodule
-        pruners = width_pruners(trainer)
-        if not pruners:  # no method named: one-shot l2_norm at sparsity 0.5, before the first epoch
-            pruners = [OneShotPrune()]
-            trainer.callbacks.insert(0, pruners[0])
-            print(f"No pruning callback given; using {pruners[0]!r}.")
-        if len(pruners) != 1:
-            raise SystemExit(f"error: a width-pruning run needs exactly one pruning callback in trainer.callbacks "
-                             f"(OneShotPrune, BNSlimming, GradualPrune, ADMMPrune or RepPrune), found {len(pruners)}")
-        check_schedule(pruners[0], trainer.max_epochs)
-        baseline_ckpt = cli.config.baseline_ckpt
-        if not baseline_ckpt and not cli.config.ckpt_path:
-            raise SystemExit("error: --baseline_ckpt is required: train a baseline first with "
-                             "`python experiments/train.py` (its checkpoints are in <run dir>/checkpoints/)")
-        acc_before, baseline_cost = None, {}
-        if baseline_ckpt:
-            accelerator = "cpu" if isinstance(trainer.accelerator, CPUAccelerator) else "auto"
-            baseline = (read_module(ImageClassifier, baseline_ckpt) if cli.config.ckpt_path  # resuming
-                        else load_baseline(model, baseline_ckpt))
-            acc_before = validation_accuracy(baseline, data, accelerator)
-            baseline_cost = model_cost(baseline.net, int(data.hparams.image_size))
-        checkpoints = fit_and_test(cli)
-    except DatasetError as err:
-        raise SystemExit(f"error: {err}") from err
+    cli = build_cli(ImageClassifier, ImageFolderDataModule, DEFAULT_CONFIG, args, cli_class=WidthPruneCLI)
+    trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    pruners = width_pruners(trainer)
+    if not pruners:  # no method named: one-shot l2_norm at sparsity 0.5, before the first epoch
+        pruners = [OneShotPrune()]
+        trainer.callbacks.insert(0, pruners[0])
+        print(f"No pruning callback given; using {pruners[0]!r}.")
+    if len(pruners) != 1:
+        raise SystemExit(f"error: a width-pruning run needs exactly one pruning callback in trainer.callbacks "
+                         f"(OneShotPrune, BNSlimming, GradualPrune, ADMMPrune or RepPrune), found {len(pruners)}")
+    check_schedule(pruners[0], trainer.max_epochs)
+    baseline_ckpt = cli.config.baseline_ckpt
+    if not baseline_ckpt and not cli.config.ckpt_path:
+        raise SystemExit("error: --baseline_ckpt is required: train a baseline first with "
+                         "`python experiments/train.py` (its checkpoints are in <run dir>/checkpoints/)")
+    acc_before, baseline_cost = None, {}
+    if baseline_ckpt:
+        accelerator = "cpu" if isinstance(trainer.accelerator, CPUAccelerator) else "auto"
+        baseline = (read_module(ImageClassifier, baseline_ckpt) if cli.config.ckpt_path  # resuming
+                    else load_baseline(model, baseline_ckpt))
+        acc_before = validation_accuracy(baseline, data, accelerator)
+        baseline_cost = model_cost(baseline.net, int(data.hparams.image_size))
+    checkpoints = fit_and_test(cli)
     width = describe(pruners[0])
     pruned = model_cost(model.net, int(data.hparams.image_size))
     rate = pruned["macs"] / baseline_cost["macs"] if baseline_cost else width["flops_preserve_rate"]

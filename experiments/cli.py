@@ -163,6 +163,12 @@ class ExperimentCLI(LightningCLI):
             self.trainer_defaults["callbacks"] = [
                 cb for cb in self.trainer_defaults.get("callbacks", []) if not isinstance(cb, RichProgressBar)
             ]
+        accelerator = str(self._get(self.config_init, "trainer", default={}).get("accelerator") or "")
+        if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise ExperimentError(
+                f"--trainer.accelerator {accelerator} was given, but this machine has no usable GPU "
+                f"(torch.cuda.is_available() is False); use --trainer.accelerator cpu (or auto)"
+            )
         plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):  # atomic writes unless one is given
@@ -194,7 +200,22 @@ def build_cli(
     configure_wandb_mode()
     quiet_known_warnings()
     parser_kwargs = {"default_config_files": [str(default_config)]} if default_config else {}
-    cli = cli_class(
+    try:
+        cli = instantiate_cli(cli_class, model_class, datamodule_class, args, project, parser_kwargs)
+    except ValueError as err:  # a constructor refused a configured value
+        cause = root_cause(err)
+        if isinstance(cause, KNOWN_ERRORS):
+            raise cause from None
+        if isinstance(cause, ValueError):
+            raise ExperimentError(f"invalid configuration: {cause}") from err
+        raise
+    check_setup(cli)
+    return cli
+
+
+def instantiate_cli(cli_class: type[ExperimentCLI], model_class: type, datamodule_class: type,
+                    args: list[str] | None, project: str, parser_kwargs: dict[str, Any]) -> ExperimentCLI:
+    return cli_class(
         model_class,
         datamodule_class,
         subclass_mode_data=True,
@@ -206,8 +227,13 @@ def build_cli(
         save_config_kwargs={"overwrite": True},
         parser_kwargs=parser_kwargs,
     )
-    check_setup(cli)
-    return cli
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """The innermost exception of ``err``'s chain (what the user's value actually broke)."""
+    while (inner := err.__cause__ or err.__context__) is not None:
+        err = inner
+    return err
 
 
 def check_output_dir(folder: Path) -> None:

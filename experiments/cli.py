@@ -173,7 +173,14 @@ class ExperimentCLI(LightningCLI):
         plugins = plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):  # atomic writes unless one is given
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        for logger in trainer.loggers:
+            # Lightning passes anonymous=None to wandb.init, which wandb answers with a deprecation
+            # warning on every run; leaving the key out is the same setting.
+            init = getattr(logger, "_wandb_init", None) if isinstance(logger, WandbLogger) else None
+            if isinstance(init, dict) and init.get("anonymous") is None:
+                init.pop("anonymous", None)
+        return trainer
 
 
 def trainer_defaults(project: str = "tinyml-pruning") -> dict[str, Any]:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import netrc
 import os
 import socket
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -36,15 +36,12 @@ from callbacks.stages import run_dir
 from callbacks.throughput import Throughput
 from datamodules import DatasetError
 from experiments.checkpoint_io import AtomicCheckpointIO, CheckpointError, check_checkpoint_file
+from experiments.checks import ExperimentError, check_output_dir, check_resolution
 from lightning_modules.deploy.profiling import tinyml_budget
 
 WANDB_HOST = "api.wandb.ai"
 #: The logger's default ``save_dir``; ``--trainer.default_root_dir`` replaces it when given.
 DEFAULT_SAVE_DIR = "logs"
-
-
-class ExperimentError(ValueError):
-    """A setting of an experiment cannot work (found at start-up, before any data is read)."""
 
 
 #: Errors whose message says everything: reported as one line, without a traceback.
@@ -94,11 +91,20 @@ def quiet_known_warnings() -> None:
     - frozen parts of the net (the backbone during the auxiliary sweep) are in eval mode on purpose,
       so Lightning's "Found N module(s) in eval mode at the start of training" is expected;
     - Lightning's own use of APIs its dependencies deprecated (jsonargparse ``instantiate_classes`` etc.,
-      torch's ``LeafSpec``) is not something a user can change.
+      torch's ``LeafSpec``) is not something a user can change;
+    - Lightning's advertisement for its own logging service is not a message about the run.
     """
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lightning\.pytorch\.cli")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+
+
+class _NoAdverts(logging.Filter):
+    """Drop Lightning's start-up advertisement ("💡 Tip: ... litlogger"), printed on every run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
 
 
 def configure_wandb_mode() -> str:
@@ -241,47 +247,6 @@ def root_cause(err: BaseException) -> BaseException:
     while (inner := err.__cause__ or err.__context__) is not None:
         err = inner
     return err
-
-
-def check_output_dir(folder: Path) -> None:
-    """Raise :class:`ExperimentError` unless files can be created in ``folder`` (created if missing)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise ExperimentError(
-            f"cannot write to the output folder {folder}: {err.strerror or err}; pass a writable "
-            f"--trainer.default_root_dir (or --trainer.logger.init_args.save_dir)"
-        ) from err
-
-
-def total_stride(net: torch.nn.Module, in_chans: int = 3, probe: int = 256) -> int:
-    """Input pixels per pixel of ``net.forward_features``'s output, measured with one forward pass in eval
-    mode (works for any backbone, cut or not; nothing in the net changes)."""
-    training = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            features = net.forward_features(torch.zeros(1, in_chans, probe, probe))
-    finally:
-        net.train(training)
-    return max(probe // int(features.shape[-1]), 1)
-
-
-def check_resolution(model: L.LightningModule, datamodule: Any) -> None:
-    """Raise :class:`ExperimentError` if the images are smaller than the network's total stride: the last
-    feature maps would then be computed from padding alone."""
-    net, size = getattr(model, "net", None), getattr(datamodule.hparams, "image_size", None)
-    if net is None or size is None or not hasattr(net, "forward_features"):
-        return
-    stride = total_stride(net, int(model.hparams.get("in_chans", 3)))
-    if int(size) < stride:
-        raise ExperimentError(
-            f"--data.image_size {size} is smaller than the network's total stride ({stride} px): its last "
-            f"layers would see padding only; use --data.image_size {stride} or more (or --model.stem_stride 1 "
-            f"to halve the stride)"
-        )
 
 
 def check_setup(cli: ExperimentCLI) -> None:

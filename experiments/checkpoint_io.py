@@ -63,6 +63,16 @@ def write_bytes(f: io.BufferedWriter, data: bytes) -> None:
         f.write(view[start:start + CHUNK_BYTES])
 
 
+def _file_mode(path: Path) -> int:
+    """Mode for the new file: the old file's, else what ``open`` would give (0o666 less the umask);
+    ``mkstemp`` alone would leave it readable by its owner only."""
+    if path.is_file():
+        return path.stat().st_mode & 0o7777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):  # not every filesystem lets a folder be opened or synced
         fd = os.open(folder, os.O_RDONLY)
@@ -88,6 +98,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise self._write_error(path, err) from err
         try:
             with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), _file_mode(path))
                 write_bytes(f, buffer.getbuffer().tobytes())
                 f.flush()
                 os.fsync(f.fileno())

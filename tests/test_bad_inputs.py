@@ -287,6 +287,7 @@ def test_bad_input_is_one_clear_error(name: str, world: World, tmp_path: Path,
         case.main(args)
     code = exc.value.code
     message = code if isinstance(code, str) else capsys.readouterr().err
+    print(f"MESSAGE {name}: {message.strip().splitlines()[-1] if message.strip() else ''}")
     assert code not in (0, None), f"{name}: exit status {code!r}"
     if isinstance(code, str):
         assert code.startswith("error: ") and "\n" not in code, code  # one line

@@ -107,3 +107,30 @@ def test_hostile_cifar_batch_runs_no_code(tmp_path: Path, target: str) -> None:
         data.setup()
     assert target in str(info.value) and "could run code" in str(info.value)
     assert not marker.exists()
+
+
+def test_atomic_checkpoint_io_keeps_the_old_file_and_its_mode(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    io = checkpoint_io.AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    previous = os.umask(0o022)
+    try:
+        io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o644  # what torch.save would have given, not mkstemp's 0o600
+    path.chmod(0o640)
+    old = path.read_bytes()
+
+    def fails(f, data: bytes) -> None:
+        f.write(data[:100])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_io, "write_bytes", fails)
+    with pytest.raises(checkpoint_io.CheckpointError, match="intact: resume with --ckpt_path"):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
+    assert path.read_bytes() == old and list(tmp_path.iterdir()) == [path]
+    monkeypatch.undo()
+    io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
+    assert path.stat().st_mode & 0o777 == 0o640  # a rewrite keeps the file's mode
+    assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.zeros(3))

@@ -12,6 +12,7 @@ import os
 import pickle
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,23 @@ def test_atomic_checkpoint_io_keeps_the_old_file_and_its_mode(tmp_path: Path,
     io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
     assert path.stat().st_mode & 0o777 == 0o640  # a rewrite keeps the file's mode
     assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.zeros(3))
+
+
+def test_a_pipeline_run_prints_no_warnings(folder: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Baseline, sweep (frozen backbone: modules in eval mode on purpose), cut and fine-tune: no warning
+    reaches the user (tiny data, so the logging interval is lowered to the 3 batches an epoch has)."""
+    from experiments import depth_prune
+
+    monkeypatch.setattr(sys, "argv", ["depth_prune.py"])  # as run from the shell, not from pytest
+    args = [*base_args(folder, tmp_path), "--model.lr", "0.01", "--trainer.log_every_n_steps", "1",
+            "--trainer.max_epochs", "3", "--sweep.start_epoch", "1", "--sweep.epochs", "1", "--prune.epoch", "2",
+            "--prune.block", "6", "--sweep.head", "[16, 8]"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        depth_prune.main(args)
+    shown = [f"{w.category.__name__}: {w.message}" for w in caught
+             if not issubclass(w.category, DeprecationWarning) or "lightning" in w.filename]
+    assert shown == []
+    err = capfd.readouterr().err
+    assert "WARNING" not in err and "Tip:" not in err, err[-2000:]

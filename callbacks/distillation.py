@@ -231,7 +231,7 @@ class Distillation(LossTermCallback):
     def _load_teacher_ckpt(path: str) -> tuple[nn.Module, dict[str, Any]]:
         from lightning_modules.image_classifier import ImageClassifier
 
-        source = ImageClassifier.load_from_checkpoint(path, map_location="cpu")
+        source = ImageClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
         rank_zero_info(f"Distillation: teacher loaded from {path} ({_describe(source.arch)}).")
         return freeze(source.net), source.arch
 

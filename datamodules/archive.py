@@ -1,14 +1,17 @@
 """Dataset roots: folders or ``.tar``/``.tar.gz``/``.tgz`` archives extracted once into a cache.
 
 An archive is never extracted next to itself (its folder may be read-only). It is unpacked into
-``<cache root>/<archive name>-<hash>/data``, where the hash covers the archive's absolute path, size and
-modification time, so an archive that changes gets a fresh cache entry. Extraction goes to a temporary
-folder that is renamed to ``data`` only once complete: a killed extraction never looks finished.
+``<cache root>/<archive name>-<hash>/data``, where the hash covers the archive's absolute path, size,
+modification time and the bytes of its first and last MiB, so an archive that changes (rewritten,
+truncated, replaced by another of the same size) gets a fresh cache entry and is read again. Extraction
+goes to a temporary folder that is renamed to ``data`` only once complete (the tar's end-of-archive
+marker reached): a killed or failed extraction never looks finished and leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import hashlib
 import lzma
@@ -29,6 +32,7 @@ __all__ = [
     "CACHE_ENV_VAR",
     "cache_entry",
     "cache_root",
+    "content_key",
     "extract_archive",
     "is_archive",
     "locate_dataset_dir",
@@ -39,6 +43,8 @@ ARCHIVE_SUFFIXES: tuple[str, ...] = (".tar.gz", ".tgz", ".tar")
 CACHE_ENV_VAR: str = "TINYML_CACHE_DIR"
 DEFAULT_CACHE_ROOT: str = "~/.cache/tinyml-pruning/datasets"
 EXTRACTED_DIRNAME: str = "data"
+#: Bytes read from each end of an archive for its cache key.
+KEY_SAMPLE_BYTES: int = 1 << 20
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -68,18 +74,33 @@ def _archive_stem(path: Path) -> str:
 def cache_entry(path: str | Path = "", cache_dir: str | Path | None = None) -> Path:
     """Return the cache folder that belongs to a dataset archive or folder (not created here).
 
-    Archives are keyed by absolute path, size and modification time; folders by absolute path
-    (the decoded-tensor files inside are keyed by the images' sizes and times themselves).
+    Archives are keyed by :func:`content_key`; folders by absolute path (the decoded-tensor files inside
+    are keyed by the images' sizes and times themselves).
     """
     path = Path(path).expanduser().absolute()
     if path.is_file():
-        stat = path.stat()
-        key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+        key = f"{path}|{content_key(path)}"
         stem = _archive_stem(path)
     else:
         key, stem = str(path), path.name or "root"
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return cache_root(cache_dir) / f"{stem}-{digest}"
+
+
+def content_key(path: str | Path = "") -> str:
+    """Size, modification time and a SHA-256 of the first and last :data:`KEY_SAMPLE_BYTES` of a file.
+
+    Reading both ends keeps this instant on multi-GB archives while still changing when the file is
+    truncated, appended to or replaced (a full hash would cost a full read at every start).
+    """
+    path = Path(path)
+    stat = path.stat()
+    digest = hashlib.sha256(f"{stat.st_size}|{stat.st_mtime_ns}".encode())
+    with path.open("rb") as f:
+        digest.update(f.read(KEY_SAMPLE_BYTES))
+        f.seek(max(stat.st_size - KEY_SAMPLE_BYTES, 0))
+        digest.update(f.read(KEY_SAMPLE_BYTES))
+    return digest.hexdigest()[:16]
 
 
 _DECOMPRESSORS = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open), (b"\xfd7zXZ", lzma.open))
@@ -105,34 +126,72 @@ def check_archive_complete(archive: str | Path = "") -> None:
         raise EOFError(f"size is not a multiple of {tarfile.BLOCKSIZE} bytes")
 
 
+class IncompleteArchiveError(tarfile.TarError):
+    """The tar stream ended without its end-of-archive marker (cut short at a member boundary)."""
+
+
+def _extract_members(archive: Path, folder: Path) -> int:
+    """Unpack ``archive`` into ``folder`` with ``tarfile``'s ``"data"`` filter; returns the member count.
+
+    ``tarfile`` treats a stream that ends exactly between two members like a finished archive; a real
+    end is a zero block, which ``tarfile`` has read (the stream is one block past the last header
+    offset) only when the marker was there.
+    """
+    with (
+        rich.progress.open(archive, "rb", description=f"Extracting {archive.name}") as stream,
+        tarfile.open(fileobj=stream, mode="r|*") as tar,
+    ):
+        count = 0
+        for member in tar:
+            tar.extract(member, folder, filter="data")
+            count += 1
+        if tar.fileobj.tell() < tar.offset + tarfile.BLOCKSIZE:
+            raise IncompleteArchiveError(
+                f"the tar stream ends after {count} members without its end-of-archive marker"
+            )
+    return count
+
+
 def extract_archive(archive: str | Path = "", target: str | Path = "") -> Path:
     """Extract ``archive`` into the folder ``target`` atomically, with a progress bar.
 
     The members are unpacked with ``tarfile``'s ``"data"`` filter (no absolute paths, no escaping links,
     no device files) into a temporary sibling of ``target``, which is renamed to ``target`` at the end.
+    On any failure the temporary folder (and the cache entry, if it was created for this) is removed.
     If another process finished the same extraction first, its result is kept.
 
     Raises:
         DatasetError: the archive is truncated, corrupt or holds unsafe members.
     """
     archive, target = Path(archive), Path(target)
+    entry_existed = target.parent.is_dir()
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+
+    def clean_up() -> None:
+        shutil.rmtree(partial, ignore_errors=True)
+        if not entry_existed:
+            with contextlib.suppress(OSError):
+                target.parent.rmdir()  # only if empty
+
     try:
         check_archive_complete(archive)
-        with (
-            rich.progress.open(archive, "rb", description=f"Extracting {archive.name}") as stream,
-            tarfile.open(fileobj=stream, mode="r|*") as tar,
-        ):
-            tar.extractall(partial, filter="data")
+        _extract_members(archive, partial)
+    except tarfile.FilterError as err:
+        clean_up()
+        raise DatasetError(
+            f"refusing to extract archive {archive}: member {err.tarinfo.name!r} is unsafe ({err}); "
+            f"the archive tries to write outside its folder or holds links/devices, so it is not a dataset "
+            f"archive to trust. Nothing was extracted; use an archive from the dataset's official source"
+        ) from err
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as err:
-        shutil.rmtree(partial, ignore_errors=True)
+        clean_up()
         raise DatasetError(
             f"cannot extract archive {archive}: {err}. The file is truncated or corrupt (or the disk is "
             f"full); download or copy it again, or pass root=<folder> with the extracted dataset"
         ) from err
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        clean_up()
         raise
     try:
         os.rename(partial, target)

@@ -22,6 +22,7 @@ from datamodules.folder import (
     stratified_split,
     stratified_subset,
 )
+from datamodules.identity import check_identity
 from datamodules.memory import cache_file_for, load_or_decode
 
 __all__ = ["ImageFolderDataModule"]
@@ -70,11 +71,16 @@ class ImageFolderDataModule(LightningDataModule):
         cache_dir: cache folder for extracted archives and decoded tensors (default:
             ``$TINYML_CACHE_DIR`` or ``~/.cache/tinyml-pruning/datasets``).
         download: download the dataset into ``root`` if it is not there (where supported).
+        check_counts: for a published dataset (CIFAR-10, Imagenette, Imagewoof) found with all its classes,
+            require its published image counts (an archive missing images is refused); ``False`` accepts
+            a reduced copy made on purpose. Foreign class names are refused either way.
     """
 
     train_split_names: ClassVar[tuple[str, ...]] = ("train",)
     eval_split_names: ClassVar[tuple[str, ...]] = ("val", "test")
     nominal_num_classes: ClassVar[int] = 0
+    #: Key of :data:`datamodules.identity.KNOWN_DATASETS` the data must match (``None``: any dataset).
+    known_dataset: ClassVar[str | None] = None
     supports_in_memory: ClassVar[bool] = True
     supports_download: ClassVar[bool] = False
     mean: ClassVar[tuple[float, float, float]] = T.IMAGENET_MEAN
@@ -94,17 +100,19 @@ class ImageFolderDataModule(LightningDataModule):
         seed: int = 0,
         cache_dir: str | None = None,
         download: bool = False,
+        check_counts: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         name = type(self).__name__
         if image_size <= 0 or batch_size <= 0 or (eval_batch_size is not None and eval_batch_size <= 0):
-            raise ValueError(f"{name}: image_size, batch_size and eval_batch_size must be positive")
+            raise DatasetError(f"{name}: image_size, batch_size and eval_batch_size must be positive, got "
+                               f"{image_size}, {batch_size}, {eval_batch_size}")
         if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"{name}: val_fraction must be in [0, 1), got {val_fraction}")
+            raise DatasetError(f"{name}: val_fraction must be in [0, 1), got {val_fraction}")
         for arg, value in (("train_subset", train_subset), ("eval_subset", eval_subset)):
             if value is not None and value <= 0:
-                raise ValueError(f"{name}: {arg} must be positive or None, got {value}")
+                raise DatasetError(f"{name}: {arg} must be positive or None, got {value}")
         if in_memory and not self.supports_in_memory:
             raise DatasetError(
                 f"{name} (root {root}) streams images from disk; in_memory=True is not supported"
@@ -240,6 +248,9 @@ class ImageFolderDataModule(LightningDataModule):
         self.dataset_dir = self._locate()
         train, evaluation = self.load_splits(self.dataset_dir)
         check_same_classes(train, evaluation)
+        if self.known_dataset is not None:
+            check_identity(self.known_dataset, train.classes, (len(train), len(evaluation)),
+                           self.hparams.root, self.hparams.check_counts)
         self.classes, self._num_classes = list(train.classes), len(train.classes)
         self._splits = {"train": train, "eval": evaluation}
         hp = self.hparams
@@ -302,6 +313,21 @@ class ImageFolderDataModule(LightningDataModule):
             return RandomSampler(dataset)
         return DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=self.hparams.seed)
 
+    def _check_train_size(self, size: int, batch_size: int) -> None:
+        """A training batch needs two images at least (BatchNorm), and a batch larger than the training set
+        would make every epoch one short batch of a different size than asked."""
+        hp = self.hparams
+        if size < 2:
+            raise DatasetError(
+                f"the training split of {hp.root} has {size} image(s) (train_subset={hp.train_subset}); "
+                f"BatchNorm needs at least 2 images per training batch, use --data.train_subset 2 or more"
+            )
+        if batch_size > size:
+            raise DatasetError(
+                f"batch_size {batch_size} is larger than the {size} training images of {hp.root}; use "
+                f"--data.batch_size {size} or less (or more training images)"
+            )
+
     def _loader(self, name: str) -> DataLoader:
         dataset = getattr(self, f"{name}_dataset")
         if dataset is None:
@@ -310,6 +336,8 @@ class ImageFolderDataModule(LightningDataModule):
         train = name == "train"
         hp = self.hparams
         batch_size = hp.batch_size if train else (hp.eval_batch_size or hp.batch_size)
+        if train:
+            self._check_train_size(len(dataset), batch_size)
         in_memory = isinstance(dataset, InMemoryImageDataset)
         return DataLoader(
             dataset,

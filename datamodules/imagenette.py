@@ -74,6 +74,7 @@ class ImagenetteDataModule(_FastaiSubsetDataModule):
     """
 
     archive_name: ClassVar[str] = "imagenette2-160.tgz"
+    known_dataset: ClassVar[str | None] = "Imagenette"
     wnid_names: ClassVar[dict[str, str]] = IMAGENETTE_NAMES
 
     def __init__(
@@ -95,6 +96,7 @@ class ImagewoofDataModule(_FastaiSubsetDataModule):
     """
 
     archive_name: ClassVar[str] = "imagewoof2-160.tgz"
+    known_dataset: ClassVar[str | None] = "Imagewoof"
     wnid_names: ClassVar[dict[str, str]] = IMAGEWOOF_NAMES
 
     def __init__(

@@ -2,33 +2,73 @@
 
 ``ExperimentCLI`` is a ``LightningCLI`` with the project's defaults: a W&B logger that falls back to
 offline mode by itself, a checkpoint callback keeping ``last.ckpt`` and the best model by validation
-accuracy, a rich progress bar, per-epoch reseeding (exact resume) and a ``--ckpt_path`` argument.
+accuracy, a rich progress bar, per-epoch reseeding (exact resume), atomic checkpoint writes, a stop at the
+first non-finite loss and a ``--ckpt_path`` argument. :func:`exits_cleanly` wraps every entry point's
+``main``: the project's known errors end the run with one ``error: ...`` line on stderr and exit status 1.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import netrc
 import os
 import socket
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from callbacks.epoch_seed import EpochSeed
+from callbacks.finite_loss import FiniteLoss, NonFiniteLossError
 from callbacks.last_checkpoint import LastCheckpoint
+from callbacks.pruning_base import PruningSettingsError
 from callbacks.stages import run_dir
 from callbacks.throughput import Throughput
+from datamodules import DatasetError
+from experiments.checkpoint_io import AtomicCheckpointIO, CheckpointError, check_checkpoint_file
+from experiments.checks import ExperimentError, check_output_dir, check_resolution
 from lightning_modules.deploy.profiling import tinyml_budget
 from lightning_modules.models.adapters import ArchitectureMismatch
 
 WANDB_HOST = "api.wandb.ai"
+#: The logger's default ``save_dir``; ``--trainer.default_root_dir`` replaces it when given.
+DEFAULT_SAVE_DIR = "logs"
+
+
+#: Errors whose message says everything: reported as one line, without a traceback.
+KNOWN_ERRORS: tuple[type[BaseException], ...] = (
+    DatasetError, ExperimentError, CheckpointError, NonFiniteLossError, MisconfigurationException,
+    PruningSettingsError, ArchitectureMismatch,
+)
+
+Main = TypeVar("Main", bound=Callable[..., Any])
+
+
+def exits_cleanly(main: Main) -> Main:
+    """Decorate an entry point's ``main``: a known error (:data:`KNOWN_ERRORS`) becomes ``SystemExit`` with
+    the one-line message ``error: ...`` (printed on stderr, exit status 1); anything else keeps its
+    traceback, since it is a bug to report."""
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        except KNOWN_ERRORS as err:
+            message = " ".join(str(err).split())  # one line, whatever the source wrote
+            raise SystemExit(f"error: {message}") from err
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _wandb_has_credentials() -> bool:
@@ -46,6 +86,28 @@ def _host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
             return True
     except OSError:
         return False
+
+
+def quiet_known_warnings() -> None:
+    """Silence the warnings of a default run that call for no action:
+
+    - frozen parts of the net (the backbone during the auxiliary sweep) are in eval mode on purpose,
+      so Lightning's "Found N module(s) in eval mode at the start of training" is expected;
+    - Lightning's own use of APIs its dependencies deprecated (jsonargparse ``instantiate_classes`` etc.,
+      torch's ``LeafSpec``) is not something a user can change;
+    - Lightning's advertisement for its own logging service is not a message about the run.
+    """
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lightning\.pytorch\.cli")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+
+
+class _NoAdverts(logging.Filter):
+    """Drop Lightning's start-up advertisement ("💡 Tip: ... litlogger"), printed on every run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
 
 
 def configure_wandb_mode() -> str:
@@ -73,7 +135,7 @@ class LogConfigCallback(SaveConfigCallback):
         folder = run_dir(trainer)
         if trainer.is_global_zero:
             folder.mkdir(parents=True, exist_ok=True)
-            self.parser.save(self.config, folder / self.config_filename, skip_none=False, overwrite=True,
+            self.parser.save(self.config, folder / self.config_filename, skip_unset=False, overwrite=True,
                              multifile=False)
             if trainer.logger is not None:
                 trainer.logger.log_hyperparams({"config": self.config.as_dict()})
@@ -97,6 +159,15 @@ class ExperimentCLI(LightningCLI):
             "checkpoint.filename": "best-{epoch:03d}",
         })
 
+    def before_instantiate_classes(self) -> None:
+        # --trainer.default_root_dir is where the run goes: the logger (whose folder holds the checkpoints
+        # too) would otherwise keep writing to ./logs.
+        trainer = self.config.get("trainer", {})
+        logger = trainer.get("logger") if trainer else None
+        init_args = logger.get("init_args") if hasattr(logger, "get") else None
+        if trainer and trainer.get("default_root_dir") and init_args is not None \
+                and init_args.get("save_dir") == DEFAULT_SAVE_DIR:
+            init_args["save_dir"] = trainer["default_root_dir"]
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         # The default rich progress bar yields to --trainer.enable_progress_bar false.
@@ -104,7 +175,24 @@ class ExperimentCLI(LightningCLI):
             self.trainer_defaults["callbacks"] = [
                 cb for cb in self.trainer_defaults.get("callbacks", []) if not isinstance(cb, RichProgressBar)
             ]
-        return super().instantiate_trainer(**kwargs)
+        accelerator = str(self._get(self.config_init, "trainer", default={}).get("accelerator") or "")
+        if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise ExperimentError(
+                f"--trainer.accelerator {accelerator} was given, but this machine has no usable GPU "
+                f"(torch.cuda.is_available() is False); use --trainer.accelerator cpu (or auto)"
+            )
+        plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):  # atomic writes unless one is given
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        trainer = super().instantiate_trainer(**kwargs)
+        for logger in trainer.loggers:
+            # Lightning passes anonymous=None to wandb.init, which wandb answers with a deprecation
+            # warning on every run; leaving the key out is the same setting.
+            init = getattr(logger, "_wandb_init", None) if isinstance(logger, WandbLogger) else None
+            if isinstance(init, dict) and init.get("anonymous") is None:
+                init.pop("anonymous", None)
+        return trainer
 
 
 class PruningCLI(ExperimentCLI):
@@ -121,11 +209,11 @@ def trainer_defaults(project: str = "tinyml-pruning") -> dict[str, Any]:
     return {
         "logger": {
             "class_path": "lightning.pytorch.loggers.WandbLogger",
-            "init_args": {"project": project, "save_dir": "logs"},
+            "init_args": {"project": project, "save_dir": DEFAULT_SAVE_DIR},
         },
         # Persistent callbacks (instances, added to whatever --trainer.callbacks lists).
         "callbacks": [RichProgressBar(), LearningRateMonitor(logging_interval="epoch"), EpochSeed(),
-                      LastCheckpoint(), Throughput()],
+                      LastCheckpoint(), Throughput(), FiniteLoss()],
     }
 
 
@@ -139,7 +227,23 @@ def build_cli(
 ) -> ExperimentCLI:
     """The CLI of an experiment script: parsed and instantiated, nothing run yet."""
     configure_wandb_mode()
+    quiet_known_warnings()
     parser_kwargs = {"default_config_files": [str(default_config)]} if default_config else {}
+    try:
+        cli = instantiate_cli(cli_class, model_class, datamodule_class, args, project, parser_kwargs)
+    except ValueError as err:  # a constructor refused a configured value
+        cause = root_cause(err)
+        if isinstance(cause, KNOWN_ERRORS):
+            raise cause from None
+        if isinstance(cause, ValueError):
+            raise ExperimentError(f"invalid configuration: {cause}") from err
+        raise
+    check_setup(cli)
+    return cli
+
+
+def instantiate_cli(cli_class: type[ExperimentCLI], model_class: type, datamodule_class: type,
+                    args: list[str] | None, project: str, parser_kwargs: dict[str, Any]) -> ExperimentCLI:
     return cli_class(
         model_class,
         datamodule_class,
@@ -152,6 +256,23 @@ def build_cli(
         save_config_kwargs={"overwrite": True},
         parser_kwargs=parser_kwargs,
     )
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """The innermost exception of ``err``'s chain (what the user's value actually broke)."""
+    while (inner := err.__cause__ or err.__context__) is not None:
+        err = inner
+    return err
+
+
+def check_setup(cli: ExperimentCLI) -> None:
+    """Checks that need the instantiated objects but no data: the checkpoint to resume from, the output
+    folder and the resolution."""
+    if cli.config.get("ckpt_path"):
+        check_checkpoint_file(cli.config.ckpt_path, "--ckpt_path")
+    if not cli.trainer.fast_dev_run:
+        check_output_dir(run_dir(cli.trainer).parent)
+    check_resolution(cli.model, cli.datamodule)
 
 
 def _plain(value: Any) -> Any:
@@ -167,7 +288,7 @@ def fit_and_test(cli: ExperimentCLI) -> dict[str, str | None]:
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     trainer.fit(model, data, ckpt_path=cli.config.ckpt_path)
     fit_metrics, checkpoints = dict(trainer.callback_metrics), checkpoint_paths(trainer)
-    trainer.test(model, data, ckpt_path="best" if checkpoints["best_checkpoint"] else None)
+    trainer.test(model, data, ckpt_path=checkpoints["best_checkpoint"])
     trainer.callback_metrics.update({k: v for k, v in fit_metrics.items() if k not in trainer.callback_metrics})
     return checkpoints
 
@@ -223,11 +344,16 @@ def close_logger(trainer: L.Trainer) -> None:
         trainer.logger.experiment.finish()
 
 
-def read_module(module_class: type[L.LightningModule], path: str) -> L.LightningModule:
-    """``module_class.load_from_checkpoint(path)`` on the CPU. The throw-away initialisation draws from a
-    forked RNG, so reading a checkpoint leaves the run's random stream where it was."""
-    with torch.random.fork_rng(devices=[]):
-        return module_class.load_from_checkpoint(path, map_location="cpu")
+def read_module(module_class: type[L.LightningModule], path: str, option: str = "--baseline_ckpt"
+                ) -> L.LightningModule:
+    """``module_class.load_from_checkpoint(path)`` on the CPU, weights only. The throw-away initialisation
+    draws from a forked RNG, so reading a checkpoint leaves the run's random stream where it was."""
+    check_checkpoint_file(path, option)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return module_class.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, KeyError) as err:
+        raise CheckpointError(f"cannot read checkpoint {path} ({option}): {str(err).splitlines()[0]}") from err
 
 
 def load_baseline(model: L.LightningModule, path: str) -> L.LightningModule:
@@ -238,8 +364,8 @@ def load_baseline(model: L.LightningModule, path: str) -> L.LightningModule:
     except ArchitectureMismatch as err:
         raise SystemExit(f"error: baseline checkpoint {path}: {err}") from err
     if baseline.arch != model.arch:
-        raise SystemExit(f"error: baseline checkpoint {path} has architecture {baseline.arch}, "
-                         f"but the model is {model.arch}; pass the matching --model.* arguments")
+        raise ExperimentError(f"baseline checkpoint {path} has architecture {baseline.arch}, "
+                              f"but the model is {model.arch}; pass the matching --model.* arguments")
     model.load_state_dict(baseline.state_dict())
     return baseline
 

@@ -22,12 +22,13 @@ from pathlib import Path
 from callbacks.auxiliary_sweep import AuxiliarySweep
 from callbacks.depth_prune import DepthPrune
 from callbacks.pruning_base import PruningSettingsError, check_pruning, pruning_callbacks, width_pruners
-from datamodules import DatasetError, ImageFolderDataModule
+from datamodules import ImageFolderDataModule
 from experiments.cli import (
     PruningCLI,
     build_cli,
     check_backbone_support,
     close_logger,
+    exits_cleanly,
     fit_and_test,
     load_baseline,
     write_summary,
@@ -60,31 +61,29 @@ def check_stages(trainer, sweep: AuxiliarySweep, prune: DepthPrune, net, image_s
     check_pruning(trainer, net, image_size)
 
 
+@exits_cleanly
 def main(args: list[str] | None = None) -> Path:
     """Run the pipeline, test the best pruned checkpoint, write ``summary.json``; returns its path."""
     started = time.time()
-    try:
-        cli = build_cli(ImageClassifier, ImageFolderDataModule, DEFAULT_CONFIG, args, cli_class=DepthPruneCLI)
-        trainer, model, data = cli.trainer, cli.model, cli.datamodule
-        sweep = next(cb for cb in trainer.callbacks if isinstance(cb, AuxiliarySweep))
-        prune = next(cb for cb in trainer.callbacks if isinstance(cb, DepthPrune))
-        if cli.config.baseline_ckpt:
-            if not cli.config.ckpt_path:  # a resumed run has its weights in its checkpoint
-                load_baseline(model, cli.config.baseline_ckpt)
-            # the baseline stage is done: start at the sweep, or at the cut when there is no sweep (the
-            # same shift when resuming, so the schedule is the one the checkpoint was written in)
-            shift = sweep.start_epoch if sweep.epochs > 0 else prune.epoch
-            sweep.start_epoch = 0
-            trainer.fit_loop.max_epochs -= shift
-            for callback in pruning_callbacks(trainer):  # the cut and any width stage, every epoch of them
-                callback.shift_schedule(shift)
-        if sweep.epochs == 0:
-            trainer.callbacks.remove(sweep)
-        check_stages(trainer, sweep, prune, model.net, int(data.hparams.image_size))
-        check_backbone_support(trainer, model)
-        checkpoints = fit_and_test(cli)
-    except (DatasetError, PruningSettingsError) as err:
-        raise SystemExit(f"error: {err}") from err
+    cli = build_cli(ImageClassifier, ImageFolderDataModule, DEFAULT_CONFIG, args, cli_class=DepthPruneCLI)
+    trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    sweep = next(cb for cb in trainer.callbacks if isinstance(cb, AuxiliarySweep))
+    prune = next(cb for cb in trainer.callbacks if isinstance(cb, DepthPrune))
+    if cli.config.baseline_ckpt:
+        if not cli.config.ckpt_path:  # a resumed run has its weights in its checkpoint
+            load_baseline(model, cli.config.baseline_ckpt)
+        # the baseline stage is done: start at the sweep, or at the cut when there is no sweep (the
+        # same shift when resuming, so the schedule is the one the checkpoint was written in)
+        shift = sweep.start_epoch if sweep.epochs > 0 else prune.epoch
+        sweep.start_epoch = 0
+        trainer.fit_loop.max_epochs -= shift
+        for callback in pruning_callbacks(trainer):  # the cut and any width stage, every epoch of them
+            callback.shift_schedule(shift)
+    if sweep.epochs == 0:
+        trainer.callbacks.remove(sweep)
+    check_stages(trainer, sweep, prune, model.net, int(data.hparams.image_size))
+    check_backbone_support(trainer, model)
+    checkpoints = fit_and_test(cli)
     image_size = int(data.hparams.image_size)
     result = prune.result
     budget = tinyml_budget(model.net, image_size)

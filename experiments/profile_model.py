@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from experiments.cli import exits_cleanly
 from lightning_modules.deploy.export import check_onnx, export_onnx, onnx_accuracy, quantize_int8
 from lightning_modules.deploy.profiling import tinyml_budget
 from lightning_modules.models.adapters import build_net
@@ -64,9 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
 def load_net(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     """The network of ``--ckpt`` (any pruned architecture) or of the model arguments, with its arch."""
     if args.ckpt is not None:
+        from experiments.cli import read_module
         from lightning_modules.image_classifier import ImageClassifier
 
-        module = ImageClassifier.load_from_checkpoint(args.ckpt, map_location="cpu")
+        module = read_module(ImageClassifier, args.ckpt, "--ckpt")
         return module.net.eval(), dict(module.arch)
     if args.backbone != "mobilenet_v1":
         arch = {"backbone": args.backbone, "backbone_kwargs": args.backbone_kwargs or {},
@@ -133,6 +135,7 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(f"{k:<{width}}  {_human(k, v)}" for k, v in results.items() if k != "arch")
 
 
+@exits_cleanly
 def main(args: list[str] | None = None) -> dict[str, Any]:
     """Profile one network; prints a table, writes ``--out`` (JSON) if given, returns the results."""
     opts = build_parser().parse_args(args)

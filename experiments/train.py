@@ -11,24 +11,22 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from callbacks.pruning_base import PruningSettingsError, check_pruning
-from datamodules import DatasetError, ImageFolderDataModule
-from experiments.cli import build_cli, close_logger, fit_and_test, write_summary
+from callbacks.pruning_base import check_pruning
+from datamodules import ImageFolderDataModule
+from experiments.cli import build_cli, close_logger, exits_cleanly, fit_and_test, write_summary
 from lightning_modules.image_classifier import ImageClassifier
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "baseline_cifar10_32.yaml"
 
 
+@exits_cleanly
 def main(args: list[str] | None = None) -> Path:
     """Fit, test the best checkpoint, write ``summary.json``; returns the summary's path."""
     started = time.time()
-    try:
-        cli = build_cli(ImageClassifier, ImageFolderDataModule, DEFAULT_CONFIG, args)
-        trainer, model, data = cli.trainer, cli.model, cli.datamodule
-        check_pruning(trainer, model.net, int(data.hparams.image_size))  # any pruning callback given
-        checkpoints = fit_and_test(cli)
-    except (DatasetError, PruningSettingsError) as err:
-        raise SystemExit(f"error: {err}") from err
+    cli = build_cli(ImageClassifier, ImageFolderDataModule, DEFAULT_CONFIG, args)
+    trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    check_pruning(trainer, model.net, int(data.hparams.image_size))  # any pruning callback given
+    checkpoints = fit_and_test(cli)
     path = write_summary(trainer, model, data, started, checkpoints, {"stage": "baseline"})
     close_logger(trainer)
     return path

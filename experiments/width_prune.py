@@ -27,13 +27,14 @@ from lightning.pytorch.accelerators import CPUAccelerator
 
 from callbacks.distillation import Distillation
 from callbacks.one_shot_prune import OneShotPrune
-from callbacks.pruning_base import PruningSettingsError, check_pruning, width_pruners
-from datamodules import DatasetError, ImageFolderDataModule
+from callbacks.pruning_base import check_pruning, width_pruners
+from datamodules import ImageFolderDataModule
 from experiments.cli import (
     PruningCLI,
     build_cli,
     check_backbone_support,
     close_logger,
+    exits_cleanly,
     fit_and_test,
     load_baseline,
     read_module,
@@ -46,37 +47,35 @@ from lightning_modules.image_classifier import ImageClassifier
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "width_cifar10_32.yaml"
 
 
+@exits_cleanly
 def main(args: list[str] | None = None) -> Path:
     """Prune, fine-tune, test the best pruned checkpoint, write ``summary.json``; returns its path."""
     started = time.time()
-    try:
-        cli = build_cli(ImageClassifier, ImageFolderDataModule, DEFAULT_CONFIG, args, cli_class=PruningCLI)
-        trainer, model, data = cli.trainer, cli.model, cli.datamodule
-        pruners = width_pruners(trainer)
-        if not pruners:  # no method named: one-shot l2_norm at sparsity 0.5, before the first epoch
-            pruners = [OneShotPrune()]
-            trainer.callbacks.insert(0, pruners[0])
-            print(f"No pruning callback given; using {pruners[0]!r}.")
-        if len(pruners) != 1:
-            raise SystemExit(f"error: a width-pruning run needs exactly one pruning callback in trainer.callbacks "
-                             f"(OneShotPrune, BNSlimming, GradualPrune, ADMMPrune or RepPrune), found {len(pruners)}")
-        check_backbone_support(trainer, model)
-        baseline_ckpt = cli.config.baseline_ckpt
-        if not baseline_ckpt and not cli.config.ckpt_path:
-            raise SystemExit("error: --baseline_ckpt is required: train a baseline first with "
-                             "`python experiments/train.py` (its checkpoints are in <run dir>/checkpoints/)")
-        acc_before, baseline_cost = None, {}
-        if baseline_ckpt:
-            accelerator = "cpu" if isinstance(trainer.accelerator, CPUAccelerator) else "auto"
-            baseline = (read_module(ImageClassifier, baseline_ckpt) if cli.config.ckpt_path  # resuming
-                        else load_baseline(model, baseline_ckpt))
-        check_pruning(trainer, model.net, int(data.hparams.image_size))  # before any data is decoded
-        if baseline_ckpt:
-            acc_before = validation_accuracy(baseline, data, accelerator)
-            baseline_cost = model_cost(baseline.net, int(data.hparams.image_size))
-        checkpoints = fit_and_test(cli)
-    except (DatasetError, PruningSettingsError) as err:
-        raise SystemExit(f"error: {err}") from err
+    cli = build_cli(ImageClassifier, ImageFolderDataModule, DEFAULT_CONFIG, args, cli_class=PruningCLI)
+    trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    pruners = width_pruners(trainer)
+    if not pruners:  # no method named: one-shot l2_norm at sparsity 0.5, before the first epoch
+        pruners = [OneShotPrune()]
+        trainer.callbacks.insert(0, pruners[0])
+        print(f"No pruning callback given; using {pruners[0]!r}.")
+    if len(pruners) != 1:
+        raise SystemExit(f"error: a width-pruning run needs exactly one pruning callback in trainer.callbacks "
+                         f"(OneShotPrune, BNSlimming, GradualPrune, ADMMPrune or RepPrune), found {len(pruners)}")
+    check_backbone_support(trainer, model)
+    baseline_ckpt = cli.config.baseline_ckpt
+    if not baseline_ckpt and not cli.config.ckpt_path:
+        raise SystemExit("error: --baseline_ckpt is required: train a baseline first with "
+                         "`python experiments/train.py` (its checkpoints are in <run dir>/checkpoints/)")
+    acc_before, baseline_cost = None, {}
+    if baseline_ckpt:
+        accelerator = "cpu" if isinstance(trainer.accelerator, CPUAccelerator) else "auto"
+        baseline = (read_module(ImageClassifier, baseline_ckpt) if cli.config.ckpt_path  # resuming
+                    else load_baseline(model, baseline_ckpt))
+    check_pruning(trainer, model.net, int(data.hparams.image_size))  # before any data is decoded
+    if baseline_ckpt:
+        acc_before = validation_accuracy(baseline, data, accelerator)
+        baseline_cost = model_cost(baseline.net, int(data.hparams.image_size))
+    checkpoints = fit_and_test(cli)
     width = pruners[0].describe()
     pruned = model_cost(model.net, int(data.hparams.image_size))
     rate = pruned["macs"] / baseline_cost["macs"] if baseline_cost else width["flops_preserve_rate"]

@@ -148,7 +148,7 @@ def test_admm_prunes_onto_z_support_reloads_and_resumes_exactly(folder: Path, tm
     torch.testing.assert_close(reloaded(x), module(x))
 
     # killed after epoch 0 (mid-ADMM): the resumed run restores Z/U and ends where the full run did
-    state = torch.load(tmp_path / "epoch=0.ckpt", weights_only=False)["callbacks"][callback.state_key]
+    state = torch.load(tmp_path / "epoch=0.ckpt", weights_only=True)["callbacks"][callback.state_key]
     assert state["updates"] == 0 and not state["result"] and set(state["Z"]) == set(names)
     resumed, again, resumed_probe = run(tmp_path / "resumed", tmp_path / "epoch=0.ckpt")
     assert resumed_probe.hooks == {1: [HOOK_NAME], 2: []}

@@ -76,9 +76,8 @@ def test_truncated_archive_raises_and_leaves_no_partial_data(tmp_path: Path, suf
     with pytest.raises(DatasetError, match="truncated or corrupt") as info:
         resolve_root(packed, cache_dir=tmp_path / "cache")
     assert str(packed) in str(info.value)
-    entry = cache_entry(packed, tmp_path / "cache")
-    assert not (entry / "data").exists()
-    assert list(entry.iterdir()) == []
+    assert not cache_entry(packed, tmp_path / "cache").exists()  # no partial folder, no empty entry
+    assert list((tmp_path / "cache").iterdir()) == []
 
 
 def test_not_an_archive_at_all(tmp_path: Path) -> None:
@@ -93,12 +92,12 @@ def test_interrupted_extraction_is_not_taken_as_complete(
 ) -> None:
     packed = fake_data.make_archive(fake_data.make_image_folder(tmp_path / "d"), tmp_path / "d.tar.gz")
 
-    def killed(self: tarfile.TarFile, path: str, **kwargs: object) -> None:
+    def killed(self: tarfile.TarFile, member: tarfile.TarInfo, path: str, **kwargs: object) -> None:
         (Path(path) / "half-written").write_text("x")
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(tarfile.TarFile, "extractall", killed)
+        patch.setattr(tarfile.TarFile, "extract", killed)
         with pytest.raises(KeyboardInterrupt):
             resolve_root(packed, cache_dir=tmp_path / "cache")
     assert not (cache_entry(packed, tmp_path / "cache") / "data").exists()
@@ -108,9 +107,46 @@ def test_interrupted_extraction_is_not_taken_as_complete(
 
 def test_unsafe_member_is_refused(tmp_path: Path) -> None:
     packed = fake_data.make_unsafe_archive(tmp_path / "shelf" / "evil.tar.gz")
-    with pytest.raises(DatasetError, match="evil.tar.gz"):
+    with pytest.raises(DatasetError, match="evil.tar.gz") as info:
         resolve_root(packed, cache_dir=tmp_path / "cache")
     assert not list(tmp_path.rglob("escaped.txt"))
+    message = str(info.value)
+    assert "../escaped.txt" in message and "unsafe" in message and "download" not in message
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz"])
+def test_tar_cut_at_a_member_boundary_is_detected(tmp_path: Path, suffix: str) -> None:
+    """A tar that stops exactly between two members reads like a complete, smaller archive to tarfile;
+    the missing end-of-archive marker gives it away."""
+    import gzip
+
+    source = fake_data.make_image_folder(tmp_path / "src" / "cifar10", {"train": 20, "test": 5})
+    whole = fake_data.make_archive(source, tmp_path / "whole.tar")
+    with tarfile.open(whole) as tar:
+        boundary = tar.getmembers()[-15].offset  # the header of the 15th member from the end
+    head = whole.read_bytes()[:boundary]
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(gzip.compress(head) if suffix == ".tar.gz" else head)
+    with tarfile.open(cut) as tar:
+        assert len(tar.getmembers()) > 0  # tarfile alone accepts it
+    with pytest.raises(DatasetError, match="end-of-archive marker") as info:
+        resolve_root(cut, cache_dir=tmp_path / "cache")
+    assert str(cut) in str(info.value)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_same_size_same_mtime_rewrite_gets_a_new_cache_entry(tmp_path: Path) -> None:
+    """The cache key covers the archive's bytes, not only its size and time stamp."""
+    packed = fake_data.make_archive(fake_data.make_image_folder(tmp_path / "d"), tmp_path / "d.tar")
+    before = cache_entry(packed, tmp_path / "cache")
+    stat = packed.stat()
+    data = bytearray(packed.read_bytes())
+    data[-2000] ^= 0xFF  # same length, different content near the end
+    packed.write_bytes(bytes(data))
+    os.utime(packed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert packed.stat().st_size == stat.st_size and packed.stat().st_mtime_ns == stat.st_mtime_ns
+    assert cache_entry(packed, tmp_path / "cache") != before
 
 
 def test_missing_root(tmp_path: Path) -> None:

@@ -44,7 +44,8 @@ def test_in_memory_batches(cifar_dir: Path, tmp_path: Path, image_size: int) -> 
 @pytest.mark.parametrize("image_size", [32, 48])
 def test_streaming_matches_in_memory_for_evaluation(cifar_dir: Path, tmp_path: Path, image_size: int) -> None:
     memory_dm = _cifar(cifar_dir, tmp_path / "c", image_size=image_size, eval_batch_size=64)
-    stream_dm = _cifar(cifar_dir, tmp_path / "c", image_size=image_size, eval_batch_size=64, in_memory=False)
+    stream_dm = _cifar(cifar_dir, tmp_path / "c", image_size=image_size, eval_batch_size=64, in_memory=False,
+                       batch_size=16)
     streamed = next(iter(stream_dm.test_dataloader()))
     assert streamed[0].dtype == torch.float32 and streamed[0].shape == (12, 3, image_size, image_size)
     assert stream_dm.on_after_batch_transfer(streamed, 0) is streamed  # already transformed
@@ -66,7 +67,8 @@ def test_streaming_with_workers(cifar_dir: Path, tmp_path: Path) -> None:
 
 def test_imagenette_paths_agree_for_evaluation(tmp_path: Path) -> None:
     source = fake_data.make_imagenette_folder(tmp_path / "src", n_train=4, n_val=3, height=50, width=40)
-    kwargs = {"root": str(source), "image_size": 32, "cache_dir": str(tmp_path / "c"), "num_workers": 0}
+    kwargs = {"root": str(source), "image_size": 32, "cache_dir": str(tmp_path / "c"), "num_workers": 0,
+              "batch_size": 12}
     in_mem, stream = ImagenetteDataModule(**kwargs), ImagenetteDataModule(in_memory=False, **kwargs)
     in_mem.setup()
     stream.setup()
@@ -253,7 +255,7 @@ def test_trainer_applies_train_and_eval_transforms(cifar_dir: Path, tmp_path: Pa
 
 def test_streaming_pickled_batches(tmp_path: Path) -> None:
     fake_data.make_cifar_batches(tmp_path / "d", per_batch=4, n_test=6)
-    dm = _cifar(tmp_path / "d", tmp_path / "c", in_memory=False, image_size=40, batch_size=7)
+    dm = _cifar(tmp_path / "d", tmp_path / "c", in_memory=False, image_size=40, batch_size=7, check_counts=False)
     images, labels = next(iter(dm.train_dataloader()))
     assert images.shape == (7, 3, 40, 40) and images.dtype == torch.float32 and labels.dtype == torch.int64
     test_images, test_labels = next(iter(dm.test_dataloader()))

@@ -30,7 +30,7 @@ def tiny_args(real_data_dir: Path, out: Path, train_subset: int = 256, eval_subs
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -174,6 +174,6 @@ def test_depth_pipeline_with_distillation_from_the_unpruned_net(real_data_dir: P
     ]).read_text())
     assert summary["chosen_cut"] == 6
     assert summary["metrics"]["train/distill_kl"] > 0  # the fine-tuning loss had the teacher's KL term
-    state = torch.load(summary["last_checkpoint"], map_location="cpu", weights_only=False)["callbacks"]
+    state = torch.load(summary["last_checkpoint"], map_location="cpu", weights_only=True)["callbacks"]
     teacher = next(v for k, v in state.items() if k.startswith("Distillation"))
     assert teacher["teacher_arch"]["num_blocks"] == 13  # the teacher is the unpruned network

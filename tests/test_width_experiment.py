@@ -162,5 +162,5 @@ def test_depth_then_width_in_one_pipeline_with_resume(real_data_dir: Path, tmp_p
     assert killed["arch"] == straight["arch"]
     resumed = json.loads(depth_prune.main([*args, "--ckpt_path", killed["last_checkpoint"]]).read_text())
     assert_same_weights(load_weights(straight["last_checkpoint"]), load_weights(resumed["last_checkpoint"]))
-    state = torch.load(straight["last_checkpoint"], map_location="cpu", weights_only=False)
+    state = torch.load(straight["last_checkpoint"], map_location="cpu", weights_only=True)
     assert state["hyper_parameters"]["channels"] == straight["arch"]["channels"]

@@ -1,0 +1,60 @@
+"""Stop a run whose loss is no longer a number, before anything is saved from its weights.
+
+Lightning's ``EarlyStopping(check_finite=True)`` checks a logged metric once per validation and ends the
+fit normally (exit 0, checkpoints and summary written from the broken weights); this callback checks
+every training loss and fails the run instead, naming the epoch, the step and the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+__all__ = ["FiniteLoss", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss or the weights became NaN or infinite."""
+
+
+def last_good_checkpoint(trainer: L.Trainer) -> str | None:
+    """The newest checkpoint file on disk of the run (saved before anything went non-finite)."""
+    files = [Path(p) for cb in trainer.checkpoint_callbacks
+             for p in (getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", "")) if p]
+    files = [p for p in files if p.is_file()]
+    return str(max(files, key=lambda p: p.stat().st_mtime_ns)) if files else None
+
+
+def non_finite_parameter(module: torch.nn.Module) -> str | None:
+    """Name of the first parameter holding a NaN or an infinity, if any."""
+    return next((name for name, p in module.named_parameters() if not torch.isfinite(p).all()), None)
+
+
+class FiniteLoss(L.Callback):
+    """Raise :class:`NonFiniteLossError` at the first non-finite training loss, and refuse to save a
+    checkpoint of non-finite weights."""
+
+    def _fail(self, trainer: L.Trainer, what: str) -> None:
+        last = last_good_checkpoint(trainer)
+        resume = (f"the last good checkpoint is {last} (resume from it with --ckpt_path and a lower --model.lr)"
+                  if last else "no checkpoint had been saved yet; lower --model.lr and start again")
+        raise NonFiniteLossError(
+            f"{what} at epoch {trainer.current_epoch}, step {trainer.global_step}: the run diverged and "
+            f"was stopped without saving; {resume}"
+        )
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss).all()):
+            self._fail(trainer, f"the training loss is {loss.detach().float().mean().item()}")
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        name = non_finite_parameter(pl_module)
+        if name is not None:
+            self._fail(trainer, f"parameter {name} holds NaN/inf values")

@@ -1,0 +1,134 @@
+"""Checkpoint files that survive a full disk or a crash, and are read without running code.
+
+:class:`AtomicCheckpointIO` is the Lightning ``CheckpointIO`` of every experiment (``experiments/cli.py``
+adds it to the trainer). Lightning's ``TorchCheckpointIO`` writes through an fsspec transaction but never
+fsyncs, and a failed write surfaces as a raw ``OSError`` from deep inside the fit; here a checkpoint is
+written to a temporary file in the same folder, flushed and fsynced, then renamed over the old one
+(``os.replace`` is atomic on POSIX), so ``last.ckpt`` is always either the previous or the new complete
+file. Reading forces ``weights_only=True`` (tensors and plain containers only) and names the file in
+every error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+__all__ = ["AtomicCheckpointIO", "CheckpointError", "check_checkpoint_file", "write_bytes"]
+
+#: Bytes per ``write`` call.
+CHUNK_BYTES: int = 1 << 22
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written or read; the message names the file and says what to do."""
+
+
+def check_checkpoint_file(path: str | Path = "", option: str = "--ckpt_path") -> Path:
+    """Raise :class:`CheckpointError` unless ``path`` is an existing, complete checkpoint file.
+
+    ``torch.save`` writes a zip archive whose directory sits at the end: a file cut short has none,
+    which ``zipfile.is_zipfile`` sees without reading the tensors.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise CheckpointError(
+            f"checkpoint {path} ({option}) {what}; pass the path of a .ckpt file, e.g. "
+            f"<run dir>/checkpoints/last.ckpt"
+        )
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"checkpoint {path} ({option}) is truncated or not a PyTorch checkpoint (no zip directory at its "
+            f"end, {path.stat().st_size:,} bytes); use an earlier checkpoint of the run"
+        )
+    return path
+
+
+def write_bytes(f: io.BufferedWriter, data: bytes) -> None:
+    """Write ``data`` to ``f`` in chunks of :data:`CHUNK_BYTES`."""
+    view = memoryview(data)
+    for start in range(0, len(view), CHUNK_BYTES):
+        f.write(view[start:start + CHUNK_BYTES])
+
+
+def _file_mode(path: Path) -> int:
+    """Mode for the new file: the old file's, else what ``open`` would give (0o666 less the umask);
+    ``mkstemp`` alone would leave it readable by its owner only."""
+    if path.is_file():
+        return path.stat().st_mode & 0o7777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a folder be opened or synced
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` with atomic, durable writes and weights-only reads (see the module doc)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options")
+        path = Path(path)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)  # serialise first: a failure here leaves no file at all
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        except OSError as err:
+            raise self._write_error(path, err) from err
+        try:
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), _file_mode(path))
+                write_bytes(f, buffer.getbuffer().tobytes())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException as err:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            if isinstance(err, OSError):
+                raise self._write_error(path, err) from err
+            raise
+        _fsync_dir(path.parent)
+
+    @staticmethod
+    def _write_error(path: Path, err: OSError) -> CheckpointError:
+        previous = (f"the previous {path.name} is intact: resume with --ckpt_path {path}" if path.is_file()
+                    else "no earlier version of it exists")
+        return CheckpointError(
+            f"could not write checkpoint {path}: {err.strerror or err}; the run stopped and {previous} once "
+            f"the problem is fixed (free disk space, or pass a writable --trainer.default_root_dir)"
+        )
+
+    def load_checkpoint(
+        self,
+        path: _PATH,
+        map_location: Callable | None = lambda storage, loc: storage,
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
+        path = check_checkpoint_file(path)
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+            raise CheckpointError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}; "
+                                  f"use another checkpoint of the run") from err

@@ -1,0 +1,58 @@
+"""Start-up checks of an experiment that need the built objects but no data: the output folder is
+writable and the images are not smaller than the network's total stride."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+__all__ = ["ExperimentError", "check_output_dir", "check_resolution", "total_stride"]
+
+
+class ExperimentError(ValueError):
+    """A setting of an experiment cannot work (found at start-up, before any data is read)."""
+
+
+def check_output_dir(folder: Path) -> None:
+    """Raise :class:`ExperimentError` unless files can be created in ``folder`` (created if missing)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ExperimentError(
+            f"cannot write to the output folder {folder}: {err.strerror or err}; pass a writable "
+            f"--trainer.default_root_dir (or --trainer.logger.init_args.save_dir)"
+        ) from err
+
+
+def total_stride(net: torch.nn.Module, in_chans: int = 3, probe: int = 256) -> int:
+    """Input pixels per pixel of ``net.forward_features``'s output, measured with one forward pass in eval
+    mode (works for any backbone, cut or not; nothing in the net changes)."""
+    training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            features = net.forward_features(torch.zeros(1, in_chans, probe, probe))
+    finally:
+        net.train(training)
+    return max(probe // int(features.shape[-1]), 1)
+
+
+def check_resolution(model: L.LightningModule, datamodule: Any) -> None:
+    """Raise :class:`ExperimentError` if the images are smaller than the network's total stride: the last
+    feature maps would then be computed from padding alone."""
+    net, size = getattr(model, "net", None), getattr(datamodule.hparams, "image_size", None)
+    if net is None or size is None or not hasattr(net, "forward_features"):
+        return
+    stride = total_stride(net, int(model.hparams.get("in_chans", 3)))
+    if int(size) < stride:
+        raise ExperimentError(
+            f"--data.image_size {size} is smaller than the network's total stride ({stride} px): its last "
+            f"layers would see padding only; use --data.image_size {stride} or more (or --model.stem_stride 1 "
+            f"to halve the stride)"
+        )

@@ -9,7 +9,8 @@ after the epoch. The first ``warmup`` batches (worker start-up, first-call alloc
 are left out; an epoch with ``warmup`` batches or fewer is timed from its second batch on.
 
 ``train/compute_img_per_s`` is the compute-only figure over the same batches: the clock runs from each
-batch's ``on_train_batch_start`` to its end, leaving out fetch, transfer and augmentation.
+batch's ``on_train_batch_start`` to its end, leaving out fetch, transfer and augmentation. On a CUDA
+device the clock is read after a synchronise, so queued kernels are not left out.
 
 Lightning's ``ThroughputMonitor`` reports per-step rates to the logger only; this callback keeps one
 number per epoch in the metrics (and hence in ``summary.json``).
@@ -21,6 +22,7 @@ import time
 from typing import Any
 
 import lightning as L
+import torch
 
 
 def images_per_second(images: int, seconds: float) -> float:
@@ -67,6 +69,8 @@ class Throughput(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        if pl_module.device.type == "cuda":  # read the clock when the step's kernels are done
+            torch.cuda.synchronize(pl_module.device)
         now = time.perf_counter()
         if batch_idx >= self._first and self._clock is not None:
             self.seconds += now - self._clock

@@ -156,14 +156,19 @@ class ImageClassifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self._prepare(x))
 
-    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor | None, dict[int, torch.Tensor]]:
         """Logits of the network and of every auxiliary head. A frozen backbone runs without autograd
-        and the heads see detached features, so one pass trains all heads and leaves the backbone as is."""
+        and the heads see detached features, so one pass trains all heads and leaves the backbone as is;
+        in training it then stops at the deepest head and the network's logits are ``None``."""
         assert self.aux_heads is not None
-        with torch.set_grad_enabled(torch.is_grad_enabled() and "net" not in self.frozen):
-            feats = tap_features(self.net.feature_modules, self._prepare(x))
-            logits = self.net.head(feats[-1])
-        aux = self.aux_heads([f.detach() if "net" in self.frozen else f for f in feats])
+        frozen = "net" in self.frozen
+        # Training on a frozen backbone needs neither its logits nor the blocks after the deepest head.
+        skip_rest = frozen and self.training
+        upto = max(self.aux_heads.cut_points) if skip_rest else None
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            feats = tap_features(self.net.feature_modules, self._prepare(x), upto)
+            logits = None if skip_rest else self.net.head(feats[-1])
+        aux = self.aux_heads([f.detach() if frozen else f for f in feats])
         return logits, aux
 
     def setup(self, stage: str) -> None:

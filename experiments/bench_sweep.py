@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,7 @@ def time_stage(datamodule: Any, opts: argparse.Namespace, cut_points: list[int] 
 
 def main(args: list[str] | None = None) -> dict[str, Any]:
     opts = parse(args)
+    command = shlex.join(["uv", "run", "experiments/bench_sweep.py", *(sys.argv[1:] if args is None else args)])
     from datamodules import CIFAR10DataModule
 
     datamodule = CIFAR10DataModule(root=opts.root, image_size=opts.image_size, batch_size=opts.batch_size,
@@ -111,6 +114,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         "sweep_s": statistics.median(by[(i, "sweep")]["seconds"] for i in range(opts.rounds)),
         "one_head_s": statistics.median(by[(i, "one_head")]["seconds"] for i in range(opts.rounds)),
         "ratio_sweep_vs_one_head": ratio,
+        "command": command,
         "note": "runs alternate within one process (the machine may be shared with other work); "
                 "ratio per round, median reported",
     }

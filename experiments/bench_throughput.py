@@ -12,7 +12,8 @@ In one process, the same MobileNetV1 (same seed) is trained ``--steps`` steps af
   path (uint8 images in memory, the same augmentation drawn per image on the device), bf16-mixed and
   channels_last on a GPU;
 - ``ours_heads`` (``--heads``): the same with the 14 auxiliary heads of the depth-pruning sweep attached
-  and the backbone frozen, i.e. a sweep epoch.
+  and the backbone frozen, i.e. a sweep epoch;
+- ``ours_compiled`` (``--compile``): ``ours`` with ``--model.compile true`` (compiled during its warm-up).
 
 Each round runs them one after the other (plain, ours, ours_heads, plain, …), so a machine whose speed
 drifts (other jobs) affects all alike; ratios are taken round by round and the medians reported. Every
@@ -26,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -48,6 +51,8 @@ def parse(args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of all pipelines")
     parser.add_argument("--heads", default="both", choices=["off", "on", "both"],
                         help="time a sweep epoch (14 heads, frozen backbone) too ('both'), only ('on') or not")
+    parser.add_argument("--compile", action="store_true",
+                        help="time ours with --model.compile true too (compiled in its warm-up steps)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain loop")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--train_subset", type=int, default=None, help="training images used (all by default)")
@@ -68,9 +73,10 @@ def parse(args: list[str] | None = None) -> argparse.Namespace:
     return opts
 
 
-def pipelines(heads: str) -> list[str]:
+def pipelines(heads: str, compiled: bool = False) -> list[str]:
     """The runs of one round, in order."""
-    return {"off": ["plain", "ours"], "on": ["plain", "ours_heads"], "both": ["plain", "ours", "ours_heads"]}[heads]
+    names = {"off": ["plain", "ours"], "on": ["plain", "ours_heads"], "both": ["plain", "ours", "ours_heads"]}[heads]
+    return [*names, "ours_compiled"] if compiled else names
 
 
 def training_flops_per_image(macs: int) -> float:
@@ -163,7 +169,8 @@ def run_plain(datamodule: Any, opts: argparse.Namespace, seed: int = 0) -> dict[
     return {"img_per_s": images / (end - start), "images": images, "seconds": end - start}
 
 
-def run_ours(datamodule: Any, opts: argparse.Namespace, heads: bool, seed: int = 0) -> dict[str, float]:
+def run_ours(datamodule: Any, opts: argparse.Namespace, heads: bool, seed: int = 0,
+             compiled: bool = False) -> dict[str, float]:
     """This project's pipeline under a Lightning Trainer; timed by the Throughput callback."""
     import lightning as L
 
@@ -172,7 +179,7 @@ def run_ours(datamodule: Any, opts: argparse.Namespace, heads: bool, seed: int =
 
     gpu = opts.device == "cuda"
     torch.manual_seed(seed)
-    model = ImageClassifier(num_classes=10, channels_last=gpu)
+    model = ImageClassifier(num_classes=10, channels_last=gpu, compile=compiled)
     if heads:
         model.attach_aux_heads(REPLICATION_HEAD)
         model.freeze(["net"])
@@ -209,12 +216,9 @@ def summarise(runs: list[dict], peaks: list[float], macs: int, names: list[str])
                                          for n in names}}
     out["fraction_of_peak"] = {n: statistics.median(fraction_of_peak(by[(i, n)]["img_per_s"], macs, peaks[i])
                                                     for i in rounds) for n in names if n != "ours_heads"}
-    if "ours" in names:
-        out["ratio_ours_vs_plain"] = statistics.median(by[(i, "ours")]["img_per_s"] / by[(i, "plain")]["img_per_s"]
-                                                       for i in rounds)
-    if "ours_heads" in names:
-        out["ratio_ours_heads_vs_plain"] = statistics.median(
-            by[(i, "ours_heads")]["img_per_s"] / by[(i, "plain")]["img_per_s"] for i in rounds)
+    for name in names[1:]:
+        out[f"ratio_{name}_vs_plain"] = statistics.median(
+            by[(i, name)]["img_per_s"] / by[(i, "plain")]["img_per_s"] for i in rounds)
     if {"ours", "ours_heads"} <= set(names):
         # extra wall time per image of a sweep epoch over a plain training epoch
         out["heads_overhead"] = statistics.median(
@@ -224,6 +228,7 @@ def summarise(runs: list[dict], peaks: list[float], macs: int, names: list[str])
 
 def main(args: list[str] | None = None) -> dict[str, Any]:
     opts = parse(args)
+    command = shlex.join(["uv", "run", "experiments/bench_throughput.py", *(sys.argv[1:] if args is None else args)])
     if opts.threads:
         torch.set_num_threads(opts.threads)
     from lightning_modules.deploy.profiling import model_cost
@@ -232,12 +237,13 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     device = torch.device(opts.device)
     datamodule = make_datamodule(opts)
     macs = int(model_cost(MobileNetV1(num_classes=10), opts.image_size)["macs"])
-    names = pipelines(opts.heads)
+    names = pipelines(opts.heads, opts.compile)
     runs, peaks = [], []
     for i in range(opts.rounds):
         peaks.append(matmul_peak(device, opts.matmul_size))
         for name in names:
-            result = run_plain(datamodule, opts) if name == "plain" else run_ours(datamodule, opts, name == "ours_heads")
+            result = run_plain(datamodule, opts) if name == "plain" else \
+                run_ours(datamodule, opts, name == "ours_heads", compiled=name == "ours_compiled")
             runs.append({"round": i, "pipeline": name, **result})
             print(f"round {i} {name:>10}: {result['img_per_s']:8.1f} img/s", flush=True)
     summary = summarise(runs, peaks, macs, names)
@@ -249,6 +255,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         "threads": torch.get_num_threads(), "precision_ours": "bf16-mixed" if device.type == "cuda" else "fp32",
         "macs_per_image": macs, "peak_flops": peaks, "peak_flops_median": statistics.median(peaks),
         "runs": runs, **summary,
+        "command": command,
         "note": "pipelines run in turn within each round in one process (the machine may be shared with "
                 "other work); ratios are per round, medians reported",
     }
@@ -268,8 +275,8 @@ def print_report(r: dict[str, Any]) -> None:
     for name, value in r["img_per_s"].items():
         frac = r["fraction_of_peak"].get(name)
         print(f"  {name:>10}: {value:8.1f} img/s" + (f"  ({100 * frac:.1f} % of peak)" if frac is not None else ""))
-    if "ratio_ours_vs_plain" in r:
-        print(f"  ours / plain: {r['ratio_ours_vs_plain']:.2f}x")
+    for name in list(r["img_per_s"])[1:]:
+        print(f"  {name} / plain: {r[f'ratio_{name}_vs_plain']:.2f}x")
     if "heads_overhead" in r:
         print(f"  sweep heads: +{100 * r['heads_overhead']:.1f} % time per image over a plain epoch")
 

@@ -59,6 +59,9 @@ class ImageClassifier(L.LightningModule):
         warmup_epochs, warmup_lr, min_lr: schedule settings.
         label_smoothing: of the cross-entropy loss.
         channels_last: train in NHWC memory format.
+        compile: run the network's plain forward (``self(x)``) through ``torch.compile`` (compiled on the
+            first batch, again after every rebuild). Off by default: compiling takes minutes on a small
+            CPU, and the compiled kernels round differently from eager ones (same seed, different weights).
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class ImageClassifier(L.LightningModule):
         min_lr: float = 0.0,
         label_smoothing: float = 0.0,
         channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -153,8 +157,17 @@ class ImageClassifier(L.LightningModule):
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
 
+    def _forward_net(self) -> nn.Module:
+        """``self.net``, or its compiled wrapper (kept outside the module tree: no state-dict keys)."""
+        if not self.hparams.get("compile", False):
+            return self.net
+        cached = self.__dict__.get("_compiled_net")
+        if cached is None or cached[0] is not self.net:  # first call, or the net was rebuilt
+            self.__dict__["_compiled_net"] = cached = (self.net, torch.compile(self.net))
+        return cached[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self._prepare(x))
+        return self._forward_net()(self._prepare(x))
 
     def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor | None, dict[int, torch.Tensor]]:
         """Logits of the network and of every auxiliary head. A frozen backbone runs without autograd

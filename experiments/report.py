@@ -15,6 +15,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from experiments.reproduce import (
+    BIT_IDENTITY,
+    by_seed,
+    make_portable,
+    portable,
+    reproduce_script,
+    seed_spread,
+)
 from experiments.width_report import plot_width_rows, width_rows, width_table
 from lightning_modules.deploy.profiling import measure_latency_torch, tinyml_budget
 from lightning_modules.models.adapters import build_net
@@ -85,7 +93,10 @@ def width_note(summary: dict) -> str:
     return "".join(f" + width {r.get('method')} {r.get('criterion')} {r.get('sparsity')}" for r in widths)
 
 
-def depth_table(runs: list[dict]) -> list[str]:
+def depth_table(runs: list[dict], groups: dict[int, list[dict]] | None = None) -> list[str]:
+    """One row per configuration (the newest run); accuracies as mean and range when ``groups`` holds
+    several seeds' runs of that row (keyed by ``id`` of the newest run)."""
+    groups = groups or {}
     lines = [
         "| dataset | px | init | cut | epochs | baseline acc % | baseline params | baseline MACs | pruned acc % "
         "| pruned params | pruned MACs | params × | MACs × | flash int8 KB (base → pruned) "
@@ -99,10 +110,13 @@ def depth_table(runs: list[dict]) -> list[str]:
         pb = budget_of(pruned, s["arch"], size)
         ref = REFERENCE_DEPTH.get((s.get("dataset"), s.get("image_size")), {})
         ref_text = f"{ref['baseline']:.2f} → {ref[s['init']]:.2f}" if ref and s.get("init") in ref else "—"
+        seeds = by_seed(groups.get(id(s), [s]))
+        base_acc = seed_spread([r.get("baseline", {}).get("acc") for r in seeds])
+        pruned_acc = seed_spread([r.get("pruned", {}).get("acc") for r in seeds])
         lines.append(
             f"| {s.get('dataset')} | {s.get('image_size')} | {s.get('init')}{width_note(s)} | {s.get('chosen_cut')} "
-            f"| {s.get('epochs')} | {_pct(base.get('acc'))} | {_count(base.get('params'))} "
-            f"| {_count(base.get('macs'))} | {_pct(pruned.get('acc'))} | {_count(pruned.get('params'))} "
+            f"| {s.get('epochs')} | {base_acc} | {_count(base.get('params'))} "
+            f"| {_count(base.get('macs'))} | {pruned_acc} | {_count(pruned.get('params'))} "
             f"| {_count(pruned.get('macs'))} | {_ratio(pruned, base, 'params')} | {_ratio(pruned, base, 'macs')} "
             f"| {_kb(bb.get('flash_int8'))} → {_kb(pb.get('flash_int8'))} "
             f"| {_kb(bb.get('peak_ram_int8'))} → {_kb(pb.get('peak_ram_int8'))} "
@@ -226,7 +240,8 @@ def width_section(rows: list[dict], depth_rows: list[dict], out: Path) -> list[s
     if rows:
         lines += ["## Width (channel) pruning", "",
                   "`uv run experiments/width_prune.py --config experiments/configs/width/<scale>/<row>.yaml "
-                  "--baseline_ckpt <baseline>`, one run per row of TinyNeuralNetwork's CIFAR-10 tables. "
+                  "--baseline_ckpt $BASELINE` (`BASELINE` set as in *Runs and how to reproduce them*), one run per "
+                  "row of TinyNeuralNetwork's CIFAR-10 tables. "
                   "Sparsity = fraction of channels removed from every prunable layer; acc before = the "
                   "baseline checkpoint, acc after = the best pruned checkpoint, both on the test split; "
                   "epochs = all epochs of the run (method-specific training + fine-tuning). The TinyNN column "
@@ -259,9 +274,12 @@ def width_section(rows: list[dict], depth_rows: list[dict], out: Path) -> list[s
 def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
     depth = [s for s in summaries if s.get("stage") == "depth_prune"]
     baselines = [s for s in summaries if s.get("stage") == "baseline"]
-    depth_rows = list(latest_by(depth, lambda s: (s.get("dataset"), s.get("image_size"), s.get("init"),
-                                                  s.get("chosen_cut"), s.get("baseline_ckpt") is None,
-                                                  len(s.get("stages", [])) > 1)).values())
+    def depth_key(s: dict) -> tuple:
+        return (s.get("dataset"), s.get("image_size"), s.get("init"), s.get("chosen_cut"),
+                s.get("baseline_ckpt") is None, len(s.get("stages", [])) > 1)
+
+    depth_rows = list(latest_by(depth, depth_key).values())
+    groups = {id(row): [s for s in depth if depth_key(s) == depth_key(row)] for row in depth_rows}
     width = width_rows(summaries)
     lines = [
         "# Results",
@@ -273,7 +291,10 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
         "",
         "## Depth pruning with auxiliary networks",
         "",
-        *depth_table(depth_rows),
+        *depth_table(depth_rows, groups),
+        "",
+        "Accuracies with several seeds' runs read `mean (min–max, n seeds)`; what is and is not "
+        "bit-identical across machines: see *Runs and how to reproduce them*.",
         "",
     ]
     lines += width_section(width, depth_rows, out)
@@ -303,9 +324,13 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
         lines += ["## Baselines", "",
                   "| dataset | px | epochs | test acc % | params | MACs | train img/s | wall min |",
                   "|---|---|---|---|---|---|---|---|"]
-        for s in baselines:
+        def baseline_key(s: dict) -> tuple:
+            return Path(s["data_root"]).name, s["image_size"], s["epochs"]
+
+        for s in latest_by(baselines, baseline_key).values():
+            seeds = by_seed([b for b in baselines if baseline_key(b) == baseline_key(s)])
             lines.append(f"| {Path(s['data_root']).name} | {s['image_size']} | {s['epochs']} "
-                         f"| {_pct(s['metrics'].get('test/acc'))} | {s['params']:,} | {s['macs']:,} "
+                         f"| {seed_spread([b['metrics'].get('test/acc') for b in seeds])} | {s['params']:,} | {s['macs']:,} "
                          f"| {s['metrics'].get('train/img_per_s', float('nan')):.0f} | {_minutes(s.get('wall_time_s'))} |")
         lines.append("")
     profiles = [(Path(s["_path"]).parent.name, json.loads((Path(s["_path"]).parent / "profile.json").read_text()))
@@ -317,18 +342,16 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
                   "512 training images, evaluated on the test split).", "", *deployment_table(profiles), ""]
     for bench in sorted((out.parent / "runs").glob("bench_latency*.json")):
         lines += [f"## Latency benchmark ({bench.stem})", "",
-                  f"`uv run experiments/bench_latency.py --out {bench.as_posix()}`", "",
+                  f"`uv run experiments/bench_latency.py --out {out.parent.name}/runs/{bench.name}`", "",
                   *bench_table(json.loads(bench.read_text())), ""]
+    lines += speed_section(out.parent / "runs")
     lines += ["## Runs and how to reproduce them", "",
-              "Each run folder holds the resolved `config.yaml`; `--config <run>/config.yaml` repeats the run.", ""]
-    for s in summaries:
-        folder = Path(s["_path"]).parent
-        script = {"depth_prune": "depth_prune.py", "width_prune": "width_prune.py"}.get(s.get("stage"), "train.py")
-        extra = f", from `{s['baseline_ckpt']}`" if s.get("baseline_ckpt") else ""
-        lines.append(f"- `{folder}`: {s.get('stage')}, {s.get('epochs')} epochs{extra} — "
-                     f"`uv run experiments/{script} --config {folder}/config.yaml`")
+              "From a fresh clone (data in `../shared/data`, see README), in this order: each run's folder is "
+              "fixed by its id, so the baseline checkpoint a later run starts from is set by the line after "
+              "the command that writes it. Each archived `config.yaml` is the run's resolved configuration.", "",
+              *reproduce_script(summaries, f"{out.parent.name}/runs"), "", BIT_IDENTITY, ""]
     lines.append("")
-    return "\n".join(lines)
+    return portable("\n".join(lines))  # no path of this machine in the page
 
 
 ARCHIVED_FILES = ("summary.json", "config.yaml", "profile.json", "depth_sweep.csv", "depth_sweep.json", "depth_sweep.png")
@@ -340,12 +363,44 @@ def archive_runs(summaries: list[dict], archive: Path) -> None:
     for s in summaries:
         folder = Path(s["_path"]).parent
         target = archive / folder.name
-        if folder.resolve() == target.resolve():
-            continue
-        target.mkdir(parents=True, exist_ok=True)
-        for name in ARCHIVED_FILES:
-            if (folder / name).is_file():
-                shutil.copyfile(folder / name, target / name)
+        if folder.resolve() != target.resolve():
+            target.mkdir(parents=True, exist_ok=True)
+            for name in ARCHIVED_FILES:
+                if (folder / name).is_file():
+                    shutil.copyfile(folder / name, target / name)
+        make_portable(target)
+
+
+def speed_section(runs: Path) -> list[str]:
+    """Training throughput and sweep cost from ``bench_throughput*.json`` / ``bench_sweep*.json``."""
+    lines: list[str] = []
+    throughput = [json.loads(p.read_text()) for p in sorted(runs.glob("bench_throughput*.json"))]
+    sweeps = [json.loads(p.read_text()) for p in sorted(runs.glob("bench_sweep*.json"))]
+    if not throughput and not sweeps:
+        return lines
+    lines += ["## Training speed", ""]
+    for r in throughput:
+        ips, frac = r["img_per_s"], r.get("fraction_of_peak", {})
+        lines += [f"`{r.get('command', 'uv run experiments/bench_throughput.py')}` — {r['mode']} ({r['device']}), "
+                  f"batch {r['batch_size']}, {r['steps']} timed steps after {r['warmup']}, {r['rounds']} "
+                  f"interleaved rounds in one process, {r['threads']} thread(s); {r['note']}. Peak: dense matmul "
+                  f"{r['peak_flops_median'] / 1e9:.1f} GFLOP/s measured in the same run; a training step counts "
+                  f"3 × 2 × {r['macs_per_image'] / 1e6:.1f} M MACs per image.", "",
+                  "| pipeline | img/s (end to end) | × plain | % of matmul peak |", "|---|---|---|---|"]
+        for name, value in ips.items():
+            ratio = "1.00" if name == "plain" else f"{r.get(f'ratio_{name}_vs_plain', float('nan')):.2f}"
+            pct = f"{100 * frac[name]:.1f}" if name in frac else "—"
+            lines.append(f"| {name} | {value:.1f} | {ratio} | {pct} |")
+        if "heads_overhead" in r:
+            lines.append(f"\nThe 14 sweep heads (frozen backbone) cost {100 * r['heads_overhead']:+.0f} % time per "
+                         "image over a plain training epoch.")
+        lines.append("")
+    for r in sweeps:
+        lines += [f"`{r.get('command', 'uv run experiments/bench_sweep.py')}` — {r['mode']}, {r['epochs']} epoch(s) "
+                  f"of {r['train_images']} images: the one-run 14-head sweep took {r['sweep_s']:.1f} s, one head "
+                  f"(cut {r['cut']}) {r['one_head_s']:.1f} s: **{r['ratio_sweep_vs_one_head']:.2f}×** "
+                  f"({r['note']}).", ""]
+    return lines
 
 
 def main(args: list[str] | None = None) -> Path:

@@ -98,6 +98,9 @@ class ImageClassifier(L.LightningModule):
         warmup_epochs, warmup_lr, min_lr: schedule settings.
         label_smoothing: of the cross-entropy loss.
         channels_last: train in NHWC memory format.
+        compile: run the network's plain forward (``self(x)``) through ``torch.compile`` (compiled on the
+            first batch, again after every rebuild). Off by default: compiling takes minutes on a small
+            CPU, and the compiled kernels round differently from eager ones (same seed, different weights).
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class ImageClassifier(L.LightningModule):
         min_lr: float = 0.0,
         label_smoothing: float = 0.0,
         channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -209,16 +213,30 @@ class ImageClassifier(L.LightningModule):
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self._prepare(x))
+    def _forward_net(self) -> nn.Module:
+        """``self.net``, or its compiled wrapper (kept outside the module tree: no state-dict keys)."""
+        if not self.hparams.get("compile", False):
+            return self.net
+        cached = self.__dict__.get("_compiled_net")
+        if cached is None or cached[0] is not self.net:  # first call, or the net was rebuilt
+            self.__dict__["_compiled_net"] = cached = (self.net, torch.compile(self.net))
+        return cached[1]
 
-    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward_net()(self._prepare(x))
+
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor | None, dict[int, torch.Tensor]]:
         """Logits of the network and of every auxiliary head. A frozen backbone runs without autograd
-        and the heads see detached features, so one pass trains all heads and leaves the backbone as is."""
+        and the heads see detached features, so one pass trains all heads and leaves the backbone as is;
+        in training it then stops at the deepest head and the network's logits are ``None``."""
         assert self.aux_heads is not None
-        with torch.set_grad_enabled(torch.is_grad_enabled() and "net" not in self.frozen):
-            logits, feats = self.adapter.features(self.net, self._prepare(x), self.aux_heads.cut_points)
-        aux = self.aux_heads({k: f.detach() if "net" in self.frozen else f for k, f in feats.items()})
+        frozen = "net" in self.frozen
+        # Training on a frozen backbone needs neither its logits nor the layers after the deepest head.
+        want_logits = not (frozen and self.training)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            logits, feats = self.adapter.features(self.net, self._prepare(x), self.aux_heads.cut_points,
+                                                  logits=want_logits)
+        aux = self.aux_heads({k: f.detach() if frozen else f for k, f in feats.items()})
         return logits, aux
 
     def setup(self, stage: str) -> None:

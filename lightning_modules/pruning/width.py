@@ -29,13 +29,16 @@ import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-import torch_pruning as tp
 from timm.layers import make_divisible
 from torch import Tensor, nn
 
 from lightning_modules.pruning.criteria import CONVS, NORMS, Criterion
+
+if TYPE_CHECKING:  # torch-pruning is imported where it is used: it pulls in timm's data stack and W&B,
+    import torch_pruning as tp  # seconds of start-up that runs without width pruning do not need
 
 #: Key of a per-layer sparsity dict that applies to the layers it does not name.
 DEFAULT_KEY: str = "default"
@@ -89,6 +92,8 @@ def build_graph(model: nn.Module, example_input: Tensor) -> tp.DependencyGraph:
     model.eval()
     try:
         with torch.enable_grad():
+            import torch_pruning as tp
+
             return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
     finally:
         model.train(was_training)
@@ -103,6 +108,8 @@ def prunable_groups(
     first convolution of a residual stage); depthwise convolutions only follow. Groups that would change
     the outputs of the final ``nn.Linear`` or of a module in ``ignore`` are left out.
     """
+    import torch_pruning as tp
+
     graph = build_graph(model, example_input)
     order = {m: i for i, m in enumerate(model.modules())}
     names = {m: n for n, m in model.named_modules()}

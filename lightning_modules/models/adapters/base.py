@@ -96,9 +96,10 @@ class BackboneAdapter(ABC):
 
     @abstractmethod
     def features(
-        self, net: nn.Module, x: torch.Tensor, cut_points: Sequence[int]
-    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """The network's logits and the features at ``cut_points``, from one forward pass."""
+        self, net: nn.Module, x: torch.Tensor, cut_points: Sequence[int], logits: bool = True
+    ) -> tuple[torch.Tensor | None, dict[int, torch.Tensor]]:
+        """The network's logits and the features at ``cut_points``, from one forward pass; with
+        ``logits=False`` the pass stops at the deepest cut point and the logits are ``None``."""
 
     @abstractmethod
     def cut(

@@ -23,10 +23,10 @@ from lightning_modules.models.mobilenet_v1 import BLOCK_STRIDES, MobileNetV1, mo
 ARCH_KEYS: tuple[str, ...] = tuple(inspect.signature(MobileNetV1).parameters)
 
 
-def tap_features(modules: Sequence[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
-    """Run the feature modules in order and return every cut point's output."""
+def tap_features(modules: Sequence[nn.Module], x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
+    """Run the feature modules in order and return every cut point's output (up to cut point ``upto``)."""
     feats = []
-    for module in modules:
+    for module in modules[: None if upto is None else upto + 1]:
         x = module(x)
         feats.append(x)
     return feats
@@ -115,10 +115,10 @@ class MobileNetV1Adapter(BackboneAdapter):
         return points
 
     def features(
-        self, net: nn.Module, x: torch.Tensor, cut_points: Sequence[int]
-    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        feats = tap_features(net.feature_modules, x)
-        return net.head(feats[-1]), {k: feats[k] for k in cut_points}
+        self, net: nn.Module, x: torch.Tensor, cut_points: Sequence[int], logits: bool = True
+    ) -> tuple[torch.Tensor | None, dict[int, torch.Tensor]]:
+        feats = tap_features(net.feature_modules, x, None if logits else max(cut_points))
+        return (net.head(feats[-1]) if logits else None), {k: feats[k] for k in cut_points}
 
     def cut(
         self, net: nn.Module, arch: Mapping[str, Any], k: int, head_channels: Sequence[int],

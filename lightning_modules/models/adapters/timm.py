@@ -212,10 +212,14 @@ class TimmAdapter(BackboneAdapter):
                 for k, f in enumerate(feats)]
 
     def features(
-        self, net: nn.Module, x: torch.Tensor, cut_points: Sequence[int]
-    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        self, net: nn.Module, x: torch.Tensor, cut_points: Sequence[int], logits: bool = True
+    ) -> tuple[torch.Tensor | None, dict[int, torch.Tensor]]:
         net = self._full(net)
         points = sorted(int(k) for k in cut_points)
+        if not logits:  # stop at the deepest cut point
+            feats = net.forward_intermediates(x, indices=points, intermediates_only=True, stop_early=True,
+                                              **intermediate_kwargs(net))
+            return None, dict(zip(points, feats, strict=True))
         final, feats = net.forward_intermediates(x, indices=points, **intermediate_kwargs(net))
         return net.forward_head(final), dict(zip(points, feats, strict=True))
 

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from experiments.deploy_report import deployment_sections
 from experiments.width_report import plot_width_rows, width_rows, width_table
 from lightning_modules.deploy.profiling import measure_latency_torch, tinyml_budget
 from lightning_modules.models.mobilenet_v1 import MobileNetV1
@@ -317,6 +318,7 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
         lines += [f"## Latency benchmark ({bench.stem})", "",
                   f"`uv run experiments/bench_latency.py --out {bench.as_posix()}`", "",
                   *bench_table(json.loads(bench.read_text())), ""]
+    lines += deployment_sections(out.parent / "runs")
     lines += ["## Runs and how to reproduce them", "",
               "Each run folder holds the resolved `config.yaml`; `--config <run>/config.yaml` repeats the run.", ""]
     for s in summaries:

@@ -63,7 +63,7 @@ from lightning_modules.pruning.budget import (
 from lightning_modules.pruning.criteria import make_criterion
 from lightning_modules.pruning.width import mobilenet_v1_arch_after_pruning, prune_model, rebuild_mobilenet_v1
 
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "fit_budget_cifar10_32.yaml"
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "budget" / "cifar10_32.yaml"
 
 
 @dataclass

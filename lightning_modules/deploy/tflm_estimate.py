@@ -39,10 +39,11 @@ ALIGN: int = 16
 TAIL_BYTES: dict[str, int] = {
     "eval_tensor": 24,       # TfLiteEvalTensor per tensor (activations and constants)
     "node": 64,              # NodeAndRegistration per op
-    "io_tensor": 96,         # persistent TfLiteTensor (64) + quantisation struct (32) per graph input/output
-    "conv_op": 112,          # OpDataConv of a CONV_2D / DEPTHWISE_CONV_2D (without its per-channel arrays)
-    "other_op": 64,          # op data of PAD, MEAN, FULLY_CONNECTED, ADD
-    "fixed": 800,            # interpreter, subgraph and planner bookkeeping
+    "io_tensor": 96,         # persistent TfLiteTensor (64) + quantisation data (32) per graph input/output
+    "per_channel": 8,        # int32 output multiplier + int32 shift per output channel of a conv/depthwise
+    "conv_op": 92,           # the rest of a CONV_2D / DEPTHWISE_CONV_2D's op data
+    "other_op": 32,          # op data of PAD, MEAN, FULLY_CONNECTED, ADD
+    "fixed": 1284,           # interpreter, subgraph and allocator bookkeeping
 }
 
 #: Flatbuffer bytes beyond the stored numbers.
@@ -50,7 +51,7 @@ FLASH_BYTES: dict[str, float] = {
     "per_channel": 12,       # float32 scale + int64 zero point per channel of a quantised tensor
     "tensor": 100.0,         # Tensor table, shape vector, name, buffer entry
     "op": 40.0,              # Operator table, input/output index vectors, options
-    "fixed": 1500.0,         # model header, operator codes, signature, metadata
+    "fixed": 7808.0,         # model header, operator codes, signature, metadata
 }
 
 
@@ -225,7 +226,7 @@ def estimate_tflm(model: nn.Module, image_size: int, in_chans: int = 3) -> dict[
     tensors = len(spans) + graph.const_tensors
     t = TAIL_BYTES
     tail = (t["eval_tensor"] * tensors + t["node"] * ops + t["io_tensor"] * 2 + t["conv_op"] * convs
-            + 2 * sum(_align(4 * c) for c in graph.conv_channels) + t["other_op"] * (ops - convs) + t["fixed"])
+            + t["per_channel"] * sum(graph.conv_channels) + t["other_op"] * (ops - convs) + t["fixed"])
     f = FLASH_BYTES
     flash = (graph.const_bytes + f["per_channel"] * (graph.quant_channels + len(spans))
              + f["tensor"] * tensors + f["op"] * ops + f["fixed"])

@@ -91,7 +91,7 @@ def test_fully_int8_with_per_channel_weights(deployed: dict) -> None:
     structure = deployed["row"]["structure"]
     assert structure["input_dtype"] == "INT8" and structure["output_dtype"] == "INT8"
     assert structure["int8_per_channel_weights"]
-    assert structure["ops"]["CONV_2D"] >= 1 and structure["ops"]["DEPTHWISE_CONV_2D"] == 4
+    assert structure["ops"]["DEPTHWISE_CONV_2D"] == 5  # 4 blocks + the head's depthwise-separable block
 
 
 def test_arena_and_flash_are_what_the_report_writes(deployed: dict, tmp_path: Path) -> None:
@@ -210,3 +210,35 @@ def test_missing_optional_dependency_gives_one_clear_message(monkeypatch: pytest
 
     with pytest.raises(SystemExit, match=r"^error: int8 TFLite export / TFLite Micro needs onnx2tf: uv sync"):
         fit_budget.main(["--budget.flash_kb", "256", "--budget.ram_kb", "64"])
+
+
+# ----------------------------------------------------------------------------------- fit_budget run
+@pytest.mark.slow
+def test_fit_budget_end_to_end_fits_in_tflm(tmp_path: Path) -> None:
+    """Baseline → sweep → budget choice → cut + width → int8 export → TFLM, on a tiny fake CIFAR folder:
+    the chosen candidate is within the budget, TFLM's measured figures are what summary.json holds."""
+    tflite_installed()
+    from experiments import fit_budget, train
+    from lightning_modules.deploy.tflm import tflm_arena
+
+    root = fake_data.make_image_folder(tmp_path / "cifar", {"train": 16, "test": 4})
+    common = ["--data.root", str(root), "--data.batch_size", "16", "--model.width_mult", "0.25",
+              "--model.num_classes", "3", "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
+              "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+              "--trainer.accelerator", "cpu"]
+    base = json.loads(train.main([*common, "--trainer.max_epochs", "1"]).read_text())
+    summary = json.loads(fit_budget.main([
+        *common, "--baseline_ckpt", base["last_checkpoint"], "--budget.flash_kb", "200", "--budget.ram_kb", "64",
+        "--search.cuts", "[2, 4, 13]", "--search.widths", "[1.0, 0.5]", "--search.proxy_steps", "2",
+        "--search.proxy_images", "8", "--deploy.calib_images", "16"]).read_text())
+    result = summary["fit_budget"]
+    chosen, measured = result["chosen"], result["measured"]
+    assert chosen["flash_bytes"] <= 200 * KB and chosen["ram_bytes"] <= 64 * KB
+    assert [c["name"] for c in result["candidates"]] == [f"cut{k}_w{w:g}_32px" for k in (2, 4, 13) for w in (1.0, 0.5)]
+    assert all(c["acc"] is not None for c in result["candidates"])
+    tflite = Path(measured["tflite_path"])
+    assert measured["flash_bytes"] == tflite.stat().st_size
+    assert measured["arena_bytes"] == tflm_arena(tflite)["arena_bytes"]
+    assert result["fits_measured"] == (measured["flash_bytes"] <= 200 * KB and measured["arena_bytes"] <= 64 * KB)
+    assert summary["arch"]["num_blocks"] == chosen["cut"]
+    assert (tflite.parent / "fit_budget.png").is_file()

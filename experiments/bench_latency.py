@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from lightning_modules.deploy.export import export_onnx
+from lightning_modules.deploy.op_profile import onnx_op_profile, torch_op_profile
 from lightning_modules.deploy.profiling import count_macs, measure_latency_onnx, measure_latency_torch
 from lightning_modules.models.mobilenet_v1 import MobileNetV1
 
@@ -45,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", type=float, default=0.8, help="wanted speed-up / MAC ratio")
     parser.add_argument("--no_onnx", action="store_true", help="measure PyTorch only")
     parser.add_argument("--out", type=str, default=None, help="write the rows as JSON here")
+    parser.add_argument("--profile_ops", action="store_true",
+                        help="also record per-op-type time (onnxruntime profiler, torch.profiler)")
     return parser
 
 
@@ -76,6 +79,23 @@ def format_rows(rows: list[dict[str, Any]], backends: list[str]) -> str:
     return "\n".join(lines)
 
 
+def format_op_shares(rows: list[dict[str, Any]], top: int = 6) -> str:
+    """Each network's slowest op types (ms per inference) and the ratio to the unpruned net's time in
+    that op type, next to the MAC ratio."""
+    lines = []
+    for key in ("onnx_ops_ms", "torch_ops_ms"):
+        base = rows[0].get(key, {})
+        for row in rows:
+            ops = row.get(key)
+            if not ops:
+                continue
+            total = sum(ops.values())
+            shares = ", ".join(f"{op} {ms:.2f} ({base.get(op, float('nan')) / ms:.1f}×)"
+                               for op, ms in sorted(ops.items(), key=lambda kv: -kv[1])[:top])
+            lines.append(f"{key[:-7]:<5} {row['name']:<22} total {total:.2f} ms: {shares}")
+    return "\n".join(lines)
+
+
 def main(args: list[str] | None = None) -> list[dict[str, Any]]:
     """Measure every network; prints a table, writes ``--out`` (JSON) if given, returns the rows."""
     opts = build_parser().parse_args(args)
@@ -90,10 +110,16 @@ def main(args: list[str] | None = None) -> list[dict[str, Any]]:
             if "onnx" in backends:
                 path = export_onnx(net, Path(tmp) / f"{name}.onnx", size)
                 row["onnx_ms"] = measure_latency_onnx(path, size, opts.threads, opts.warmup, opts.runs)["median_ms"]
+                if opts.profile_ops:
+                    row["onnx_ops_ms"] = onnx_op_profile(path, size, opts.threads, opts.warmup, opts.runs)
+            if opts.profile_ops:
+                row["torch_ops_ms"] = torch_op_profile(net, size, opts.threads, opts.warmup, opts.runs)
             rows.append(row)
     add_ratios(rows, backends, opts.target)
     print(f"{size} px, batch 1, {opts.threads} thread(s), median of {opts.runs} runs; target sp/MACr ≥ {opts.target}")
     print(format_rows(rows, backends))
+    if opts.profile_ops:
+        print(format_op_shares(rows))
     if opts.out is not None:
         Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
         Path(opts.out).write_text(json.dumps(rows, indent=2))

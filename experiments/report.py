@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from experiments.deploy_report import deployment_sections
 from experiments.reproduce import (
     BIT_IDENTITY,
     by_seed,
@@ -345,6 +346,8 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
                   f"`uv run experiments/bench_latency.py --out {out.parent.name}/runs/{bench.name}`", "",
                   *bench_table(json.loads(bench.read_text())), ""]
     lines += speed_section(out.parent / "runs")
+
+    lines += deployment_sections(out.parent / "runs")
     lines += ["## Runs and how to reproduce them", "",
               "From a fresh clone (data in `../shared/data`, see README), in this order: each run's folder is "
               "fixed by its id, so the baseline checkpoint a later run starts from is set by the line after "

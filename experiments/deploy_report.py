@@ -1,0 +1,245 @@
+"""Deployment ground truth: export trained nets fully int8, run them in TFLite Micro, and put TFLM's
+arena and flash beside our estimates; the report sections for ``docs/RESULTS.md``.
+
+    python experiments/deploy_report.py --net baseline=PATH --net cut6=PATH ... \\
+        --calib_images 256 --out docs/runs/deploy_cifar10_32.json
+
+For each ``NAME=CHECKPOINT`` (any ImageClassifier checkpoint: unpruned, cut, width-pruned, both): fp32
+accuracy (PyTorch) and int8 accuracy (TFLM) on the same test images, the TFLM arena (bytes the
+interpreter allocates) against the calibrated estimate (:mod:`lightning_modules.deploy.tflm_estimate`)
+and the older activation-pair estimate (``peak_ram_int8``), the ``.tflite`` bytes against the calibrated
+and the older (``flash_int8``) estimates, and MACs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lightning_modules.deploy.profiling import tinyml_budget
+from lightning_modules.deploy.tflite import export_int8_tflite
+from lightning_modules.deploy.tflm import model_structure, tflm_arena, tflm_predict
+from lightning_modules.deploy.tflm_estimate import estimate_tflm
+from lightning_modules.pruning.budget import KB
+
+DEFAULT_DATA_ROOT = "../shared/data/cifar10-jpg.tar.gz"
+
+
+def eval_batches(data: Any, split: str, limit: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Normalised float ``(images, labels)`` batches of a set-up datamodule's ``split`` (``train`` or
+    ``test``), evaluation transform (no augmentation), at most ``limit`` images."""
+    loader = data.train_dataloader() if split == "train" else data.test_dataloader()
+    seen = 0
+    for images, labels in loader:
+        if limit is not None and seen >= limit:
+            return
+        if images.dtype == torch.uint8:
+            images = data.transform_batch(images, train=False)
+        take = len(labels) if limit is None else min(len(labels), limit - seen)
+        seen += take
+        yield images[:take].float(), labels[:take]
+
+
+def deploy_net(net: nn.Module, data: Any, tflite_path: str | Path, calib_images: int = 256,
+               eval_images: int | None = None) -> dict[str, Any]:
+    """Export ``net`` fully int8 (calibrated on the first ``calib_images`` training images), run it in
+    TFLM on ``eval_images`` test images (all: ``None``) and return measured and estimated figures."""
+    net = net.eval().cpu()
+    size = int(data.hparams.image_size)
+    calibration = np.concatenate([x.numpy() for x, _ in eval_batches(data, "train", calib_images)])
+    path = export_int8_tflite(net, tflite_path, calibration, size)
+    correct_fp32 = correct_int8 = agree = total = 0
+    for images, labels in eval_batches(data, "test", eval_images):
+        with torch.no_grad():
+            fp32 = net(images).argmax(1).numpy()
+        int8 = tflm_predict(path, images).argmax(1)
+        y = labels.numpy()
+        correct_fp32 += int((fp32 == y).sum())
+        correct_int8 += int((int8 == y).sum())
+        agree += int((fp32 == int8).sum())
+        total += len(y)
+    arena = tflm_arena(path)
+    estimate = estimate_tflm(net, size)
+    old = tinyml_budget(net, size)
+    row = {
+        "tflite_path": str(path),
+        "image_size": size,
+        "calib_images": len(calibration),
+        "eval_images": total,
+        "fp32_acc": correct_fp32 / max(total, 1),
+        "int8_acc": correct_int8 / max(total, 1),
+        "argmax_agreement": agree / max(total, 1),
+        **{k: arena[k] for k in ("arena_bytes", "arena_head_bytes", "arena_tail_bytes")},
+        "flash_bytes": path.stat().st_size,
+        "est_arena_bytes": estimate["arena_bytes"],
+        "est_arena_head_bytes": estimate["arena_head_bytes"],
+        "est_flash_bytes": estimate["flash_bytes"],
+        "old_est_peak_ram_int8": old["peak_ram_int8"],
+        "old_est_flash_int8": old["flash_int8"],
+        "params": old["params"],
+        "macs": old["macs"],
+        "structure": model_structure(path),
+    }
+    row["arena_error"] = row["est_arena_bytes"] / row["arena_bytes"] - 1
+    row["flash_error"] = row["est_flash_bytes"] / row["flash_bytes"] - 1
+    row["old_arena_error"] = row["old_est_peak_ram_int8"] / row["arena_bytes"] - 1
+    row["old_flash_error"] = row["old_est_flash_int8"] / row["flash_bytes"] - 1
+    return row
+
+
+# ------------------------------------------------------------------------------------------ plotting
+def plot_budget(candidates: list, budget: Any, chosen: Any, measured: dict[str, Any] | None,
+                path: str | Path) -> Path:
+    """Flash (predicted) vs predicted accuracy of every candidate, marker by whether it fits the RAM
+    limit, the flash limit as a line, the chosen candidate and the measured (TFLM) result."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lightning_modules.pruning.budget import fits
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for ok, marker, label in ((True, "o", "fits"), (False, "x", "over budget")):
+        rows = [c for c in candidates if fits(c, budget) == ok and c.acc is not None]
+        if rows:
+            ax.scatter([c.flash_bytes / KB for c in rows], [c.acc for c in rows], marker=marker,
+                       label=f"candidates ({label})", alpha=0.7)
+    ax.axvline(budget.flash_kb, color="red", linestyle="--", label=f"flash budget {budget.flash_kb:g} KB")
+    if chosen is not None and chosen.acc is not None:
+        ax.scatter([chosen.flash_bytes / KB], [chosen.acc], s=160, facecolors="none", edgecolors="black",
+                   linewidths=2, label=f"chosen {chosen.name} (predicted)")
+    if measured:
+        ax.scatter([measured["flash_bytes"] / KB], [measured["int8_acc"]], marker="*", s=200, color="gold",
+                   edgecolors="black", label="measured: TFLM int8 acc, .tflite bytes")
+    ax.set_xscale("log")
+    ax.set_xlabel(".tflite size, KB (predicted; log scale)")
+    ax.set_ylabel("top-1 accuracy (predicted)")
+    ax.set_title(f"Budget {budget.flash_kb:g} KB flash / {budget.ram_kb:g} KB RAM "
+                 f"(× = over the flash or RAM limit)", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------ report sections
+def _kb(n: float) -> str:
+    return f"{n / KB:.1f}"
+
+
+def deployment_table(rows: dict[str, dict[str, Any]]) -> list[str]:
+    lines = ["| net | MMACs | fp32 acc | int8 TFLM acc | TFLM arena KB | est. KB (err) | old est. KB (err) "
+             "| .tflite KB | est. KB (err) | old est. KB (err) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in rows.items():
+        lines.append(
+            f"| {name} | {r['macs'] / 1e6:.2f} | {r['fp32_acc']:.4f} | {r['int8_acc']:.4f} "
+            f"| {_kb(r['arena_bytes'])} | {_kb(r['est_arena_bytes'])} ({r['arena_error']:+.1%}) "
+            f"| {_kb(r['old_est_peak_ram_int8'])} ({r['old_arena_error']:+.1%}) "
+            f"| {_kb(r['flash_bytes'])} | {_kb(r['est_flash_bytes'])} ({r['flash_error']:+.1%}) "
+            f"| {_kb(r['old_est_flash_int8'])} ({r['old_flash_error']:+.1%}) |")
+    return lines
+
+
+def budget_rows(summaries: list[dict[str, Any]]) -> list[str]:
+    lines = ["| budget (flash / RAM) | candidates fitting | chosen | predicted acc | fp32 test acc "
+             "| int8 TFLM acc | .tflite KB (pred.) | TFLM arena KB (pred.) | fits |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---|"]
+    from lightning_modules.pruning.budget import Budget, Candidate, fits
+
+    for s in summaries:
+        fb = s["fit_budget"]
+        budget = Budget(**fb["budget"])
+        cands = [Candidate(**{k: v for k, v in c.items() if k != "name"}) for c in fb["candidates"]]
+        chosen, m = fb["chosen"], fb["measured"]
+        lines.append(
+            f"| {budget.flash_kb:g} KB / {budget.ram_kb:g} KB | {sum(fits(c, budget) for c in cands)}/{len(cands)} "
+            f"| {chosen['name']} | {chosen['acc']:.4f} | {m['fp32_acc']:.4f} | {m['int8_acc']:.4f} "
+            f"| {_kb(m['flash_bytes'])} ({_kb(chosen['flash_bytes'])}) | {_kb(m['arena_bytes'])} "
+            f"({_kb(chosen['ram_bytes'])}) | {'yes' if fb['fits_measured'] else 'NO'} |")
+    return lines
+
+
+def deployment_sections(runs_dir: str | Path = "docs/runs") -> list[str]:
+    """Markdown lines for ``docs/RESULTS.md``: the deployment table (``deploy_*.json``) and the budget
+    runs (``*/summary.json`` with a ``fit_budget`` entry), each with its command."""
+    runs_dir = Path(runs_dir)
+    lines: list[str] = []
+    for path in sorted(runs_dir.glob("deploy_*.json")):
+        doc = json.loads(path.read_text())
+        lines += [f"## Deployment in TFLite Micro ({path.stem})", "",
+                  f"`{doc.get('command', '')}`", "",
+                  f"int8: per-channel weights (FC per-tensor), int8 activations and input/output, calibrated on "
+                  f"{doc.get('calib_images')} training images; accuracies on {doc.get('eval_images')} test images. "
+                  "Arena: TFLM's own allocation report (host build). Error = estimate / TFLM − 1.", ""]
+        lines += deployment_table(doc["nets"]) + [""]
+    budget = []
+    for path in sorted(runs_dir.glob("*/summary.json")):
+        doc = json.loads(path.read_text())
+        if "fit_budget" in doc:
+            budget.append(doc)
+    if budget:
+        lines += ["## Pruning to a budget (fit_budget.py)", ""]
+        lines += [f"- `{s['fit_budget'].get('command', '')}`" for s in budget] + [""]
+        lines += budget_rows(budget) + [""]
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--net", action="append", required=True, metavar="NAME=CKPT",
+                        help="a checkpoint to deploy (repeat)")
+    parser.add_argument("--data_root", default=DEFAULT_DATA_ROOT, help="CIFAR-10 folder or archive")
+    parser.add_argument("--image_size", type=int, default=32)
+    parser.add_argument("--calib_images", type=int, default=256, help="training images for int8 calibration")
+    parser.add_argument("--eval_images", type=int, default=None, help="test images (default: all)")
+    parser.add_argument("--out_dir", default="outputs/deploy", help="where the .tflite files go")
+    parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    return parser
+
+
+def main(args: list[str] | None = None) -> dict[str, Any]:
+    import sys
+
+    from datamodules import CIFAR10DataModule
+    from lightning_modules.image_classifier import ImageClassifier
+
+    opts = build_parser().parse_args(args)
+    nets = dict(item.split("=", 1) for item in opts.net)
+    data = CIFAR10DataModule(root=opts.data_root, image_size=opts.image_size, batch_size=100, num_workers=0,
+                             train_subset=max(opts.calib_images, 10), eval_subset=opts.eval_images)
+    data.setup("fit")
+    data.setup("test")
+    rows = {}
+    for name, ckpt in nets.items():
+        module = ImageClassifier.load_from_checkpoint(ckpt, map_location="cpu")
+        rows[name] = {"checkpoint": ckpt, "arch": module.arch,
+                      **deploy_net(module.net, data, Path(opts.out_dir) / f"{name}.tflite", opts.calib_images,
+                                   opts.eval_images)}
+        r = rows[name]
+        print(f"{name}: fp32 {r['fp32_acc']:.4f} int8 {r['int8_acc']:.4f} | arena {r['arena_bytes']:,} "
+              f"est {r['est_arena_bytes']:,} ({r['arena_error']:+.1%}) | flash {r['flash_bytes']:,} "
+              f"est {r['est_flash_bytes']:,} ({r['flash_error']:+.1%})", flush=True)
+    doc = {"command": "python experiments/deploy_report.py " + " ".join(sys.argv[1:] if args is None else args),
+           "calib_images": opts.calib_images, "eval_images": next(iter(rows.values()))["eval_images"],
+           "nets": rows}
+    print("\n".join(deployment_table(rows)))
+    if opts.out:
+        Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(opts.out).write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    return doc
+
+
+if __name__ == "__main__":
+    main()

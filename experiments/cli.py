@@ -15,6 +15,7 @@ import logging
 import netrc
 import os
 import socket
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 
 import lightning as L
 import torch
+from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
@@ -228,9 +230,12 @@ def build_cli(
     """The CLI of an experiment script: parsed and instantiated, nothing run yet."""
     configure_wandb_mode()
     quiet_known_warnings()
-    parser_kwargs = {"default_config_files": [str(default_config)]} if default_config else {}
+    parser_kwargs: dict[str, Any] = {"default_config_files": [str(default_config)]} if default_config else {}
+    parser_kwargs["exit_on_error"] = False  # a parse error becomes one line below, not the whole usage text
     try:
         cli = instantiate_cli(cli_class, model_class, datamodule_class, args, project, parser_kwargs)
+    except ArgumentError as err:  # the command line or a --config file does not parse
+        raise ExperimentError(parse_error_message(err, sys.argv[1:] if args is None else args)) from None
     except ValueError as err:  # a constructor refused a configured value
         cause = root_cause(err)
         if isinstance(cause, KNOWN_ERRORS):
@@ -256,6 +261,14 @@ def instantiate_cli(cli_class: type[ExperimentCLI], model_class: type, datamodul
         save_config_kwargs={"overwrite": True},
         parser_kwargs=parser_kwargs,
     )
+
+
+def parse_error_message(err: Exception, args: list[str]) -> str:
+    """jsonargparse's message, with the ``--config`` files it read (its YAML errors name none)."""
+    configs = [a.split("=", 1)[1] if "=" in a else args[i + 1] for i, a in enumerate(args)
+               if (a == "--config" and i + 1 < len(args)) or a.startswith("--config=")]
+    where = f" (in --config {', '.join(configs)})" if configs and "config" in str(err).lower() else ""
+    return f"{err}{where}; `--help` lists every option"
 
 
 def root_cause(err: BaseException) -> BaseException:

@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from experiments import train
-from lightning_modules.models.aux_heads import HEAD_PRESETS, mobilenet_cut_arch
+from lightning_modules.models.adapters.mobilenet_v1 import mobilenet_cut_arch
+from lightning_modules.models.aux_heads import HEAD_PRESETS
 from lightning_modules.models.mobilenet_v1 import mobilenet_v1_channels
 from lightning_modules.pruning.width import keep_count
 from tests.fake_data import CIFAR_CLASSES, make_image_folder
@@ -41,8 +42,7 @@ def common_args(data: Path, out: Path) -> list[str]:
               "init_args": {"save_dir": str(out), "name": "", "version": "run"}}
     return [
         "--data", "datamodules.ImageFolderDataModule",
-        "--data.root", str(data), "--data.image_size", "32", "--data.batch_size", "6",
-        "--model.num_classes", "3", "--model.width_mult", str(WIDTH_MULT),
+        "--data.root", str(data), "--data.image_size", "32", "--data.batch_size", "6", "--model.width_mult", str(WIDTH_MULT),
         "--trainer.logger", json.dumps(logger),
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--trainer.accelerator", "cpu",

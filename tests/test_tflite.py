@@ -222,8 +222,7 @@ def test_fit_budget_end_to_end_fits_in_tflm(tmp_path: Path) -> None:
     from lightning_modules.deploy.tflm import tflm_arena
 
     root = fake_data.make_image_folder(tmp_path / "cifar", {"train": 16, "test": 4})
-    common = ["--data.root", str(root), "--data.batch_size", "16", "--model.width_mult", "0.25",
-              "--model.num_classes", "3", "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
+    common = ["--data.root", str(root), "--data.batch_size", "16", "--model.width_mult", "0.25", "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
               "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
               "--trainer.accelerator", "cpu"]
     base = json.loads(train.main([*common, "--trainer.max_epochs", "1"]).read_text())

@@ -71,7 +71,7 @@ def time_stage(datamodule: Any, opts: argparse.Namespace, cut_points: list[int] 
     if baseline is not None:
         model.load_state_dict(baseline)
     model.attach_aux_heads(head_channels_of(opts.head), cut_points)
-    model.freeze(["net"])
+    model.freeze_modules(["net"])
     trainer = L.Trainer(accelerator="gpu" if gpu else "cpu", devices=1, precision="bf16-mixed" if gpu else "32-true",
                         max_epochs=opts.epochs, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)

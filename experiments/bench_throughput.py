@@ -182,7 +182,7 @@ def run_ours(datamodule: Any, opts: argparse.Namespace, heads: bool, seed: int =
     model = ImageClassifier(num_classes=10, channels_last=gpu, compile=compiled)
     if heads:
         model.attach_aux_heads(REPLICATION_HEAD)
-        model.freeze(["net"])
+        model.freeze_modules(["net"])
     meter = Throughput(warmup=opts.warmup)
     trainer = L.Trainer(accelerator="gpu" if gpu else "cpu", devices=1, precision="bf16-mixed" if gpu else "32-true",
                         max_steps=opts.warmup + opts.steps, limit_val_batches=0, num_sanity_val_steps=0,

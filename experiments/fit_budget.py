@@ -33,12 +33,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from callbacks.width_pruners import width_pruners
 from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.auxiliary_sweep import AuxiliarySweep
 from callbacks.depth_prune import DepthPrune
 from callbacks.one_shot_prune import OneShotPrune
+from callbacks.pruning_base import width_pruners
 from datamodules import DatasetError, ImageFolderDataModule
 from experiments.cli import build_cli, close_logger, fit_and_test, load_baseline, write_summary
 from experiments.deploy_report import deploy_net, plot_budget

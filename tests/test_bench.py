@@ -101,12 +101,12 @@ def test_sweep_training_forward_stops_at_the_deepest_head() -> None:
     import torch
 
     from lightning_modules.image_classifier import ImageClassifier
-    from lightning_modules.models.aux_heads import tap_features
+    from lightning_modules.models.adapters.mobilenet_v1 import tap_features
 
     torch.manual_seed(0)
     model = ImageClassifier(num_classes=10, width_mult=0.25)
     model.attach_aux_heads((8,), cut_points=[3])
-    model.freeze(["net"])
+    model.freeze_modules(["net"])
     model.train()
     ran: list[int] = []
     for k, block in enumerate(model.net.feature_modules):

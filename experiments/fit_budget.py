@@ -40,14 +40,18 @@ from callbacks.depth_prune import DepthPrune
 from callbacks.one_shot_prune import OneShotPrune
 from callbacks.pruning_base import width_pruners
 from datamodules import DatasetError, ImageFolderDataModule
-from experiments.cli import build_cli, close_logger, fit_and_test, load_baseline, write_summary
+from experiments.cli import build_cli, close_logger, exits_cleanly, fit_and_test, load_baseline, write_summary
 from experiments.deploy_report import deploy_net, plot_budget
 from experiments.depth_prune import DepthPruneCLI, check_stages
 from lightning_modules.deploy.profiling import count_macs, measure_latency_onnx
 from lightning_modules.deploy.tflite import MissingDependency, require_tflite
 from lightning_modules.deploy.tflm_estimate import estimate_tflm
 from lightning_modules.image_classifier import ImageClassifier
-from lightning_modules.models.aux_heads import mobilenet_cut_arch
+from lightning_modules.models.adapters.mobilenet_v1 import (
+    mobilenet_cut_arch,
+    mobilenet_v1_arch_after_pruning,
+    rebuild_mobilenet_v1,
+)
 from lightning_modules.models.mobilenet_v1 import MobileNetV1
 from lightning_modules.pruning.budget import (
     KB,
@@ -61,7 +65,7 @@ from lightning_modules.pruning.budget import (
     grid,
 )
 from lightning_modules.pruning.criteria import make_criterion
-from lightning_modules.pruning.width import mobilenet_v1_arch_after_pruning, prune_model, rebuild_mobilenet_v1
+from lightning_modules.pruning.width import prune_model
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "budget" / "cifar10_32.yaml"
 
@@ -217,6 +221,7 @@ class BudgetChoice(L.Callback):
 
 
 # ----------------------------------------------------------------------------------------------- main
+@exits_cleanly
 def main(args: list[str] | None = None) -> Path:
     """Search, choose, prune, fine-tune, export and check in TFLM; returns the ``summary.json`` path."""
     started = time.time()
@@ -242,8 +247,11 @@ def main(args: list[str] | None = None) -> Path:
     if len(widths) != 1 or sweep.epochs < 1:
         raise SystemExit("error: fit_budget needs the sweep (--sweep.epochs ≥ 1) and one OneShotPrune "
                          "callback (the config's width stage)")
-    check_stages(trainer, sweep, prune)
+    if model.hparams.backbone != "mobilenet_v1":
+        raise SystemExit(f"error: fit_budget searches MobileNetV1 cut points and widths; --model.backbone "
+                         f"{model.hparams.backbone!r} is not supported (use mobilenet_v1)")
     image_size = int(data.hparams.image_size)
+    check_stages(trainer, sweep, prune, model.net, image_size)
     cuts = search.cuts if search.cuts is not None else list(range(0, len(model.net.blocks) + 1))
     candidates = size_candidates(model.arch, cuts, search.widths, sweep.head_channels, image_size,
                                  latency=budget.latency_ms is not None)

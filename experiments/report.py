@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from experiments.backbone_report import MOBILENET_V1, backbone_of, backbone_section
 from experiments.width_report import plot_width_rows, width_rows, width_table
 from lightning_modules.deploy.profiling import measure_latency_torch, tinyml_budget
 from lightning_modules.models.adapters import build_net
@@ -257,6 +258,8 @@ def width_section(rows: list[dict], depth_rows: list[dict], out: Path) -> list[s
 
 
 def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
+    every = summaries
+    summaries = [s for s in summaries if backbone_of(s) == MOBILENET_V1]  # timm runs: their own section
     depth = [s for s in summaries if s.get("stage") == "depth_prune"]
     baselines = [s for s in summaries if s.get("stage") == "baseline"]
     depth_rows = list(latest_by(depth, lambda s: (s.get("dataset"), s.get("image_size"), s.get("init"),
@@ -319,6 +322,7 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
         lines += [f"## Latency benchmark ({bench.stem})", "",
                   f"`uv run experiments/bench_latency.py --out {bench.as_posix()}`", "",
                   *bench_table(json.loads(bench.read_text())), ""]
+    lines += backbone_section(every)
     lines += ["## Runs and how to reproduce them", "",
               "Each run folder holds the resolved `config.yaml`; `--config <run>/config.yaml` repeats the run.", ""]
     for s in summaries:

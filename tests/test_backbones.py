@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.utilities.model_summary import ModelSummary
 
 from callbacks import ADMMPrune, BNSlimming, GradualPrune, OneShotPrune
-from experiments import depth_prune, profile_model, train, width_prune
+from experiments import depth_prune, profile_model, report, train, width_prune
 from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.models.adapters import ArchitectureMismatch, build_net
 from lightning_modules.pruning.criteria import make_criterion
@@ -196,6 +196,10 @@ def test_one_shot_width_prune_with_distillation_on_timm(backbone: str, folder: P
     model = ImageClassifier.load_from_checkpoint(summary["best_checkpoint"], map_location="cpu")
     assert model.arch == summary["arch"]
     assert sum(p.numel() for p in model.net.parameters()) == summary["params"]
+    text = report.main(["--runs", str(tmp_path / "logs"), "--out", str(tmp_path / "docs" / "RESULTS.md"),
+                        "--latency_runs", "0"]).read_text()
+    assert f"| {backbone} | CIFAR10 | 32 | width | oneshot l2_norm, sparsity 0.5 + distillation | 2 " in text
+    assert "## Width (channel) pruning" not in text  # the MobileNetV1 tables hold MobileNetV1 runs only
 
 
 def test_resrep_on_timm_is_refused_before_training(folder: Path, tmp_path: Path) -> None:
@@ -244,3 +248,19 @@ def test_every_width_method_on_timm_families(backbone: str, method: str, folder:
     module.eval(), reloaded.eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(x), module(x))
+
+
+@pytest.mark.slow
+def test_width_prune_with_distillation_on_timm_resumes_exactly(folder: Path, tmp_path: Path) -> None:
+    """Killed after the prune, resumed: the pruned net and the teacher come back from the checkpoint."""
+    backbone = "mobilenetv3_small_050"
+    base = json.loads(train.main([*cli_args(folder, tmp_path / "base", backbone), "--trainer.max_epochs", "1"])
+                      .read_text())
+    args = [*cli_args(folder, tmp_path / "logs", backbone), "--baseline_ckpt", base["last_checkpoint"],
+            "--trainer.max_epochs", "2", "--trainer.callbacks+=callbacks.OneShotPrune",
+            "--trainer.callbacks.sparsity", "0.5", "--trainer.callbacks+=callbacks.Distillation"]
+    straight = json.loads(width_prune.main(args).read_text())
+    killed = json.loads(width_prune.main([*args, *STOP_AFTER, "0"]).read_text())
+    assert killed["epochs"] == 1 and killed["arch"] == straight["arch"]
+    resumed = json.loads(width_prune.main([*args, "--ckpt_path", killed["last_checkpoint"]]).read_text())
+    assert_same_weights(load_weights(straight["last_checkpoint"]), load_weights(resumed["last_checkpoint"]))

@@ -128,7 +128,7 @@ def prune_width(
     rate = flops_preserve_rate(before["macs"], after["macs"])
     removed = sum(len(v) for v in plan.values())
     rank_zero_info(f"Width pruning ({criterion!r}): removed {removed} channels at epoch {trainer.current_epoch}; "
-                   f"channels {arch.get('channels', arch.get('structure'))}")
+                   f"channels {arch.get('channels') or str(len(arch['structure'].get('layers', {}))) + ' layers sliced'}")
     log_scalars(trainer, {f"{tag}/params": after["params"], f"{tag}/macs": after["macs"],
                           f"{tag}/flops_preserve_rate": rate,
                           f"{tag}/params_ratio": after["params"] / before["params"],

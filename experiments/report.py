@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from experiments.backbone_report import MOBILENET_V1, backbone_of, backbone_section
 from experiments.deploy_report import deployment_sections
 from experiments.reproduce import (
     BIT_IDENTITY,
@@ -273,6 +274,8 @@ def width_section(rows: list[dict], depth_rows: list[dict], out: Path) -> list[s
 
 
 def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
+    every = summaries
+    summaries = [s for s in summaries if backbone_of(s) == MOBILENET_V1]  # timm runs: their own section
     depth = [s for s in summaries if s.get("stage") == "depth_prune"]
     baselines = [s for s in summaries if s.get("stage") == "baseline"]
     def depth_key(s: dict) -> tuple:
@@ -348,6 +351,8 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
     lines += speed_section(out.parent / "runs")
 
     lines += deployment_sections(out.parent / "runs")
+
+    lines += backbone_section(every)
     lines += ["## Runs and how to reproduce them", "",
               "From a fresh clone (data in `../shared/data`, see README), in this order: each run's folder is "
               "fixed by its id, so the baseline checkpoint a later run starts from is set by the line after "

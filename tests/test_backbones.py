@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.utilities.model_summary import ModelSummary
 
 from callbacks import ADMMPrune, BNSlimming, GradualPrune, OneShotPrune
-from experiments import depth_prune, profile_model, train, width_prune
+from experiments import depth_prune, profile_model, report, train, width_prune
 from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.models.adapters import ArchitectureMismatch, build_net
 from lightning_modules.pruning.criteria import make_criterion
@@ -58,6 +58,15 @@ def cli_args(folder: Path, out: Path, backbone: str) -> list[str]:
     ]
 
 
+def save_checkpoint(module: L.LightningModule, path: Path) -> Path:
+    """``module`` as a Lightning checkpoint file, without training it."""
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, max_epochs=0)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(path)
+    return path
+
+
 def test_default_mobilenet_v1_weights_are_unchanged() -> None:
     L.seed_everything(0, verbose=False)
     assert state_hash(ImageClassifier()) == MOBILENET_V1_SEED0_SHA256
@@ -81,10 +90,7 @@ def test_cut_and_width_pruned_timm_net_reloads_with_identical_outputs(backbone: 
     assert module.hparams.structure["cut"] == 2 and module.hparams.structure["layers"]
     json.dumps(module.hparams.structure)  # plain JSON: the checkpoint alone rebuilds the network
 
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, max_epochs=0)
-    trainer.strategy.connect(module)
-    trainer.save_checkpoint(tmp_path / "pruned.ckpt")
+    save_checkpoint(module, tmp_path / "pruned.ckpt")
     reloaded = ImageClassifier.load_from_checkpoint(tmp_path / "pruned.ckpt", map_location="cpu")
     x = torch.randn(4, 3, 32, 32)
     module.eval(), reloaded.eval()
@@ -101,9 +107,7 @@ def test_profile_and_onnx_export_of_a_cut_pruned_timm_checkpoint(backbone: str, 
     prune_model(module.net, make_criterion("l1_norm"), 0.5, torch.randn(1, 3, 32, 32))
     pruned, arch = module.adapter.after_width_prune(module.net)
     module.rebuild_net(pruned, **arch)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, max_epochs=0)
-    trainer.strategy.connect(module)
-    trainer.save_checkpoint(tmp_path / "net.ckpt")
+    save_checkpoint(module, tmp_path / "net.ckpt")
     results = profile_model.main(["--ckpt", str(tmp_path / "net.ckpt"), "--image_size", "32",
                                   "--onnx", str(tmp_path / "net.onnx")])
     assert results["params"] == sum(p.numel() for p in module.net.parameters())
@@ -119,9 +123,7 @@ def test_mismatching_network_or_weights_is_one_clear_error(tmp_path: Path) -> No
     with pytest.raises(ArchitectureMismatch, match=r"'fc.weight' has shape \(5, 512\).*\(3, 512\)"):
         module.rebuild_net(other, **module.arch)
     mobilenet = ImageClassifier(num_classes=3, width_mult=0.25)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, max_epochs=0)
-    trainer.strategy.connect(mobilenet)
-    trainer.save_checkpoint(tmp_path / "mobilenet.ckpt")
+    save_checkpoint(mobilenet, tmp_path / "mobilenet.ckpt")
     state = torch.load(tmp_path / "mobilenet.ckpt", weights_only=False)
     state["state_dict"]["net.blocks.2.pw.0.weight"] = torch.zeros(7, 32, 1, 1)
     torch.save(state, tmp_path / "broken.ckpt")
@@ -196,13 +198,15 @@ def test_one_shot_width_prune_with_distillation_on_timm(backbone: str, folder: P
     model = ImageClassifier.load_from_checkpoint(summary["best_checkpoint"], map_location="cpu")
     assert model.arch == summary["arch"]
     assert sum(p.numel() for p in model.net.parameters()) == summary["params"]
+    text = report.main(["--runs", str(tmp_path / "logs"), "--out", str(tmp_path / "docs" / "RESULTS.md"),
+                        "--latency_runs", "0"]).read_text()
+    assert f"| {backbone} | CIFAR10 | 32 | width | oneshot l2_norm, sparsity 0.5 + distillation | 2 " in text
+    assert "## Width (channel) pruning" not in text  # the MobileNetV1 tables hold MobileNetV1 runs only
 
 
 def test_resrep_on_timm_is_refused_before_training(folder: Path, tmp_path: Path) -> None:
     base = ImageClassifier(backbone="resnet10t", num_classes=3)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, max_epochs=0)
-    trainer.strategy.connect(base)
-    trainer.save_checkpoint(tmp_path / "base.ckpt")
+    save_checkpoint(base, tmp_path / "base.ckpt")
     with pytest.raises(SystemExit, match="RepPrune .* not supported for backbone 'resnet10t'"):
         width_prune.main([*cli_args(folder, tmp_path / "logs", "resnet10t"), "--baseline_ckpt",
                           str(tmp_path / "base.ckpt"), "--trainer.max_epochs", "3",
@@ -244,3 +248,19 @@ def test_every_width_method_on_timm_families(backbone: str, method: str, folder:
     module.eval(), reloaded.eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(x), module(x))
+
+
+@pytest.mark.slow
+def test_width_prune_with_distillation_on_timm_resumes_exactly(folder: Path, tmp_path: Path) -> None:
+    """Killed after the prune, resumed: the pruned net and the teacher come back from the checkpoint."""
+    backbone = "mobilenetv3_small_050"
+    base = json.loads(train.main([*cli_args(folder, tmp_path / "base", backbone), "--trainer.max_epochs", "1"])
+                      .read_text())
+    args = [*cli_args(folder, tmp_path / "logs", backbone), "--baseline_ckpt", base["last_checkpoint"],
+            "--trainer.max_epochs", "2", "--trainer.callbacks+=callbacks.OneShotPrune",
+            "--trainer.callbacks.sparsity", "0.5", "--trainer.callbacks+=callbacks.Distillation"]
+    straight = json.loads(width_prune.main(args).read_text())
+    killed = json.loads(width_prune.main([*args, *STOP_AFTER, "0"]).read_text())
+    assert killed["epochs"] == 1 and killed["arch"] == straight["arch"]
+    resumed = json.loads(width_prune.main([*args, "--ckpt_path", killed["last_checkpoint"]]).read_text())
+    assert_same_weights(load_weights(straight["last_checkpoint"]), load_weights(resumed["last_checkpoint"]))

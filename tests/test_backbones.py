@@ -152,7 +152,8 @@ def test_model_summary_counts_flops(backbone: str) -> None:
 def test_cli_run_with_the_model_summary(folder: Path, tmp_path: Path) -> None:
     """The summary runs the example input through the datamodule's batch hook and the network."""
     summary = json.loads(train.main([*cli_args(folder, tmp_path, "resnet10t"), "--trainer.fast_dev_run", "true",
-                                     "--trainer.enable_model_summary", "true"]).read_text())
+                                     "--trainer.enable_model_summary", "true",
+                                     "--trainer.default_root_dir", str(tmp_path)]).read_text())
     assert summary["arch"]["num_classes"] == 3
 
 

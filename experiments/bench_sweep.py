@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from experiments.bench_throughput import DEFAULT_ROOT
+from experiments.bench_throughput import DEFAULT_ROOT, resolve_device
 
 
 def parse(args: list[str] | None = None) -> argparse.Namespace:
@@ -46,10 +46,7 @@ def parse(args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline_ckpt", default=None, help="backbone weights (timing does not depend on them)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     opts = parser.parse_args(args)
-    if opts.device == "auto":
-        opts.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if opts.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
+    resolve_device(parser, opts)
     if opts.epochs <= 0 or opts.rounds <= 0:
         parser.error("--epochs and --rounds must be positive")
     if not 0 <= opts.cut <= 13:

@@ -59,10 +59,7 @@ def parse(args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--matmul_size", type=int, default=None, help="side of the peak matmul")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     opts = parser.parse_args(args)
-    if opts.device == "auto":
-        opts.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if opts.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
+    resolve_device(parser, opts)
     opts.image_size = opts.image_size or (224 if opts.device == "cuda" else 32)
     opts.matmul_size = opts.matmul_size or (8192 if opts.device == "cuda" else 2048)
     for name in ("batch_size", "steps", "rounds", "image_size", "matmul_size"):
@@ -224,6 +221,14 @@ def summarise(runs: list[dict], peaks: list[float], macs: int, names: list[str])
         out["heads_overhead"] = statistics.median(
             by[(i, "ours")]["img_per_s"] / by[(i, "ours_heads")]["img_per_s"] - 1.0 for i in rounds)
     return out
+
+
+def resolve_device(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> None:
+    """``--device auto`` → ``cuda`` when a GPU is present, else ``cpu``; ``cuda`` without one is an error."""
+    if opts.device == "auto":
+        opts.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if opts.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
 
 
 def main(args: list[str] | None = None) -> dict[str, Any]:

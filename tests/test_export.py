@@ -47,6 +47,7 @@ def trained_like(net: nn.Module, seed: int = 0) -> nn.Module:
                 m.bias.copy_(torch.rand(m.num_features, generator=gen) * 0.4 - 0.2)
             elif isinstance(m, nn.Linear):
                 m.weight.normal_(0.0, 0.5, generator=gen)
+                m.bias.normal_(0.0, 0.1, generator=gen)
     return net.eval()
 
 

@@ -31,6 +31,7 @@ from lightning_modules.pruning.budget import (
     overshoot,
 )
 from tests import fake_data
+from tests.test_export import trained_like
 
 IMAGE_SIZE = 32
 
@@ -40,22 +41,6 @@ def tflite_installed() -> None:
         require_tflite()
     except MissingDependency as err:
         pytest.skip(f"optional dependency group not installed: {err}")
-
-
-def trained_like(net: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BatchNorm statistics, non-zero biases and a larger classifier: logits of O(1)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=gen) * 0.4 - 0.2)
-            elif isinstance(m, nn.Linear):
-                m.weight.normal_(0.0, 0.5, generator=gen)
-                m.bias.normal_(0.0, 0.1, generator=gen)
-    return net.eval()
 
 
 # ----------------------------------------------------------------------------- export → TFLite Micro

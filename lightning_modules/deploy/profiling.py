@@ -139,10 +139,16 @@ class _Tracer(TorchFunctionMode):
 @torch.no_grad()
 def trace_activations(model: nn.Module, image_size: int = 224, in_chans: int = 3) -> ActivationTrace:
     """Run ``model`` once at batch 1 in eval mode and record its activation buffers and ops in order."""
+    return run_traced(model, _Tracer(model), image_size, in_chans).trace
+
+
+@torch.no_grad()
+def run_traced(model: nn.Module, tracer: _Tracer, image_size: int, in_chans: int = 3) -> _Tracer:
+    """Run ``model`` once at batch 1 in eval mode under ``tracer`` (a :class:`_Tracer` or a subclass);
+    returns the tracer with what it recorded."""
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     x = torch.zeros(1, in_chans, image_size, image_size, device=device)
-    tracer = _Tracer(model)
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
     handles = [h for m in leaves for h in (m.register_forward_pre_hook(tracer.pre_hook),
                                            m.register_forward_hook(tracer.hook))]
@@ -157,7 +163,7 @@ def trace_activations(model: nn.Module, image_size: int = 224, in_chans: int = 3
         model.train(was_training)
         for h in handles:
             h.remove()
-    return tracer.trace
+    return tracer
 
 
 def peak_live_elements(trace: ActivationTrace) -> int:

@@ -27,10 +27,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
-from lightning_modules.deploy.profiling import ActivationTrace, _Tracer
+from lightning_modules.deploy.profiling import ActivationTrace, _Tracer, run_traced
 
 #: TFLM aligns every arena buffer to this many bytes (MicroArenaBufferAlignment()).
 ALIGN: int = 16
@@ -158,28 +157,9 @@ class _GraphTracer(_Tracer):
         return out
 
 
-@torch.no_grad()
 def tflite_graph(model: nn.Module, image_size: int, in_chans: int = 3) -> TfliteGraph:
     """Trace ``model`` at batch 1 into the int8 TFLite graph the export produces."""
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    x = torch.zeros(1, in_chans, image_size, image_size, device=device)
-    tracer = _GraphTracer(model)
-    leaves = [m for m in model.modules() if next(m.children(), None) is None]
-    handles = [h for m in leaves for h in (m.register_forward_pre_hook(tracer.pre_hook),
-                                           m.register_forward_hook(tracer.hook))]
-    was_training = model.training
-    model.eval()
-    try:
-        tracer.trace.inputs = tracer.buffers(x)
-        with tracer:
-            out = model(x)
-        tracer.trace.outputs = tracer.buffers(out)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    return tracer.graph
+    return run_traced(model, _GraphTracer(model), image_size, in_chans).graph
 
 
 def _align(n: int) -> int:

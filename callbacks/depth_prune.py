@@ -21,6 +21,7 @@ from callbacks.stages import (
     run_dir,
 )
 from lightning_modules.deploy.profiling import model_cost
+from lightning_modules.models.adapters import adapter_of_net
 from lightning_modules.models.aux_heads import head_channels_of
 from lightning_modules.pruning.depth_cut import Baseline, CutPoint, choose_cut
 from lightning_modules.reporting.sweep import format_sweep_table, log_sweep_to_wandb, write_sweep_report
@@ -81,7 +82,7 @@ class DepthPrune(PruningCallback):
                                  "give an epoch >= 0 and a tolerance in [0, 1), e.g. 0.01 for one point")
 
     def check_network(self, net: nn.Module, layer_names: Collection[str]) -> None:
-        blocks = len(net.blocks)
+        blocks = len(adapter_of_net(net).cut_points(net)) - 1  # cut point 0 is after the stem
         if self.block is not None and not 0 <= self.block <= blocks:
             raise settings_error(self, "block", self.block, f"is no cut point of the network (0 = after the stem, "
                                  f"{blocks} = after its last block)", f"give a block in [0, {blocks}]")

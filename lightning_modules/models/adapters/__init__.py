@@ -19,12 +19,13 @@ from lightning_modules.models.adapters.base import (
 )
 from lightning_modules.models.adapters.mobilenet_v1 import MobileNetV1Adapter
 from lightning_modules.models.adapters.timm import TimmAdapter
+from lightning_modules.models.mobilenet_v1 import MobileNetV1
 
 #: The default backbone.
 MOBILENET_V1 = "mobilenet_v1"
 
 __all__ = ["ArchitectureMismatch", "BackboneAdapter", "CutPointInfo", "MOBILENET_V1", "MobileNetV1Adapter",
-           "TimmAdapter", "adapter_for", "build_net", "check_same_architecture"]
+           "TimmAdapter", "adapter_for", "adapter_of_net", "build_net", "check_same_architecture"]
 
 
 def adapter_for(arch: Mapping[str, Any]) -> BackboneAdapter:
@@ -39,3 +40,13 @@ def adapter_for(arch: Mapping[str, Any]) -> BackboneAdapter:
 def build_net(arch: Mapping[str, Any]) -> nn.Module:
     """A network of any backbone from its description (``pl_module.arch``, ``describe_net``)."""
     return adapter_for(arch).build(arch)
+
+
+def adapter_of_net(net: nn.Module) -> BackboneAdapter:
+    """The adapter of a built, uncut network: a MobileNetV1, or a timm model (which records its name)."""
+    if isinstance(net, MobileNetV1):
+        return MobileNetV1Adapter()
+    name = (getattr(net, "pretrained_cfg", None) or {}).get("architecture")
+    if not name:
+        raise ValueError(f"{type(net).__name__} is neither MobileNetV1 nor a timm model; no adapter knows it")
+    return TimmAdapter(name)

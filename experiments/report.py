@@ -394,9 +394,13 @@ def speed_section(runs: Path) -> list[str]:
                   f"interleaved rounds in one process, {r['threads']} thread(s); {r['note']}. Peak: dense matmul "
                   f"{r['peak_flops_median'] / 1e9:.1f} GFLOP/s measured in the same run; a training step counts "
                   f"3 × 2 × {r['macs_per_image'] / 1e6:.1f} M MACs per image.", "",
-                  "| pipeline | img/s (end to end) | × plain | % of matmul peak |", "|---|---|---|---|"]
+                  "| pipeline | img/s (end to end) | × plain, median (per round) | % of matmul peak |", "|---|---|---|---|"]
+        rounds = {(x["round"], x["pipeline"]): x["img_per_s"] for x in r.get("runs", [])}
         for name, value in ips.items():
-            ratio = "1.00" if name == "plain" else f"{r.get(f'ratio_{name}_vs_plain', float('nan')):.2f}"
+            per_round = ", ".join(f"{rounds[(i, name)] / rounds[(i, 'plain')]:.2f}" for i in range(r["rounds"])
+                                  if (i, name) in rounds and rounds.get((i, "plain")))
+            ratio = "1.00" if name == "plain" else \
+                f"{r.get(f'ratio_{name}_vs_plain', float('nan')):.2f} (rounds: {per_round})"
             pct = f"{100 * frac[name]:.1f}" if name in frac else "—"
             lines.append(f"| {name} | {value:.1f} | {ratio} | {pct} |")
         if "heads_overhead" in r:

@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-SCRIPTS = {"depth_prune": "depth_prune.py", "width_prune": "width_prune.py", "baseline": "train.py"}
+SCRIPTS = {"depth_prune": "depth_prune.py", "width_prune": "width_prune.py", "baseline": "train.py",
+           "fit_budget": "fit_budget.py"}
 _ABSOLUTE = re.compile(r"(?<![\w.~:/-])/[\w.@+=-]+(?:/[\w.@+=-]+)+")
 
 BIT_IDENTITY = (

@@ -77,9 +77,11 @@ class DepthPrune(PruningCallback):
         check_choice(self, "rule", self.rule, ("tolerance", "knee"))
         check_choice(self, "init", self.init, ("original", "original_fresh_head", "random"))
         check_choice(self, "finetune", self.finetune, ("all", "head"))
-        if self.epoch < 0 or not 0.0 <= self.tolerance < 1.0:
-            raise settings_error(self, "epoch, tolerance", (self.epoch, self.tolerance), "out of range",
-                                 "give an epoch >= 0 and a tolerance in [0, 1), e.g. 0.01 for one point")
+        if self.epoch < 0:
+            raise settings_error(self, "epoch", self.epoch, "is negative", "give an epoch >= 0")
+        if not 0.0 <= self.tolerance <= 1.0:  # 1.0: any cut qualifies, so the smallest one is chosen
+            raise settings_error(self, "tolerance", self.tolerance, "is not an accuracy drop in [0, 1]",
+                                 "give a fraction, e.g. 0.01 for one point")
 
     def check_network(self, net: nn.Module, layer_names: Collection[str]) -> None:
         blocks = len(adapter_of_net(net).cut_points(net)) - 1  # cut point 0 is after the stem

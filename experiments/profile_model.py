@@ -93,7 +93,7 @@ def cifar10_batches(
     from datamodules import CIFAR10DataModule
 
     data = CIFAR10DataModule(
-        root=root, image_size=image_size, batch_size=batch_size, num_workers=0,
+        root=root, image_size=image_size, batch_size=min(batch_size, images), num_workers=0,
         # fitting also builds the validation set from the test split: a subset keeps it from being decoded whole
         train_subset=images if split == "train" else None, eval_subset=images,
     )

@@ -1,4 +1,7 @@
-"""A callback for tests: SIGKILL the process at a given training batch, as a crash or an OOM killer would."""
+"""A callback for tests: SIGKILL the run at a given training batch, as a crash or a job scheduler would.
+
+The run is started in a session of its own, so the whole process group goes, W&B's service process
+included (left alive, it would hold the run id for a while and a prompt resume would find it in use)."""
 
 import os
 import signal
@@ -13,4 +16,4 @@ class KillAt(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: object,
                              batch_idx: int) -> None:
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.killpg(os.getpgid(0), signal.SIGKILL)

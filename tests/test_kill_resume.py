@@ -47,7 +47,7 @@ STAGES: dict[str, tuple[int, int]] = {
 def run(args: list[str], cache: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "TINYML_CACHE_DIR": str(cache)}
     return subprocess.run([sys.executable, "experiments/depth_prune.py", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=900, start_new_session=True)
 
 
 def last_weights(out: Path, run_id: str) -> dict[str, torch.Tensor]:

@@ -84,10 +84,11 @@ class DepthPrune(PruningCallback):
                                  "give a fraction, e.g. 0.01 for one point")
 
     def check_network(self, net: nn.Module, layer_names: Collection[str]) -> None:
-        blocks = len(adapter_of_net(net).cut_points(net)) - 1  # cut point 0 is after the stem
-        if self.block is not None and not 0 <= self.block <= blocks:
-            raise settings_error(self, "block", self.block, f"is no cut point of the network (0 = after the stem, "
-                                 f"{blocks} = after its last block)", f"give a block in [0, {blocks}]")
+        last = len(adapter_of_net(net).cut_points(net)) - 1  # cut point 0: the earliest (e.g. after the stem)
+        if self.block is not None and not 0 <= self.block <= last:
+            raise settings_error(self, "block", self.block,
+                                 f"is no cut point of the network (its cut points are 0 = the earliest, e.g. after "
+                                 f"the stem, to {last} = the last)", f"give a block in [0, {last}]")
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.done or trainer.current_epoch < self.epoch:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -141,12 +141,17 @@ def quantize_int8(
 def onnx_accuracy(onnx_path: str | Path, dataloader: Iterable[Any], threads: int | None = None) -> float:
     """Top-1 accuracy of an ONNX classifier over ``(images, labels)`` float batches."""
     session = onnx_session(onnx_path, threads)
+    return top1_accuracy(lambda images: run_onnx(session, images), dataloader, "onnx_accuracy")[0]
+
+
+def top1_accuracy(predict: Callable[[Any], np.ndarray], batches: Iterable[Any], who: str) -> tuple[float, int]:
+    """Top-1 accuracy of ``predict`` (images → logits) over ``(images, labels)`` batches, and the image count."""
     correct = total = 0
-    for images, labels in dataloader:
-        predicted = run_onnx(session, images).argmax(axis=1)
+    for images, labels in batches:
+        predicted = predict(images).argmax(axis=1)
         labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
         correct += int((predicted == labels).sum())
         total += len(labels)
     if total == 0:
-        raise ValueError("onnx_accuracy: the dataloader yielded no images")
-    return correct / total
+        raise ValueError(f"{who}: no images")
+    return correct / total, total

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lightning_modules.deploy.export import top1_accuracy
 from lightning_modules.deploy.tflite import require_tflite, to_nhwc
 
 _TOTAL = re.compile(r"Arena allocation (total|head|tail) (\d+) bytes")
@@ -110,15 +111,7 @@ def tflm_predict(model: bytes | str | Path, images: np.ndarray | torch.Tensor) -
 def tflm_accuracy(model: bytes | str | Path, batches: Iterable[tuple[Any, Any]]) -> tuple[float, int]:
     """Top-1 accuracy of the int8 model in TFLM over ``(images, labels)`` batches, and the image count."""
     data = read_model(model)
-    correct = total = 0
-    for images, labels in batches:
-        predicted = tflm_predict(data, images).argmax(axis=1)
-        labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-        correct += int((predicted == labels).sum())
-        total += len(labels)
-    if total == 0:
-        raise ValueError("tflm_accuracy: no images")
-    return correct / total, total
+    return top1_accuracy(lambda images: tflm_predict(data, images), batches, "tflm_accuracy")
 
 
 def model_structure(model: bytes | str | Path) -> dict[str, Any]:

@@ -1,7 +1,6 @@
 """A callback for tests: SIGKILL the run at a given training batch, as a crash or a job scheduler would.
 
-The run is started in a session of its own, so the whole process group goes, W&B's service process
-included (left alive, it would hold the run id for a while and a prompt resume would find it in use)."""
+The run is started in a session of its own, so its whole process group goes (DataLoader workers too)."""
 
 import os
 import signal

@@ -9,6 +9,7 @@ of epochs 6, 7 and 8.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -50,6 +51,15 @@ def run(args: list[str], cache: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900, start_new_session=True)
 
 
+def csv_logger(out: Path, run_id: str) -> list[str]:
+    """The run's folder ``<out>/tinyml-pruning/<run_id>`` through a CSV logger: W&B's service process
+    outlives a SIGKILL of the run (it runs in a session of its own) and holds the run id for a while, so
+    a prompt resume under the same W&B id can find it in use; the resume itself is what is tested here."""
+    logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
+              "init_args": {"save_dir": str(out), "name": "tinyml-pruning", "version": run_id}}
+    return ["--trainer.logger", json.dumps(logger)]
+
+
 def last_weights(out: Path, run_id: str) -> dict[str, torch.Tensor]:
     path = out / "tinyml-pruning" / run_id / "checkpoints" / "last.ckpt"
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
@@ -62,12 +72,12 @@ def test_sigkill_at_every_stage_then_resume_reaches_the_uninterrupted_weights(tm
     resumed process runs into the next kill): the run that finally completes has the weights of the
     run that was never interrupted."""
     folder = fake_data.make_image_folder(tmp_path / "data", {"train": 6, "test": 2})
-    straight = run([*base_args(folder, tmp_path / "straight"), *PIPELINE, "--trainer.logger.init_args.id",
-                    "straight"], session_cache_dir)
+    straight = run([*base_args(folder, tmp_path / "straight"), *PIPELINE,
+                    *csv_logger(tmp_path / "straight", "straight")], session_cache_dir)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     out = tmp_path / "killed"
-    args = [*base_args(folder, out), *PIPELINE, "--trainer.logger.init_args.id", "killed"]
+    args = [*base_args(folder, out), *PIPELINE, *csv_logger(out, "killed")]
     last = out / "tinyml-pruning" / "killed" / "checkpoints" / "last.ckpt"
     resume: list[str] = []
     for stage, (epoch, batch) in STAGES.items():

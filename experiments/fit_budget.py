@@ -39,7 +39,7 @@ from callbacks.auxiliary_sweep import AuxiliarySweep
 from callbacks.depth_prune import DepthPrune
 from callbacks.one_shot_prune import OneShotPrune
 from callbacks.pruning_base import width_pruners
-from datamodules import DatasetError, ImageFolderDataModule
+from datamodules import ImageFolderDataModule
 from experiments.cli import build_cli, close_logger, exits_cleanly, fit_and_test, load_baseline, write_summary
 from experiments.deploy_report import deploy_net, plot_budget
 from experiments.depth_prune import DepthPruneCLI, check_stages
@@ -229,8 +229,6 @@ def main(args: list[str] | None = None) -> Path:
         require_tflite()
         cli = build_cli(ImageClassifier, ImageFolderDataModule, DEFAULT_CONFIG, args, cli_class=FitBudgetCLI)
     except MissingDependency as err:
-        raise SystemExit(f"error: {err}") from err
-    except DatasetError as err:
         raise SystemExit(f"error: {err}") from err
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     config = cli.config

@@ -60,22 +60,28 @@ def _finish(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
     ]
 
 
+def _cifar_transform(image_size: int, mean: Sequence[float], std: Sequence[float],
+                     augment: list[v2.Transform]) -> v2.Compose:
+    """Decode to a 32 px tensor image, apply ``augment``, resize to ``image_size`` if different, normalise."""
+    steps: list[v2.Transform] = [
+        v2.ToImage(),
+        v2.Resize(CIFAR_NATIVE_SIZE, antialias=True),
+        v2.CenterCrop(CIFAR_NATIVE_SIZE),
+        *augment,
+    ]
+    if image_size != CIFAR_NATIVE_SIZE:
+        steps.append(v2.Resize((image_size, image_size), antialias=True))
+    return v2.Compose(steps + _finish(mean, std))
+
+
 def cifar_train_transform(
     image_size: int = 32,
     mean: Sequence[float] = CIFAR10_MEAN,
     std: Sequence[float] = CIFAR10_STD,
 ) -> v2.Compose:
     """Random crop (padding 4) + flip at 32 px, resize to ``image_size`` if different, normalise."""
-    steps: list[v2.Transform] = [
-        v2.ToImage(),
-        v2.Resize(CIFAR_NATIVE_SIZE, antialias=True),
-        v2.CenterCrop(CIFAR_NATIVE_SIZE),
-        v2.RandomCrop(CIFAR_NATIVE_SIZE, padding=4),
-        v2.RandomHorizontalFlip(),
-    ]
-    if image_size != CIFAR_NATIVE_SIZE:
-        steps.append(v2.Resize((image_size, image_size), antialias=True))
-    return v2.Compose(steps + _finish(mean, std))
+    augment = [v2.RandomCrop(CIFAR_NATIVE_SIZE, padding=4), v2.RandomHorizontalFlip()]
+    return _cifar_transform(image_size, mean, std, augment)
 
 
 def cifar_eval_transform(
@@ -84,14 +90,7 @@ def cifar_eval_transform(
     std: Sequence[float] = CIFAR10_STD,
 ) -> v2.Compose:
     """Resize to ``image_size`` square (no-op at 32 px), normalise."""
-    steps: list[v2.Transform] = [
-        v2.ToImage(),
-        v2.Resize(CIFAR_NATIVE_SIZE, antialias=True),
-        v2.CenterCrop(CIFAR_NATIVE_SIZE),
-    ]
-    if image_size != CIFAR_NATIVE_SIZE:
-        steps.append(v2.Resize((image_size, image_size), antialias=True))
-    return v2.Compose(steps + _finish(mean, std))
+    return _cifar_transform(image_size, mean, std, [])
 
 
 def imagenet_train_transform(

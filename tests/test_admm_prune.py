@@ -12,15 +12,7 @@ from torch import nn
 from callbacks.admm_prune import HOOK_NAME, ADMMPrune
 from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.models.mobilenet_v1 import mobilenet_v1_channels
-from lightning_modules.pruning.admm import (
-    admm_penalty,
-    admm_update,
-    kept_rows,
-    primal_residual,
-    project_rows,
-    row_norms,
-    zero_rows,
-)
+from lightning_modules.pruning import admm
 from lightning_modules.pruning.width import keep_count
 from tests.tiny_fit import tiny_datamodule, tiny_module, tiny_trainer
 
@@ -31,27 +23,27 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny fits are faster o
 def test_projection_keeps_exactly_the_largest_rows_untouched_and_zeroes_the_rest() -> None:
     torch.manual_seed(0)
     w = torch.randn(10, 4, 3, 3) * torch.linspace(0.1, 2.0, 10).view(-1, 1, 1, 1)[torch.randperm(10)]
-    z = project_rows(w, 3)
+    z = admm.project_rows(w, 3)
     zero = (z.flatten(1).abs().sum(1) == 0)
     assert int(zero.sum()) == 10 - 3
-    largest = set(torch.topk(row_norms(w), 3).indices.tolist())
+    largest = set(torch.topk(admm.row_norms(w), 3).indices.tolist())
     assert set(torch.nonzero(~zero).flatten().tolist()) == largest
     assert torch.equal(z[~zero], w[~zero])  # kept rows copied bit for bit
-    assert zero_rows(z) == sorted(set(range(10)) - largest)
-    assert kept_rows(w, 3).tolist() == sorted(largest)
-    assert torch.equal(project_rows(w, 10), w)
-    assert not project_rows(w, 0).any()
+    assert admm.zero_rows(z) == sorted(set(range(10)) - largest)
+    assert admm.kept_rows(w, 3).tolist() == sorted(largest)
+    assert torch.equal(admm.project_rows(w, 10), w)
+    assert not admm.project_rows(w, 0).any()
     with pytest.raises(ValueError, match="keep must be in"):
-        project_rows(w, 11)
+        admm.project_rows(w, 11)
 
 
 def test_penalty_is_the_augmented_lagrangian_term_and_its_gradient() -> None:
     torch.manual_seed(1)
     W = {"a": torch.randn(6, 3, requires_grad=True), "b": torch.randn(4, 2, 1, 1, requires_grad=True)}
-    Z = {n: project_rows(w, 2) for n, w in W.items()}
+    Z = {n: admm.project_rows(w, 2) for n, w in W.items()}
     U = {n: torch.randn_like(w) for n, w in W.items()}
     rho = 0.3
-    penalty = admm_penalty(W, Z, U, rho)
+    penalty = admm.admm_penalty(W, Z, U, rho)
     expected = sum(rho / 2 * ((W[n] - Z[n] + U[n]) ** 2).sum() for n in W)
     torch.testing.assert_close(penalty, expected)
     penalty.backward()
@@ -62,32 +54,32 @@ def test_penalty_is_the_augmented_lagrangian_term_and_its_gradient() -> None:
 def test_update_projects_w_plus_u_and_accumulates_the_residual() -> None:
     torch.manual_seed(2)
     W, U = torch.randn(8, 5), torch.randn(8, 5) * 0.1
-    Z, U_new = admm_update(W, torch.zeros_like(W), U, 3)
-    torch.testing.assert_close(Z, project_rows(W + U, 3))
-    assert len(zero_rows(Z)) == 5
+    Z, U_new = admm.admm_update(W, torch.zeros_like(W), U, 3)
+    torch.testing.assert_close(Z, admm.project_rows(W + U, 3))
+    assert len(admm.zero_rows(Z)) == 5
     torch.testing.assert_close(U_new, U + W - Z)
     with pytest.raises(ValueError, match="differ in shape"):
-        admm_update(W, torch.zeros(3, 5), U, 3)
+        admm.admm_update(W, torch.zeros(3, 5), U, 3)
 
 
 def test_minimising_only_the_penalty_drives_w_onto_the_sparse_set() -> None:
     torch.manual_seed(3)
     w = nn.Parameter(torch.randn(16, 8, 3, 3))
     keep, rho = 4, 1.0
-    Z, U = {"w": project_rows(w, keep)}, {"w": torch.zeros_like(w)}
-    initial = primal_residual({"w": w}, Z)
+    Z, U = {"w": admm.project_rows(w, keep)}, {"w": torch.zeros_like(w)}
+    initial = admm.primal_residual({"w": w}, Z)
     optimizer = torch.optim.SGD([w], lr=0.2)
     for _ in range(5):  # ADMM rounds: SGD on the penalty (the W-step), then the Z/U updates
         for _ in range(20):
             optimizer.zero_grad()
-            admm_penalty({"w": w}, Z, U, rho).backward()
+            admm.admm_penalty({"w": w}, Z, U, rho).backward()
             optimizer.step()
-        Z["w"], U["w"] = admm_update(w, Z["w"], U["w"], keep)
-    final = primal_residual({"w": w}, Z)
+        Z["w"], U["w"] = admm.admm_update(w, Z["w"], U["w"], keep)
+    final = admm.primal_residual({"w": w}, Z)
     assert final < 1e-3 * initial
-    assert len(zero_rows(Z["w"])) == 16 - keep
+    assert len(admm.zero_rows(Z["w"])) == 16 - keep
     # the filters outside the support have (almost) vanished from W itself
-    assert row_norms(w)[zero_rows(Z["w"])].max() < 1e-3
+    assert admm.row_norms(w)[admm.zero_rows(Z["w"])].max() < 1e-3
 
 
 # -------------------------------------------------------------------------------- inside a real fit
@@ -131,13 +123,13 @@ def test_admm_prunes_onto_z_support_reloads_and_resumes_exactly(folder: Path, tm
     names = list(callback.Z)
     assert names[0] == "stem.0" and len(names) == len(full)
     for i, name in enumerate(names):
-        support = sorted(set(range(callback.Z[name].shape[0])) - set(zero_rows(callback.Z[name])))
+        support = sorted(set(range(callback.Z[name].shape[0])) - set(admm.zero_rows(callback.Z[name])))
         assert len(support) == callback.keep[name] == keep_count(full[i], 0.75)
-        assert callback.result["plan"][name] == zero_rows(callback.Z[name])
+        assert callback.result["plan"][name] == admm.zero_rows(callback.Z[name])
         rows = probe.before[name][support]
         if i > 0:  # the input channels follow the previous group's support (through the depthwise conv)
             previous = callback.Z[names[i - 1]]
-            rows = rows[:, sorted(set(range(previous.shape[0])) - set(zero_rows(previous)))]
+            rows = rows[:, sorted(set(range(previous.shape[0])) - set(admm.zero_rows(previous)))]
         assert torch.equal(probe.after[name], rows)
 
     # the checkpoint after the prune rebuilds the pruned net with the same outputs

@@ -20,16 +20,7 @@ from lightning_modules.deploy.tflm_estimate import (
     same_padding,
 )
 from lightning_modules.models.mobilenet_v1 import MobileNetV1
-from lightning_modules.pruning.budget import (
-    KB,
-    Budget,
-    Candidate,
-    NothingFits,
-    choose,
-    combined_accuracy,
-    grid,
-    overshoot,
-)
+from lightning_modules.pruning import budget
 from tests import fake_data
 from tests.test_export import trained_like
 
@@ -126,9 +117,9 @@ def test_estimate_of_a_chain_counts_the_pad_buffer() -> None:
 
 
 # ------------------------------------------------------------------------------------- budget search
-def toy(cut: int, width: float, flash_kb: float, ram_kb: float, acc: float, macs: int = 1000) -> Candidate:
-    return Candidate(cut=cut, width=width, image_size=32, flash_bytes=int(flash_kb * KB),
-                     ram_bytes=int(ram_kb * KB), macs=macs, acc=acc)
+def toy(cut: int, width: float, flash_kb: float, ram_kb: float, acc: float, macs: int = 1000) -> budget.Candidate:
+    return budget.Candidate(cut=cut, width=width, image_size=32, flash_bytes=int(flash_kb * budget.KB),
+                     ram_bytes=int(ram_kb * budget.KB), macs=macs, acc=acc)
 
 
 TOYS = [
@@ -141,30 +132,30 @@ TOYS = [
 
 
 def test_budget_choice_picks_the_most_accurate_fitting_candidate() -> None:
-    chosen = choose(TOYS, Budget(flash_kb=256, ram_kb=64))
+    chosen = budget.choose(TOYS, budget.Budget(flash_kb=256, ram_kb=64))
     assert (chosen.cut, chosen.width) == (6, 0.5)
-    assert (choose(TOYS, Budget(flash_kb=100, ram_kb=64)).cut, choose(TOYS, Budget(flash_kb=100, ram_kb=64)).width) \
+    assert (budget.choose(TOYS, budget.Budget(flash_kb=100, ram_kb=64)).cut, budget.choose(TOYS, budget.Budget(flash_kb=100, ram_kb=64)).width) \
         == (3, 0.5)
-    assert choose(TOYS, Budget(flash_kb=1000, ram_kb=100)).cut == 13
+    assert budget.choose(TOYS, budget.Budget(flash_kb=1000, ram_kb=100)).cut == 13
     # a MACs limit removes the otherwise best candidate
     limited = [toy(6, 0.5, 120, 40, 0.74, macs=5000), toy(3, 0.5, 60, 30, 0.70, macs=1000)]
-    assert choose(limited, Budget(flash_kb=256, ram_kb=64, macs=2000)).cut == 3
+    assert budget.choose(limited, budget.Budget(flash_kb=256, ram_kb=64, macs=2000)).cut == 3
 
 
 def test_impossible_budget_names_what_the_smallest_candidate_needs() -> None:
-    with pytest.raises(NothingFits, match=r"smallest, cut3_w0.5_32px, needs flash 60.0 KB \(limit 10 KB\), "
+    with pytest.raises(budget.NothingFits, match=r"smallest, cut3_w0.5_32px, needs flash 60.0 KB \(limit 10 KB\), "
                                           r"RAM 30.0 KB \(limit 8 KB\)"):
-        choose(TOYS, Budget(flash_kb=10, ram_kb=8))
+        budget.choose(TOYS, budget.Budget(flash_kb=10, ram_kb=8))
 
 
 def test_budget_validation_and_proxy_maths() -> None:
     with pytest.raises(ValueError, match="flash_kb must be positive"):
-        Budget(flash_kb=0, ram_kb=64)
+        budget.Budget(flash_kb=0, ram_kb=64)
     with pytest.raises(ValueError, match=r"width ratios must be in \(0, 1\]"):
-        grid([1], [1.5], [32])
-    assert len(grid([1, 2, 3], [1.0, 0.5], [32])) == 6
-    assert combined_accuracy(0.7, 0.6, 0.8) == pytest.approx(0.525)
-    assert overshoot(TOYS[1], Budget(flash_kb=300, ram_kb=60)) == {"flash": 1.0, "ram": 1.0}
+        budget.grid([1], [1.5], [32])
+    assert len(budget.grid([1, 2, 3], [1.0, 0.5], [32])) == 6
+    assert budget.combined_accuracy(0.7, 0.6, 0.8) == pytest.approx(0.525)
+    assert budget.overshoot(TOYS[1], budget.Budget(flash_kb=300, ram_kb=60)) == {"flash": 1.0, "ram": 1.0}
 
 
 def test_fit_budget_refuses_an_impossible_budget_before_training(tmp_path: Path, capsys) -> None:
@@ -217,12 +208,12 @@ def test_fit_budget_end_to_end_fits_in_tflm(tmp_path: Path) -> None:
         "--search.proxy_images", "8", "--deploy.calib_images", "16"]).read_text())
     result = summary["fit_budget"]
     chosen, measured = result["chosen"], result["measured"]
-    assert chosen["flash_bytes"] <= 200 * KB and chosen["ram_bytes"] <= 64 * KB
+    assert chosen["flash_bytes"] <= 200 * budget.KB and chosen["ram_bytes"] <= 64 * budget.KB
     assert [c["name"] for c in result["candidates"]] == [f"cut{k}_w{w:g}_32px" for k in (2, 4, 13) for w in (1.0, 0.5)]
     assert all(c["acc"] is not None for c in result["candidates"])
     tflite = Path(measured["tflite_path"])
     assert measured["flash_bytes"] == tflite.stat().st_size
     assert measured["arena_bytes"] == tflm_arena(tflite)["arena_bytes"]
-    assert result["fits_measured"] == (measured["flash_bytes"] <= 200 * KB and measured["arena_bytes"] <= 64 * KB)
+    assert result["fits_measured"] == (measured["flash_bytes"] <= 200 * budget.KB and measured["arena_bytes"] <= 64 * budget.KB)
     assert summary["arch"]["num_blocks"] == chosen["cut"]
     assert (tflite.parent / "fit_budget.png").is_file()

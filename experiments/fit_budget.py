@@ -14,7 +14,8 @@ One ``fit`` (one W&B run), from the baseline checkpoint:
 2. **accuracy** (epoch 0): the auxiliary sweep trains a head at every cut point on the frozen backbone
    (``AuxiliarySweep``); at the cut epoch a width proxy prunes a copy of the full net one-shot l2 to each
    width, fine-tunes it ``--search.proxy_steps`` steps and measures it on ``--search.proxy_images``
-   validation images. Predicted accuracy = cut head accuracy × (width proxy accuracy / baseline accuracy).
+   validation images; the unpruned net gets the same proxy fine-tuning. Predicted accuracy = cut head
+   accuracy × min(1, width proxy accuracy / unpruned proxy accuracy).
 3. **choice**: the most accurate candidate that fits (:func:`~lightning_modules.pruning.budget.choose`);
    the net is cut there (``DepthPrune``), fine-tuned, thinned (``OneShotPrune``) and fine-tuned again.
 4. **proof**: the best checkpoint is tested, exported fully int8 (``--deploy.calib_images`` training
@@ -200,16 +201,17 @@ class BudgetChoice(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.chosen is not None or trainer.current_epoch < self.prune.epoch:
             return
-        base = self.sweep.baseline.get("acc")
-        if base is None or not self.sweep.accuracies:
+        if not self.sweep.accuracies:
             raise RuntimeError("the auxiliary sweep measured no accuracies before the cut epoch")
         s = self.search
-        for w in sorted({c.width for c in self.candidates}):
-            self.width_acc[w] = base if w >= 1.0 else width_proxy_accuracy(
+        # the unpruned width gets the same proxy fine-tuning as the others, so each ratio compares like
+        # with like (a baseline taken mid-schedule gains from any low-LR fine-tuning, pruned or not)
+        for w in sorted({c.width for c in self.candidates} | {1.0}):
+            self.width_acc[w] = width_proxy_accuracy(
                 pl_module.net, trainer.datamodule, w, s.proxy_steps, s.proxy_lr, s.proxy_images)
             rank_zero_info(f"width proxy: keep {w:g} of the channels → {self.width_acc[w]:.4f}")
         for c in self.candidates:
-            c.acc = combined_accuracy(self.sweep.accuracies[c.cut], self.width_acc[c.width], base)
+            c.acc = combined_accuracy(self.sweep.accuracies[c.cut], self.width_acc[c.width], self.width_acc[1.0])
         self.chosen = choose(self.candidates, self.budget)
         rank_zero_info(f"budget choice: {self.chosen.name} (predicted acc {self.chosen.acc:.4f}, "
                        f"flash {self.chosen.flash_bytes / KB:.1f} KB, arena {self.chosen.ram_bytes / KB:.1f} KB)")

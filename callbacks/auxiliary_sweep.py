@@ -24,7 +24,8 @@ class AuxiliarySweep(L.Callback):
         epochs: length of the sweep stage (its LR schedule spans these epochs).
         head: head preset (``replication``, ``paper``, ``linear``) or explicit widths.
         cut_points: which cut points get a head; all of the backbone's by default (MobileNetV1: the stem +
-            13 blocks; timm: the entries of ``forward_intermediates``).
+            13 blocks; timm: after every block, see
+            :mod:`~lightning_modules.models.adapters.timm_blocks`).
     """
 
     def __init__(

@@ -1,9 +1,10 @@
-"""Network slimming: an L1 penalty on BatchNorm scales, then pruning the channels with the smallest ``|γ|``.
+"""Network slimming: an L1 penalty on normalisation scales, then pruning the channels with the smallest ``|γ|``.
 
 Liu et al., *Learning Efficient Convolutional Networks through Network Slimming*, ICCV 2017. The training
 loss gets ``λ·Σ|γ|`` over every BatchNorm scale, which drives the scales of unimportant channels towards
 zero; the channels with the smallest ``|γ|`` across the whole network (one global threshold, as in the
-paper) are then removed and the thinner network is fine-tuned.
+paper) are then removed and the thinner network is fine-tuned. Networks normalised by LayerNorm or
+GroupNorm (ConvNeXt) are slimmed the same way through the per-channel affine weight γ of those layers.
 """
 
 from __future__ import annotations
@@ -27,12 +28,19 @@ if TYPE_CHECKING:
 HOOK_NAME = "bn_slimming"
 
 
+#: Normalisation layers whose per-channel affine scale γ gets the L1 penalty (timm's ``BatchNormAct2d``,
+#: ``LayerNorm2d`` and ``GroupNorm1`` are subclasses).
+SCALED_NORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
+
+
 def bn_l1_penalty(net: nn.Module) -> torch.Tensor:
-    """``Σ|γ|`` over the scales of every affine ``BatchNorm2d`` of ``net`` (differentiable in γ)."""
+    """``Σ|γ|`` over the per-channel scales of every affine ``BatchNorm2d``, ``LayerNorm`` and ``GroupNorm``
+    of ``net`` (differentiable in γ); for a LayerNorm / GroupNorm γ is its elementwise affine weight."""
     scales = [m.weight.abs().sum() for m in net.modules()
-              if isinstance(m, nn.BatchNorm2d) and m.weight is not None]
+              if isinstance(m, SCALED_NORMS) and getattr(m, "weight", None) is not None and m.weight.ndim == 1]
     if not scales:
-        raise ValueError("network slimming needs affine BatchNorm2d layers; the network has none")
+        raise ValueError("network slimming needs normalisation layers with a per-channel affine scale "
+                         "(BatchNorm2d, LayerNorm or GroupNorm); the network has none: choose another method")
     return torch.stack(scales).sum()
 
 
@@ -43,8 +51,8 @@ class BNSlimming(WidthPruningCallback, LossTermCallback):
     During the training epochs ``start_epoch ≤ e < prune_epoch`` the callback installs
     ``pl_module.loss_hooks["bn_slimming"]``, which adds ``penalty · bn_l1_penalty(net)`` to the loss and
     logs ``train/bn_l1`` (``Σ|γ|``, before the ``λ`` weighting). At the start of ``prune_epoch`` the hook is
-    removed and :func:`~callbacks.width_stage.prune_width` removes the channels with the smallest BatchNorm
-    scales (``bn_scale`` criterion), starting a new LR stage for the fine-tuning.
+    removed and :func:`~callbacks.width_stage.prune_width` removes the channels with the smallest
+    normalisation scales (``bn_scale`` criterion), starting a new LR stage for the fine-tuning.
 
     Args:
         start_epoch: first training epoch with the L1 penalty.

@@ -22,7 +22,7 @@ import lightning as L
 import torch
 
 from callbacks.stages import sync_from_rank_zero
-from lightning_modules.pruning.criteria import CRITERIA
+from lightning_modules.pruning.criteria import CRITERIA, NORMS
 from lightning_modules.pruning.width import DEFAULT_KEY, prunable_groups
 
 
@@ -220,6 +220,11 @@ class WidthPruningCallback(PruningCallback):
             check_names(self, self.sparsity_option, set(self.sparsity) - {DEFAULT_KEY}, layer_names, "prunable layer")
         convs = [n for n, m in net.named_modules() if isinstance(m, torch.nn.Conv2d)]
         check_names(self, "ignore", self.ignore, convs, "convolution")
+        if self.criterion == "bn_scale" and not any(
+                isinstance(m, NORMS) and getattr(m, "weight", None) is not None for m in net.modules()):
+            raise settings_error(self, "criterion", self.criterion, "reads the per-channel scale of normalisation "
+                                 "layers (BatchNorm, LayerNorm, GroupNorm) and the network has none",
+                                 "prune it with a weight criterion (l1_norm, l2_norm, fpgm) instead")
 
 
 def _detached(value: Any) -> Any:

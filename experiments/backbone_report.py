@@ -30,9 +30,10 @@ def backbone_rows(summary: dict) -> list[tuple[str, str, dict, float | None]]:
     stage = summary.get("stage")
     if stage == "depth_prune":
         base, pruned = summary.get("baseline", {}), summary.get("pruned", {})
+        module = ((summary.get("arch") or {}).get("structure") or {}).get("cut_module")
+        point = f"{summary.get('chosen_cut')}" + (f", after {module}" if module else "")
         return [("baseline", "unpruned, val acc at the sweep", base, base.get("acc")),
-                ("depth", f"cut at point {summary.get('chosen_cut')} ({summary.get('init')})", pruned,
-                 pruned.get("acc"))]
+                ("depth", f"cut at point {point} ({summary.get('init')})", pruned, pruned.get("acc"))]
     if stage == "width_prune":
         what = f"{summary.get('method')} {summary.get('criterion')}, sparsity {summary.get('sparsity')}"
         if summary.get("distillation"):

@@ -183,13 +183,28 @@ class ImageClassifier(L.LightningModule):
     def attach_aux_heads(self, head_channels: Sequence[int], cut_points: Sequence[int] | None = None) -> None:
         """Put an auxiliary classifier at each cut point (all of them by default: 14 for MobileNetV1)."""
         device = next(self.parameters()).device
-        channels = [p.channels for p in self.adapter.cut_points(self.net, self.hparams.in_chans)]
-        self.aux_heads = AuxiliaryHeads(channels, self.hparams.num_classes, head_channels, cut_points)
+        points = self.adapter.cut_points(self.net, self.hparams.in_chans)
+        self.aux_heads = AuxiliaryHeads([p.channels for p in points], self.hparams.num_classes, head_channels,
+                                        cut_points)
+        self.aux_cut_modules = {k: points[k].module for k in self.aux_heads.cut_points}
         self.aux_heads.to(device)
         self.aux_metrics = nn.ModuleDict(
             {f"{split}_{k}": MulticlassAccuracy(self.hparams.num_classes, average="micro").to(device)
              for split in ("val", "test") for k in self.aux_heads.cut_points}
         )
+
+    def _check_aux_cut_modules(self, saved: list[str] | None) -> None:
+        """The auxiliary heads of a checkpoint sit where the network's cut points of the same index are
+        (cut points are numbered per block: a numbering that differs is an error, never a wrong head)."""
+        ours = [self.aux_cut_modules[k] for k in self.aux_heads.cut_points]
+        if saved is None and self.hparams.backbone != MOBILENET_V1:
+            raise ArchitectureMismatch("the checkpoint's auxiliary heads do not record which modules they sit after "
+                                       f"(saved with stage-level cut points); the network's cut points are {ours}: "
+                                       "restart the sweep from the baseline checkpoint")
+        if saved is not None and list(saved) != ours:
+            raise ArchitectureMismatch(f"the checkpoint's auxiliary heads {self.aux_heads.cut_points} sit after "
+                                       f"{list(saved)}, but the network's cut points of those indices are {ours}; "
+                                       "restart the sweep from the baseline checkpoint")
 
     def detach_aux_heads(self) -> None:
         self.aux_heads = None
@@ -357,6 +372,7 @@ class ImageClassifier(L.LightningModule):
             checkpoint["aux_heads"] = {
                 "cut_points": self.aux_heads.cut_points,
                 "head_channels": list(self.aux_heads.head_channels),
+                "cut_modules": [self.aux_cut_modules[k] for k in self.aux_heads.cut_points],
             }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -372,6 +388,7 @@ class ImageClassifier(L.LightningModule):
         aux = checkpoint.get("aux_heads")
         if aux is not None:
             self.attach_aux_heads(aux["head_channels"], aux["cut_points"])
+            self._check_aux_cut_modules(aux.get("cut_modules"))
         else:
             self.detach_aux_heads()
         if "state_dict" in checkpoint:

@@ -225,8 +225,9 @@ def width_method(name: str) -> L.Callback:
 
 METHODS = [*(f"oneshot_{c}" for c in ("random", "l1_norm", "l2_norm", "fpgm", "hrank", "bn_scale")),
            "bn_slimming", "admm", "gradual"]
-#: Methods that read BatchNorm layers (scales, or feature maps after them): ConvNeXt has LayerNorms only.
-NEEDS_BATCHNORM = {"oneshot_bn_scale", "oneshot_hrank", "bn_slimming"}
+#: Methods that read feature maps after BatchNorm layers: ConvNeXt has LayerNorms only (the scale criteria
+#: read LayerNorm's γ, tests/test_norm_scale.py).
+NEEDS_BATCHNORM = {"oneshot_hrank"}
 
 
 @pytest.mark.slow

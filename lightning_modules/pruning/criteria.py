@@ -12,8 +12,9 @@ removed. Each criterion is one small class with a single :meth:`Criterion.score`
   Geometric Median*, CVPR 2019);
 * ``hrank``: average matrix rank of each channel's feature map over a few batches; low-rank maps carry
   less information (Lin et al., *HRank: Filter Pruning using High-Rank Feature Map*, CVPR 2020);
-* ``bn_scale``: ``|γ|`` of the BatchNorm (Liu et al., *Learning Efficient Convolutional Networks through
-  Network Slimming*, ICCV 2017);
+* ``bn_scale``: ``|γ|`` of the normalisation layer after a convolution (Liu et al., *Learning Efficient
+  Convolutional Networks through Network Slimming*, ICCV 2017): the BatchNorm scale, or for networks
+  normalised otherwise (ConvNeXt) the per-channel affine weight of a LayerNorm / GroupNorm;
 * ``random``: seeded uniform scores (the usual baseline).
 
 Adding a criterion is one class and one :data:`CRITERIA` entry.
@@ -31,8 +32,9 @@ from torch import Tensor, nn
 
 #: Convolutions scored by the weight criteria (their output filters).
 CONVS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-#: Normalisation layers scored by the BatchNorm and feature-map criteria.
-NORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+#: Normalisation layers with a per-channel affine scale γ (timm's ``LayerNorm2d`` / ``BatchNormAct2d`` /
+#: ``GroupNorm1`` are subclasses): what ``bn_scale`` reads, and the layers a channel group lists.
+NORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
 
 
 class Criterion:
@@ -88,15 +90,27 @@ class FPGM(Criterion):
 
 
 class BNScale(Criterion):
-    """``|γ|`` of the BatchNorm: network slimming compares γ across layers as they are (no normalisation)."""
+    """``|γ|`` of the normalisation after a convolution: network slimming's scaling factor, compared across
+    layers as it is (no normalisation).
+
+    For BatchNorm γ is its scale. For a LayerNorm over the channels (timm's ``LayerNorm2d`` in ConvNeXt) or
+    a GroupNorm, γ is the per-channel affine weight applied after normalising: it scales channel ``c`` of
+    the layer's output just as a BatchNorm scale does, though the statistics it follows are shared by the
+    channels of the layer (LayerNorm) or of a group (GroupNorm).
+
+    torch-pruning's ``BNScaleImportance`` reads BatchNorm only and its magnitude importance has no
+    GroupNorm case (torch-pruning 1.6); the scores here go through the same per-layer criterion interface
+    and group sum as every other criterion.
+    """
 
     layer_types = NORMS
     normalize = False
 
     def score(self, layer: nn.Module) -> Tensor:
-        if layer.weight is None:
-            raise ValueError(f"bn_scale needs affine BatchNorm layers, got {layer}")
-        return layer.weight.detach().abs()
+        weight = getattr(layer, "weight", None)
+        if weight is None or weight.ndim != 1:
+            raise ValueError(f"bn_scale needs normalisation layers with a per-channel affine scale, got {layer}")
+        return weight.detach().abs()
 
 
 class RandomCriterion(Criterion):

@@ -1,12 +1,15 @@
 """Any CNN timm can build, through timm's own feature API.
 
-Cut points are the entries of ``forward_intermediates`` (timm's API for intermediate features): the stem
-and every block for the EfficientNet / MobileNetV3 family (``extra_blocks=True``), the stem and stages for
-ResNets, the stages for ConvNeXt. The cut itself is ``prune_intermediate_layers`` (which drops the layers
-after the cut point and the classifier) followed by one of our classifier heads.
+Cut points are at block granularity where the network exposes blocks
+(:mod:`~lightning_modules.models.adapters.timm_blocks`): the entries of ``forward_intermediates`` (timm's
+API for intermediate features: the stem and stages of ResNets, the stages of ConvNeXt, the stem and every
+``blocks[i]`` of EfficientNet / MobileNetV3), plus the output of every block inside those stages. The cut
+is ``prune_intermediate_layers`` (which drops the stages after the cut point's stage and the classifier),
+the cut point's stage truncated after its block, and one of our classifier heads.
 
 A network is described by its timm name and arguments plus a ``structure`` hyper-parameter:
-``{"cut": k, "cut_channels": C, "head_channels": [...]}`` for a cut network and ``{"layers": {...}}``
+``{"cut": k, "cut_module": name, "stage": s, "stage_blocks": n | null, "cut_channels": C,
+"head_channels": [...]}`` for a cut network (what was cut, checked on rebuild) and ``{"layers": {...}}``
 for a width-pruned one: for every module whose tensors were sliced, the new shapes of its own tensors
 (and the ``groups`` of a convolution). :func:`apply_layer_shapes` resizes a freshly built network to
 them, so ``ImageClassifier.load_from_checkpoint`` rebuilds a pruned timm network from the checkpoint's
@@ -16,7 +19,6 @@ hyper-parameters alone (JSON, nothing unpickled), before loading its weights.
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,6 +33,15 @@ from lightning_modules.models.adapters.base import (
     check_cut_init,
     device_of,
     untouched_rng,
+)
+from lightning_modules.models.adapters.timm_blocks import (
+    BlockPoint,
+    block_points,
+    features_at,
+    intermediate_kwargs,
+    point_to_json,
+    resolve_cut,
+    truncate_stage,
 )
 from lightning_modules.models.layers import ClassifierHead
 
@@ -48,28 +59,37 @@ def check_timm_name(name: str) -> None:
                          f"close timm names: {close}")
 
 
-def intermediate_kwargs(model: nn.Module) -> dict[str, Any]:
-    """``extra_blocks=True`` where timm offers block granularity (EfficientNet, MobileNetV3 families)."""
-    params = inspect.signature(model.forward_intermediates).parameters
-    return {"extra_blocks": True} if "extra_blocks" in params else {}
-
-
 class TimmCut(nn.Module):
-    """A timm network truncated after cut point ``index`` (``prune_intermediate_layers``) and a head."""
+    """A timm network truncated after cut point ``index`` (``point``: its stage with ``point.blocks``
+    blocks, the later stages dropped by ``prune_intermediate_layers``) and a head."""
 
-    def __init__(self, body: nn.Module, index: int, cut_channels: int, head: ClassifierHead,
+    def __init__(self, body: nn.Module, index: int, point: BlockPoint, cut_channels: int, head: ClassifierHead,
                  head_channels: Sequence[int]) -> None:
         super().__init__()
         self.body = body
         self.head = head
         self.index = int(index)
+        self.point = point
         self.cut_channels = int(cut_channels)
         self.head_channels = [int(c) for c in head_channels]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.body.forward_intermediates(x, indices=[self.index], intermediates_only=True,
+        feats = self.body.forward_intermediates(x, indices=[self.point.stage], intermediates_only=True,
                                                 **intermediate_kwargs(self.body))
         return self.head(feats[-1])
+
+    def structure(self) -> dict[str, Any]:
+        """The ``structure`` hyper-parameter of this cut (before any width pruning)."""
+        return {"cut": self.index, **point_to_json(self.point), "cut_channels": self.cut_channels,
+                "head_channels": self.head_channels}
+
+
+def cut_body(model: nn.Module, point: BlockPoint) -> nn.Module:
+    """``model`` (an uncut timm network, changed in place) without the layers after ``point``."""
+    model.prune_intermediate_layers(indices=[point.stage], prune_norm=True, prune_head=True,
+                                    **intermediate_kwargs(model))
+    truncate_stage(model, point)
+    return model
 
 
 # ------------------------------------------------------------------------------ width-pruned shapes
@@ -157,12 +177,10 @@ class TimmAdapter(BackboneAdapter):
         model = self._create()
         if structure.get("cut") is None:
             return model
-        k = int(structure["cut"])
-        model.prune_intermediate_layers(indices=[k], prune_norm=True, prune_head=True,
-                                        **intermediate_kwargs(model))
+        k, point = resolve_cut(model, structure, self.name)
         head = ClassifierHead(int(structure["cut_channels"]), self.num_classes, structure["head_channels"],
                               self.dropout)
-        return TimmCut(model, k, structure["cut_channels"], head, structure["head_channels"])
+        return TimmCut(cut_body(model, point), k, point, structure["cut_channels"], head, structure["head_channels"])
 
     def build(self, arch: Mapping[str, Any]) -> nn.Module:
         structure = dict(arch.get("structure") or {})
@@ -176,7 +194,7 @@ class TimmAdapter(BackboneAdapter):
     def describe(self, net: nn.Module) -> dict[str, Any]:
         structure: dict[str, Any] = {}
         if isinstance(net, TimmCut):
-            structure = {"cut": net.index, "cut_channels": net.cut_channels, "head_channels": net.head_channels}
+            structure = net.structure()
         with untouched_rng():
             reference = self._build_unsliced(structure)
         layers = layer_shapes(net, reference)
@@ -192,36 +210,29 @@ class TimmAdapter(BackboneAdapter):
         return net
 
     def cut_points(self, net: nn.Module, in_chans: int = 3) -> list[CutPointInfo]:
-        net = self._full(net)
-        kwargs = intermediate_kwargs(net)
+        """Every block's output where the stage exposes blocks, every stage's otherwise
+        (:func:`~lightning_modules.models.adapters.timm_blocks.block_points`); channels and stride from a
+        dummy pass in eval mode."""
+        points = block_points(self._full(net))
         modes = {m: m.training for m in net.modules()}
         net.eval()
         try:
             with torch.no_grad():
                 x = torch.zeros(1, in_chans, PROBE_SIZE, PROBE_SIZE, device=device_of(net))
-                feats = net.forward_intermediates(x, intermediates_only=True, **kwargs)
+                _, feats = features_at(net, x, points, logits=False)
         finally:
             for m, mode in modes.items():
                 m.training = mode
-        infos = net.feature_info if isinstance(net.feature_info, list) else net.feature_info.get_dicts()
-        if kwargs:  # the stem, then every entry of net.blocks
-            names = [infos[0]["module"], *(f"blocks.{i}" for i in range(len(feats) - 1))]
-        else:
-            names = [info["module"] for info in infos]
-        return [CutPointInfo(k, names[k], int(f.shape[1]), PROBE_SIZE // int(f.shape[-1]))
-                for k, f in enumerate(feats)]
+        return [CutPointInfo(k, p.module, int(f.shape[1]), PROBE_SIZE // int(f.shape[-1]))
+                for k, (p, f) in enumerate(zip(points, feats, strict=True))]
 
     def features(
         self, net: nn.Module, x: torch.Tensor, cut_points: Sequence[int], logits: bool = True
     ) -> tuple[torch.Tensor | None, dict[int, torch.Tensor]]:
-        net = self._full(net)
-        points = sorted(int(k) for k in cut_points)
-        if not logits:  # stop at the deepest cut point
-            feats = net.forward_intermediates(x, indices=points, intermediates_only=True, stop_early=True,
-                                              **intermediate_kwargs(net))
-            return None, dict(zip(points, feats, strict=True))
-        final, feats = net.forward_intermediates(x, indices=points, **intermediate_kwargs(net))
-        return net.forward_head(final), dict(zip(points, feats, strict=True))
+        layout = block_points(self._full(net))
+        ks = sorted(int(k) for k in cut_points)
+        out, feats = features_at(net, x, [layout[k] for k in ks], logits)
+        return out, dict(zip(ks, feats, strict=True))
 
     # ------------------------------------------------------------------------------------------ cut
     def cut(
@@ -230,21 +241,22 @@ class TimmAdapter(BackboneAdapter):
     ) -> tuple[nn.Module, dict[str, Any]]:
         check_cut_init(init, head)
         net = self._full(net)
-        point = self.cut_points(net, self.in_chans)[k]
-        structure = {"cut": int(k), "cut_channels": point.channels, "head_channels": [int(c) for c in head_channels]}
+        channels = self.cut_points(net, self.in_chans)[k].channels
+        point = block_points(net)[k]
+        structure = {"cut": int(k), **point_to_json(point), "cut_channels": channels,
+                     "head_channels": [int(c) for c in head_channels]}
         if init == "random":
             if (arch.get("structure") or {}).get("layers"):
                 raise ValueError("init='random' re-initialises a timm network from its timm arguments, which do "
                                  "not hold a width-pruned structure; cut before width pruning")
             new = self._build_unsliced(structure).to(device_of(net))
             return new, self.describe(new)
-        body = copy.deepcopy(net)
-        body.prune_intermediate_layers(indices=[k], prune_norm=True, prune_head=True, **intermediate_kwargs(body))
+        body = cut_body(copy.deepcopy(net), point)
         if init == "original":
             new_head = copy.deepcopy(head)
         else:
-            new_head = ClassifierHead(point.channels, self.num_classes, structure["head_channels"], self.dropout)
-        new = TimmCut(body, k, point.channels, new_head.to(device_of(net)), structure["head_channels"])
+            new_head = ClassifierHead(channels, self.num_classes, structure["head_channels"], self.dropout)
+        new = TimmCut(body, k, point, channels, new_head.to(device_of(net)), structure["head_channels"])
         new.train(net.training)
         return new, self.describe(new)
 

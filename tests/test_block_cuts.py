@@ -15,7 +15,7 @@ from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.models.adapters import ArchitectureMismatch
 from lightning_modules.models.adapters.timm_blocks import intermediate_kwargs, stage_names
 from tests.test_backbones import save_checkpoint
-from tests.tiny_fit import tiny_datamodule, tiny_trainer
+from tests.tiny_fit import assert_reloads_identically, tiny_datamodule, tiny_trainer
 
 FAMILIES = ["resnet10t", "resnet18", "convnext_atto", "mobilenetv3_small_050"]
 
@@ -81,12 +81,7 @@ def test_a_mid_stage_cut_fine_tunes_and_reloads_with_identical_outputs(
     assert structure["cut"] == block and structure["cut_module"] == module_name
     assert structure["stage_blocks"] is not None  # inside a stage
 
-    reloaded = ImageClassifier.load_from_checkpoint(tmp_path / "epoch=1.ckpt", map_location="cpu")
-    assert reloaded.arch == module.arch
-    x = torch.randn(2, 3, 32, 32)
-    module.eval(), reloaded.eval()
-    with torch.no_grad():
-        assert torch.equal(reloaded(x), module(x))
+    assert_reloads_identically(module, tmp_path / "epoch=1.ckpt")
     sweeping = ImageClassifier.load_from_checkpoint(tmp_path / "epoch=0.ckpt", map_location="cpu")
     assert sweeping.aux_cut_modules[block] == module_name  # the heads come back where they were
 

@@ -19,7 +19,7 @@ from callbacks.pruning_base import PruningSettingsError
 from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.pruning.criteria import BNScale
 from lightning_modules.pruning.width import prunable_groups, prune_model
-from tests.tiny_fit import tiny_datamodule, tiny_trainer
+from tests.tiny_fit import assert_reloads_identically, tiny_datamodule, tiny_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -97,9 +97,4 @@ def test_norm_scale_pruning_of_convnext_end_to_end(method: str, folder: Path, tm
     assert all(block.mlp.fc1.out_channels == 4 * dim for stage, dim in zip(module.net.stages, (40, 80, 160, 320),
                                                                            strict=True) for block in stage.blocks)
 
-    reloaded = ImageClassifier.load_from_checkpoint(tmp_path / "epoch=1.ckpt", map_location="cpu")
-    assert reloaded.arch == module.arch
-    x = torch.randn(2, 3, 32, 32)
-    module.eval(), reloaded.eval()
-    with torch.no_grad():
-        assert torch.equal(reloaded(x), module(x))
+    assert_reloads_identically(module, tmp_path / "epoch=1.ckpt")

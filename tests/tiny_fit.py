@@ -37,3 +37,17 @@ def tiny_trainer(out: Path, max_epochs: int, callbacks: list[L.Callback], **kwar
     return L.Trainer(max_epochs=max_epochs, callbacks=[EpochSeed(), checkpoint, *callbacks], logger=False,
                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
                      default_root_dir=out, **kwargs)
+
+
+def assert_reloads_identically(module: ImageClassifier, checkpoint: Path, image_size: int = 32) -> ImageClassifier:
+    """``checkpoint`` reloads (from the checkpoint alone) into ``module``'s architecture, and the reloaded
+    network's outputs equal ``module``'s bit for bit; returns the reloaded module."""
+    import torch
+
+    reloaded = ImageClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
+    assert reloaded.arch == module.arch
+    x = torch.randn(2, 3, image_size, image_size)
+    module.eval(), reloaded.eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), module(x))
+    return reloaded

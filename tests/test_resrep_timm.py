@@ -243,3 +243,23 @@ def test_unsupported_backbone_is_refused_before_training(folder: Path, tmp_path:
                           "--trainer.callbacks+=callbacks.RepPrune", "--trainer.callbacks.start_epoch", "2",
                           "--trainer.callbacks.prune_epoch", "3"])
     assert not (tmp_path / "logs").exists() or not list((tmp_path / "logs").rglob("*.ckpt"))
+
+
+@pytest.mark.slow
+def test_rep_prune_after_a_depth_cut_on_timm(folder: Path, tmp_path: Path) -> None:
+    """Baseline 0, sweep 1, cut at 2 (point 2), compactors 3–4, merge and slice at 5, fine-tune 5."""
+    args = [*cli_args(folder, tmp_path / "logs", "resnet10t"), "--trainer.max_epochs", "6",
+            "--sweep.start_epoch", "1", "--sweep.epochs", "1", "--prune.epoch", "2", "--prune.block", "2",
+            "--sweep.head", "[16, 8]", "--trainer.callbacks+=callbacks.RepPrune",
+            "--trainer.callbacks.start_epoch", "3", "--trainer.callbacks.prune_epoch", "5",
+            "--trainer.callbacks.sparsity", "0.5", "--trainer.callbacks.mask_interval", "1",
+            "--trainer.callbacks.ramp_updates", "2"]
+    summary = json.loads(depth_prune.main(args).read_text())
+    (width,) = summary["width"]
+    assert width["method"] == "resrep" and width["done"] and width["pruned_at"] == [5]
+    structure = summary["arch"]["structure"]
+    assert structure["cut"] == 2 and structure["layers"] and "compactors" not in structure
+    depth, resrep = summary["stages"]
+    assert resrep["params"] == summary["pruned"]["params"] < depth["params"]
+    model = ImageClassifier.load_from_checkpoint(summary["last_checkpoint"], map_location="cpu")
+    assert model.arch == summary["arch"] and outputs(model.net).shape == (2, 3)

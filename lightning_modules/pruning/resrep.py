@@ -94,7 +94,8 @@ def with_compactors(net: MobileNetV1) -> tuple[MobileNetV1, dict]:
     """A MobileNetV1 with identity compactors carrying ``net``'s weights (the same function) and its
     constructor arguments (``compactors=True``); on ``net``'s device, dtype and train/eval mode."""
     if not isinstance(net, MobileNetV1):
-        raise TypeError(f"ResRep compactors are implemented for mobilenet_v1 only, not for {type(net).__name__}")
+        raise TypeError(f"with_compactors places MobileNetV1's compactors, not {type(net).__name__}'s (other "
+                        "networks: lightning_modules.pruning.compactors, through their backbone adapter)")
     arch = mobilenet_v1_arch_after_pruning(net)
     if arch["compactors"]:
         raise ValueError("the network already has compactors")

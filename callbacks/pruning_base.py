@@ -128,6 +128,11 @@ class PruningCallback(L.Callback):
         """Raise :class:`PruningSettingsError` for settings that do not fit ``net``, whose prunable layers
         are ``layer_names`` (per-layer sparsities, ignored layers, a cut block)."""
 
+    def check_backbone(self, net: torch.nn.Module, image_size: int) -> None:
+        """Raise :class:`PruningSettingsError` when the method cannot work on ``net``'s kind of network at all.
+        Checked for every callback, also one that acts on a network that exists only later (after a depth
+        cut, which keeps the kinds of layers of ``net``)."""
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # also for a Trainer built without the experiment scripts: bad settings fail before the first batch
         if stage == "fit":
@@ -295,7 +300,8 @@ def check_pruning(trainer: L.Trainer, net: torch.nn.Module, image_size: int) -> 
     """Check every pruning callback of ``trainer`` before training: its own settings, that the fit lasts
     past its last change, that no two change the network at one epoch, and its layer names and cut
     against ``net`` (traced at ``image_size``) when nothing changes the network before it acts (a net
-    that exists only later, e.g. after a cut, is checked when the callback acts). Raises
+    that exists only later, e.g. after a cut, is checked when the callback acts), and whether the method
+    works on ``net``'s kind of network at all (for every callback). Raises
     :class:`PruningSettingsError`."""
     callbacks = pruning_callbacks(trainer)
     for callback in callbacks:
@@ -304,6 +310,7 @@ def check_pruning(trainer: L.Trainer, net: torch.nn.Module, image_size: int) -> 
     check_collisions(callbacks)
     names: list[str] | None = None
     for callback in callbacks:
+        callback.check_backbone(net, image_size)
         before = [e for other in callbacks if other is not callback for e in other.structure_epochs()]
         if all(e > callback.first_epoch for e in before):
             names = prunable_layer_names(net, image_size) if names is None else names

@@ -13,26 +13,38 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from callbacks.pruning_base import WidthPruningCallback, check_at_least, notify_before_prune, settings_error
+from callbacks.pruning_base import (
+    PruningSettingsError,
+    WidthPruningCallback,
+    check_at_least,
+    notify_before_prune,
+    settings_error,
+)
 from callbacks.stages import data_image_size, log_scalars, restart_optimization
 from callbacks.width_stage import ignored_modules, prune_width
 from lightning_modules.deploy.profiling import model_cost
 from lightning_modules.models.layers import Compactor
+from lightning_modules.models.mobilenet_v1 import MobileNetV1
+from lightning_modules.pruning.compactors import CompactorPlacementError, compactor_positions
 from lightning_modules.pruning.resrep import (
     ROW_NORMS,
     CompactorRowNorm,
-    compactor_layers,
+    compactor_groups,
     mask_vector,
     masked_row_norm,
-    merge_compactors,
     ramp_fraction,
     removal_plan,
     removal_targets,
     resrep_gradients,
     update_masks,
-    with_compactors,
 )
 from lightning_modules.pruning.width import flops_preserve_rate
+
+
+def backbone_name(net: torch.nn.Module) -> str:
+    """timm's name of a (possibly cut) timm network, else its class name."""
+    body = getattr(net, "body", net)
+    return (getattr(body, "pretrained_cfg", None) or {}).get("architecture") or type(net).__name__
 
 
 @dataclass(eq=False)
@@ -40,21 +52,26 @@ class RepPrune(WidthPruningCallback):
     """ResRep: compactors from ``start_epoch``, a structural prune at ``prune_epoch``, fine-tuning after.
 
     * At the start of epoch ``start_epoch`` the prune is announced (a
-      :class:`~callbacks.distillation.Distillation` teacher is the plain network, without compactors), an
-      identity compactor is put after the BatchNorm of the stem and of every pointwise convolution (the
-      function is unchanged; ``ImageClassifier``'s ``compactors`` hyper-parameter records them, so
-      checkpoints rebuild them) and a new optimiser and LR schedule start, spanning the epochs up to
-      ``prune_epoch``.
+      :class:`~callbacks.distillation.Distillation` teacher is the plain network, without compactors),
+      identity compactors are put in by the backbone adapter (the function is unchanged; the network's
+      description records them, so checkpoints rebuild them) and a new optimiser and LR schedule start,
+      spanning the epochs up to ``prune_epoch``. MobileNetV1: one after the BatchNorm of the stem and of
+      every pointwise convolution (``ImageClassifier``'s ``compactors`` hyper-parameter). timm networks:
+      after every BatchNorm of each channel group torch-pruning's dependency graph finds, the compactors
+      of coupled channels (residual additions, depthwise convolutions, squeeze-excitation gates) sharing
+      one mask (:mod:`lightning_modules.pruning.compactors`; ``structure["compactors"]``). Networks with
+      no such placement (a LayerNorm or GroupNorm in a channel group, as in ConvNeXt) are refused before
+      training (:meth:`check_backbone`).
     * Before every optimiser step the compactors' gradients are re-routed
       (:func:`~lightning_modules.pruning.resrep.resrep_gradients`): masked rows get no objective gradient, all rows
       get the group-lasso gradient of strength ``penalty``. Every ``mask_interval`` optimiser steps the
-      masks are chosen afresh: the rows of smallest ``criterion`` norm, as many as ``k / ramp_updates`` of
-      each layer's target after the ``k``-th update. ``resrep/masked_channels``, ``resrep/masked_norm``
+      masks are chosen afresh: the rows of smallest ``criterion`` norm (over all compactors of a group),
+      as many as ``k / ramp_updates`` of each group's target after the ``k``-th update. ``resrep/masked_channels``, ``resrep/masked_norm``
       (mean norm of the masked rows) and ``resrep/kept_norm`` are logged then.
     * At the start of epoch ``prune_epoch`` the masks are completed to the targets (if the ramp has not
       got there), the compactors are folded into their convolutions
-      (:func:`~lightning_modules.pruning.resrep.merge_compactors`) and the masked channels are sliced out by
-      :func:`~callbacks.width_stage.prune_width`, which rebuilds the plain MobileNetV1 and restarts the
+      (the adapter's ``merge_compactors``) and the masked channels are sliced out by
+      :func:`~callbacks.width_stage.prune_width`, which rebuilds the plain network and restarts the
       optimiser and LR schedule for the fine-tuning until the end of the fit.
 
     The targets follow TinyNeuralNetwork's convention, as :class:`~callbacks.one_shot_prune.OneShotPrune`:
@@ -69,7 +86,8 @@ class RepPrune(WidthPruningCallback):
         prune_epoch: the training epoch at whose start they are merged and the masked channels removed
             (> ``start_epoch``).
         sparsity: fraction removed from every layer, or ``{"default": s, "<conv name>": s, ...}`` with the
-            names of the convolutions the compactors follow (``"stem.0"``, ``"blocks.3.pw.0"``).
+            names of the channel groups (their root convolutions: ``"stem.0"``, ``"blocks.3.pw.0"``;
+            ``"layer1.0.conv1"`` in a ResNet).
         penalty: group-lasso strength λ (ResRep uses 1e-4).
         mask_interval: optimiser steps between two mask updates (ResRep uses 200); the first comes after
             ``mask_interval`` steps with compactors.
@@ -119,6 +137,29 @@ class RepPrune(WidthPruningCallback):
         check_at_least(self, "mask_interval", self.mask_interval, 1)
         check_at_least(self, "ramp_updates", self.ramp_updates, 1)
 
+    def check_backbone(self, net: torch.nn.Module, image_size: int) -> None:
+        """Refuse a network in which the compactors cannot be placed (before training; the placement is
+        traced on ``net``, MobileNetV1 always has one)."""
+        if isinstance(net, MobileNetV1) or any(isinstance(m, Compactor) for m in net.modules()):
+            return
+        try:
+            compactor_positions(net, self._probe(net, image_size))
+        except CompactorPlacementError as err:
+            raise PruningSettingsError(
+                f"RepPrune (ResRep) cannot prune backbone {backbone_name(net)!r}: {err}; choose another width "
+                "method (OneShotPrune, BNSlimming, GradualPrune or ADMMPrune)") from err
+
+    @staticmethod
+    def _probe(net: torch.nn.Module, image_size: int) -> torch.Tensor:
+        """A zero image that traces the compactor placement (zeros: the global random stream is untouched)."""
+        first = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+        return torch.zeros(1, first.in_channels, image_size, image_size, device=first.weight.device)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit" and not self.done:
+            self.check_backbone(pl_module.net, data_image_size(trainer))
+
     @property
     def active(self) -> bool:
         """Compactors are installed and being trained."""
@@ -143,30 +184,31 @@ class RepPrune(WidthPruningCallback):
         # After the backward pass and AMP unscaling, before clipping and the step: once per optimiser step.
         if not self.active:
             return
-        compactors = compactor_layers(pl_module.net)
+        compactors = compactor_groups(pl_module.net)
         assert self.start_step is not None
         due = (trainer.global_step - self.start_step) // self.mask_interval
         if due > self.updates:
             self.updates = due
             self._update_masks(pl_module, compactors, ramp_fraction(self.updates, self.ramp_updates))
-        for name, compactor in compactors.items():
-            if compactor.weight.requires_grad:
-                resrep_gradients(compactor, self._mask(name, compactor), self.penalty)
+        for name, group in compactors.items():
+            for compactor in group:  # the group's mask on each of its compactors
+                if compactor.weight.requires_grad:
+                    resrep_gradients(compactor, self._mask(name, compactor), self.penalty)
 
     # ---------------------------------------------------------------------------------------- stages
     def _install(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         net = pl_module.net
-        ignored_modules(net, self.ignore)  # unknown names are an error
+        ignored = ignored_modules(net, self.ignore)  # unknown names are an error
         if any(isinstance(m, Compactor) for m in net.modules()):
             rank_zero_warn("RepPrune: the network already has compactors (no callback state was restored); "
                            "training them from here.")
         else:
             self.baseline = model_cost(net, data_image_size(trainer))
             notify_before_prune(trainer, pl_module)
-            new_net, arch = with_compactors(net)
+            new_net, arch = pl_module.adapter.with_compactors(net, self._probe(net, data_image_size(trainer)), ignored)
             pl_module.rebuild_net(new_net, **arch)
             restart_optimization(trainer, pl_module, self.prune_epoch - trainer.current_epoch)
-        compactors = compactor_layers(pl_module.net)
+        compactors = compactor_groups(pl_module.net)
         self.targets = removal_targets(compactors, self.sparsity, self.round_to, self.ignore)
         self.masks = {name: [] for name in compactors}
         self._mask_cache = {}
@@ -177,7 +219,7 @@ class RepPrune(WidthPruningCallback):
 
     def _prune(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         net = pl_module.net
-        compactors = compactor_layers(net)
+        compactors = compactor_groups(net)
         masked = sum(len(v) for v in self.masks.values())
         target = sum(self.targets.values())
         if masked < target:
@@ -187,7 +229,7 @@ class RepPrune(WidthPruningCallback):
             self._update_masks(pl_module, compactors, 1.0)
         norm = masked_row_norm(compactors, self.masks, self.row_norm)
         with_compactors_cost = model_cost(net, data_image_size(trainer))
-        merged, arch = merge_compactors(net)
+        merged, arch = pl_module.adapter.merge_compactors(net)
         pl_module.rebuild_net(merged, **arch)
         result = prune_width(trainer, pl_module, self.row_norm, self.sparsity, self.round_to,
                              ignore=self.ignore, plan=removal_plan(self.masks))
@@ -212,11 +254,11 @@ class RepPrune(WidthPruningCallback):
 
     # ----------------------------------------------------------------------------------------- masks
     def _update_masks(
-        self, pl_module: L.LightningModule, compactors: dict[str, Compactor], fraction: float
+        self, pl_module: L.LightningModule, compactors: dict[str, list[Compactor]], fraction: float
     ) -> None:
         self.masks = update_masks(compactors, self.targets, fraction, self.row_norm)
         self._mask_cache = {}
-        scores = {name: self.row_norm.score(c) for name, c in compactors.items()}
+        scores = {name: self.row_norm.group_score(c) for name, c in compactors.items()}
         kept = [s[mask_vector(len(s), self.masks[name], s).bool()] for name, s in scores.items()]
         metrics = {
             "resrep/masked_channels": float(sum(len(v) for v in self.masks.values())),

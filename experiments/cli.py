@@ -384,15 +384,6 @@ def load_baseline(model: L.LightningModule, path: str) -> L.LightningModule:
     return baseline
 
 
-def check_backbone_support(trainer: L.Trainer, model: L.LightningModule) -> None:
-    """Refuse, before training, a pruning callback the model's backbone does not support."""
-    from callbacks.rep_prune import RepPrune
-
-    if any(isinstance(cb, RepPrune) for cb in trainer.callbacks) and not model.adapter.supports_compactors():
-        raise SystemExit(f"error: RepPrune (ResRep) is not supported for backbone {model.hparams.backbone!r}: "
-                         "its compactors are implemented for mobilenet_v1 only; choose another width method")
-
-
 def validation_accuracy(model: L.LightningModule, datamodule: L.LightningDataModule, accelerator: str = "auto",
                         precision: Any = None) -> float | None:
     """``val/acc`` of ``model`` on ``datamodule``'s validation split, by a bare Trainer that logs and saves

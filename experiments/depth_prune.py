@@ -26,7 +26,6 @@ from datamodules import ImageFolderDataModule
 from experiments.cli import (
     PruningCLI,
     build_cli,
-    check_backbone_support,
     close_logger,
     exits_cleanly,
     fit_and_test,
@@ -82,7 +81,6 @@ def main(args: list[str] | None = None) -> Path:
     if sweep.epochs == 0:
         trainer.callbacks.remove(sweep)
     check_stages(trainer, sweep, prune, model.net, int(data.hparams.image_size))
-    check_backbone_support(trainer, model)
     checkpoints = fit_and_test(cli)
     image_size = int(data.hparams.image_size)
     result = prune.result

@@ -32,7 +32,6 @@ from datamodules import ImageFolderDataModule
 from experiments.cli import (
     PruningCLI,
     build_cli,
-    check_backbone_support,
     close_logger,
     exits_cleanly,
     fit_and_test,
@@ -61,7 +60,6 @@ def main(args: list[str] | None = None) -> Path:
     if len(pruners) != 1:
         raise SystemExit(f"error: a width-pruning run needs exactly one pruning callback in trainer.callbacks "
                          f"(OneShotPrune, BNSlimming, GradualPrune, ADMMPrune or RepPrune), found {len(pruners)}")
-    check_backbone_support(trainer, model)
     baseline_ckpt = cli.config.baseline_ckpt
     if not baseline_ckpt and not cli.config.ckpt_path:
         raise SystemExit("error: --baseline_ckpt is required: train a baseline first with "

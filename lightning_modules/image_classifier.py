@@ -81,8 +81,8 @@ class ImageClassifier(L.LightningModule):
             ``convnext_atto``); never downloads weights.
         backbone_kwargs: further ``timm.create_model`` arguments (e.g. ``{"drop_path_rate": 0.1}``, or
             ``{"pretrained": true, "pretrained_cfg_overlay": {"file": "weights.safetensors"}}``).
-        structure: a cut and/or width-pruned timm network (set by the pruning callbacks, see
-            :mod:`lightning_modules.models.adapters.timm`).
+        structure: a cut and/or width-pruned timm network, and ResRep's compactors while they train (set
+            by the pruning callbacks, see :mod:`lightning_modules.models.adapters.timm`).
         num_classes: outputs of the classifier (the CLI takes it from the data).
         width_mult, channels, stem_stride, num_blocks, head_channels, dropout:
             MobileNetV1's arguments (see :class:`~lightning_modules.models.mobilenet_v1.MobileNetV1`);

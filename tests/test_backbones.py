@@ -205,15 +205,6 @@ def test_one_shot_width_prune_with_distillation_on_timm(backbone: str, folder: P
     assert "## Width (channel) pruning" not in text  # the MobileNetV1 tables hold MobileNetV1 runs only
 
 
-def test_resrep_on_timm_is_refused_before_training(folder: Path, tmp_path: Path) -> None:
-    base = ImageClassifier(backbone="resnet10t", num_classes=3)
-    save_checkpoint(base, tmp_path / "base.ckpt")
-    with pytest.raises(SystemExit, match="RepPrune .* not supported for backbone 'resnet10t'"):
-        width_prune.main([*cli_args(folder, tmp_path / "logs", "resnet10t"), "--baseline_ckpt",
-                          str(tmp_path / "base.ckpt"), "--trainer.max_epochs", "3",
-                          "--trainer.callbacks+=callbacks.RepPrune", "--trainer.callbacks.prune_epoch", "1"])
-
-
 def width_method(name: str) -> L.Callback:
     """Each width-pruning method, scheduled to prune within a 2-epoch fit."""
     if name.startswith("oneshot_"):

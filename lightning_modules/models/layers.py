@@ -15,14 +15,21 @@ class Compactor(nn.Conv2d):
     after the BatchNorm of a convolution, it leaves the network's function unchanged when installed; the
     pruning penalty then drives some of its rows (output channels) to zero, and after training it is folded
     into the convolution before it (:func:`lightning_modules.pruning.resrep.merge_compactors`).
+
+    With ``diagonal`` it is a depthwise 1×1 convolution (one scale per channel): the compactor after the
+    BatchNorm of a grouped convolution, which a full matrix could not be folded into
+    (:mod:`lightning_modules.pruning.compactors`).
     """
 
-    def __init__(self, channels: int = 32) -> None:
-        super().__init__(channels, channels, 1, bias=False)
+    def __init__(self, channels: int = 32, diagonal: bool = False) -> None:
+        super().__init__(channels, channels, 1, bias=False, groups=channels if diagonal else 1)
 
     def reset_parameters(self) -> None:
         """The identity: output channel ``i`` is input channel ``i``."""
         with torch.no_grad():
+            if self.groups > 1:
+                self.weight.fill_(1.0)
+                return
             self.weight.zero_()
             self.weight[:, :, 0, 0].copy_(torch.eye(self.out_channels, dtype=self.weight.dtype))
 

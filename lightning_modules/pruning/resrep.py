@@ -18,7 +18,10 @@ Ding et al., *ResRep: Lossless CNN Pruning via Decoupling Remembering and Forget
 
 Compactors are placed after the stem and every pointwise convolution of MobileNetV1 (the prunable
 convolutions of :mod:`lightning_modules.pruning.width`); the keys of :func:`compactor_layers` are the names
-of the convolutions they follow, i.e. the group names of the merged network.
+of the convolutions they follow, i.e. the group names of the merged network. Other networks (timm's) get
+their compactors from the dependency graph (:mod:`lightning_modules.pruning.compactors`), several per
+channel group where torch-pruning couples channels; the functions here take ``{group: compactor}`` or
+``{group: [compactors sharing one mask]}`` alike.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from torch import Tensor, nn
 from lightning_modules.models.adapters.mobilenet_v1 import mobilenet_v1_arch_after_pruning
 from lightning_modules.models.layers import Compactor
 from lightning_modules.models.mobilenet_v1 import MobileNetV1
+from lightning_modules.pruning.compactors import compactor_groups as graph_compactor_groups
 from lightning_modules.pruning.criteria import Criterion
 from lightning_modules.pruning.width import (
     SparsitySpec,
@@ -65,13 +69,33 @@ class CompactorRowNorm(Criterion):
     def __repr__(self) -> str:
         return f"CompactorRowNorm({self.name!r})"
 
+    def group_score(self, compactors: nn.Conv2d | Sequence[nn.Conv2d]) -> Tensor:
+        """The norm of each channel's rows over all compactors of a group (the rows of one compactor: its
+        :meth:`score`; several: the norm of the concatenated rows)."""
+        members = group_members(compactors)
+        if len(members) == 1:
+            return self.score(members[0])
+        scores = torch.stack([self.score(c).double() for c in members])
+        p = ROW_NORMS[self.name]
+        return scores.pow(p).sum(0).pow(1.0 / p).to(members[0].weight.dtype)
+
+
+#: Compactors by channel group: one compactor, or all the compactors sharing the group's mask.
+CompactorSet = Mapping[str, nn.Conv2d | Sequence[nn.Conv2d]]
+
+
+def group_members(compactors: nn.Conv2d | Sequence[nn.Conv2d]) -> list[nn.Conv2d]:
+    """The compactors of one group as a list."""
+    return [compactors] if isinstance(compactors, nn.Module) else list(compactors)
+
 
 # ----------------------------------------------------------------------------------------- install
 def with_compactors(net: MobileNetV1) -> tuple[MobileNetV1, dict]:
     """A MobileNetV1 with identity compactors carrying ``net``'s weights (the same function) and its
     constructor arguments (``compactors=True``); on ``net``'s device, dtype and train/eval mode."""
     if not isinstance(net, MobileNetV1):
-        raise TypeError(f"ResRep compactors are implemented for mobilenet_v1 only, not for {type(net).__name__}")
+        raise TypeError(f"with_compactors places MobileNetV1's compactors, not {type(net).__name__}'s (other "
+                        "networks: lightning_modules.pruning.compactors, through their backbone adapter)")
     arch = mobilenet_v1_arch_after_pruning(net)
     if arch["compactors"]:
         raise ValueError("the network already has compactors")
@@ -93,8 +117,15 @@ def compactor_layers(net: nn.Module) -> dict[str, Compactor]:
     return {f"{name.rsplit('.', 1)[0]}.0": m for name, m in net.named_modules() if isinstance(m, Compactor)}
 
 
+def compactor_groups(net: nn.Module) -> dict[str, list[Compactor]]:
+    """The compactors of any network by channel group (a group's compactors share its mask): those placed
+    from the dependency graph (:func:`~lightning_modules.pruning.compactors.compactor_groups`), or
+    MobileNetV1's, one per group (:func:`compactor_layers`)."""
+    return graph_compactor_groups(net) or {name: [c] for name, c in compactor_layers(net).items()}
+
+
 def removal_targets(
-    compactors: Mapping[str, nn.Conv2d], sparsity: SparsitySpec, round_to: int = 1, ignore: Iterable[str] = ()
+    compactors: CompactorSet, sparsity: SparsitySpec, round_to: int = 1, ignore: Iterable[str] = ()
 ) -> dict[str, int]:
     """Rows to remove from each compactor: ``C − keep_count(C, sparsity, round_to)`` (0 for ``ignore``).
 
@@ -106,7 +137,8 @@ def removal_targets(
     targets = {}
     for name, c in compactors.items():
         rate = 0.0 if name in ignored else sparsity_of(name, sparsity)
-        targets[name] = c.out_channels - keep_count(c.out_channels, rate, round_to)
+        channels = group_members(c)[0].out_channels
+        targets[name] = channels - keep_count(channels, rate, round_to)
     return targets
 
 
@@ -117,10 +149,10 @@ def ramp_fraction(updates: int, ramp_updates: int) -> float:
 
 
 def update_masks(
-    compactors: Mapping[str, nn.Conv2d],
+    compactors: CompactorSet,
     targets: Mapping[str, int],
     fraction: float,
-    criterion: Criterion | None = None,
+    criterion: CompactorRowNorm | None = None,
 ) -> dict[str, list[int]]:
     """Sorted rows to mask in each compactor: the ``ceil(fraction · target)`` rows of smallest norm.
 
@@ -131,8 +163,8 @@ def update_masks(
     fraction = min(max(float(fraction), 0.0), 1.0)
     masks = {}
     for name, compactor in compactors.items():
-        count = min(math.ceil(round(targets.get(name, 0) * fraction, 6)), compactor.out_channels)
-        scores = criterion.score(compactor).float().cpu()
+        count = min(math.ceil(round(targets.get(name, 0) * fraction, 6)), group_members(compactor)[0].out_channels)
+        scores = criterion.group_score(compactor).float().cpu()
         masks[name] = sorted(torch.argsort(scores, stable=True)[:count].tolist())
     return masks
 
@@ -163,14 +195,14 @@ def resrep_gradients(compactor: nn.Conv2d, mask: Tensor, penalty: float, eps: fl
 
 
 def masked_row_norm(
-    compactors: Mapping[str, nn.Conv2d],
+    compactors: CompactorSet,
     masks: Mapping[str, Sequence[int]],
-    criterion: Criterion | None = None,
+    criterion: CompactorRowNorm | None = None,
 ) -> float:
     """Mean norm of the masked rows over all compactors (0 when none is masked): how close the masked
     channels are to zero, i.e. how lossless removing them is."""
     criterion = criterion or CompactorRowNorm()
-    values = [criterion.score(c)[list(masks[name])] for name, c in compactors.items() if masks.get(name)]
+    values = [criterion.group_score(c)[list(masks[name])] for name, c in compactors.items() if masks.get(name)]
     return float(torch.cat(values).mean()) if values else 0.0
 
 

@@ -128,9 +128,16 @@ class BackboneAdapter(ABC):
     def after_width_prune(self, net: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
         """The network to install after its channels were sliced in place, and its description."""
 
-    def supports_compactors(self) -> bool:
-        """Whether ResRep's compactors can be installed in this family's networks."""
-        return False
+    def with_compactors(
+        self, net: nn.Module, example_input: torch.Tensor, ignore: Sequence[nn.Module] = ()
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        """``net`` with ResRep's identity compactors (the same function) and its description, which
+        rebuilds them; ``ignore``: modules whose output channels are kept (their groups may go without)."""
+        raise ValueError(f"ResRep's compactors are not implemented for backbone {self.name!r}")
+
+    def merge_compactors(self, net: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+        """The network without compactors computing what ``net`` computes in eval mode, and its description."""
+        raise ValueError(f"ResRep's compactors are not implemented for backbone {self.name!r}")
 
     def trunk_names(self, net: nn.Module) -> list[str]:
         """Children of ``net`` before its classifier head (frozen when only the head is fine-tuned)."""

@@ -138,5 +138,16 @@ class MobileNetV1Adapter(BackboneAdapter):
     def after_width_prune(self, net: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
         return rebuild_mobilenet_v1(net)
 
-    def supports_compactors(self) -> bool:
-        return True
+    def with_compactors(
+        self, net: nn.Module, example_input: torch.Tensor, ignore: Sequence[nn.Module] = ()
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        # Every prunable convolution gets one (ignored ones too, with nothing to remove): the
+        # constructor's ``compactors`` switch.
+        from lightning_modules.pruning.resrep import with_compactors  # it reads this module's descriptions
+
+        return with_compactors(net)
+
+    def merge_compactors(self, net: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+        from lightning_modules.pruning.resrep import merge_compactors
+
+        return merge_compactors(net)

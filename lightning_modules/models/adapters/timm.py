@@ -11,7 +11,8 @@ A network is described by its timm name and arguments plus a ``structure`` hyper
 ``{"cut": k, "cut_module": name, "stage": s, "stage_blocks": n | null, "cut_channels": C,
 "head_channels": [...]}`` for a cut network (what was cut, checked on rebuild) and ``{"layers": {...}}``
 for a width-pruned one: for every module whose tensors were sliced, the new shapes of its own tensors
-(and the ``groups`` of a convolution). :func:`apply_layer_shapes` resizes a freshly built network to
+(and the ``groups`` of a convolution). While ResRep trains, ``{"compactors": {group: [positions]}}``
+places its compactors (:mod:`lightning_modules.pruning.compactors`), after the cut and the slicing. :func:`apply_layer_shapes` resizes a freshly built network to
 them, so ``ImageClassifier.load_from_checkpoint`` rebuilds a pruned timm network from the checkpoint's
 hyper-parameters alone (JSON, nothing unpickled), before loading its weights.
 """
@@ -44,6 +45,13 @@ from lightning_modules.models.adapters.timm_blocks import (
     truncate_stage,
 )
 from lightning_modules.models.layers import ClassifierHead
+from lightning_modules.pruning.compactors import (
+    compactor_positions,
+    install_compactors,
+    merge_compactors,
+    positions_of,
+    strip_compactors,
+)
 
 #: Hyper-parameters that describe a timm network.
 ARCH_KEYS: tuple[str, ...] = ("backbone", "backbone_kwargs", "num_classes", "in_chans", "dropout", "structure")
@@ -184,8 +192,8 @@ class TimmAdapter(BackboneAdapter):
 
     def build(self, arch: Mapping[str, Any]) -> nn.Module:
         structure = dict(arch.get("structure") or {})
-        net = self._build_unsliced(structure)
-        return apply_layer_shapes(net, structure.get("layers") or {})
+        net = apply_layer_shapes(self._build_unsliced(structure), structure.get("layers") or {})
+        return install_compactors(net, structure.get("compactors") or {})
 
     def _base_arch(self, structure: Mapping[str, Any]) -> dict[str, Any]:
         return {"backbone": self.name, "backbone_kwargs": dict(self.kwargs), "num_classes": self.num_classes,
@@ -197,9 +205,12 @@ class TimmAdapter(BackboneAdapter):
             structure = net.structure()
         with untouched_rng():
             reference = self._build_unsliced(structure)
-        layers = layer_shapes(net, reference)
+        compactors = positions_of(net)
+        layers = layer_shapes(strip_compactors(copy.deepcopy(net)) if compactors else net, reference)
         if layers:
             structure["layers"] = layers
+        if compactors:
+            structure["compactors"] = compactors
         return self._base_arch(structure)
 
     # ------------------------------------------------------------------------------------ cut points
@@ -270,3 +281,14 @@ class TimmAdapter(BackboneAdapter):
 
     def after_width_prune(self, net: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
         return net, self.describe(net)
+
+    def with_compactors(
+        self, net: nn.Module, example_input: torch.Tensor, ignore: Sequence[nn.Module] = ()
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        positions = compactor_positions(net, example_input, ignore)
+        new = install_compactors(copy.deepcopy(net), positions)
+        return new, self.describe(new)
+
+    def merge_compactors(self, net: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+        merged = merge_compactors(net)
+        return merged, self.describe(merged)

@@ -210,7 +210,7 @@ class PruningCLI(ExperimentCLI):
 def trainer_defaults(project: str = "tinyml-pruning") -> dict[str, Any]:
     return {
         "logger": {
-            "class_path": "lightning.pytorch.loggers.WandbLogger",
+            "class_path": "experiments.wandb_logger.BackgroundWandbLogger",
             "init_args": {"project": project, "save_dir": DEFAULT_SAVE_DIR},
         },
         # Persistent callbacks (instances, added to whatever --trainer.callbacks lists).

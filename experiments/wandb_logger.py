@@ -97,8 +97,6 @@ class BackgroundWandbLogger(WandbLogger):
         self._thread: threading.Thread | None = None
         if self._experiment is None and rank_zero_only.rank == 0:
             if self._offline:  # what WandbLogger.experiment does before wandb.init
-
-
                 os.environ["WANDB_MODE"] = "dryrun"
             self._thread = threading.Thread(target=self._start, name="wandb-init", daemon=False)
             self._thread.start()

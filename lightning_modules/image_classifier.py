@@ -245,9 +245,8 @@ class ImageClassifier(L.LightningModule):
         if found is not None and int(found) != int(self.hparams.num_classes):
             raise ValueError(f"the dataset has {found} classes but the model is built for {self.hparams.num_classes}; "
                              "the experiment CLIs take num_classes from the data")
-        # An example input: Lightning's model summary counts the network's FLOPs on it.
-        size = int(getattr(getattr(datamodule, "hparams", None), "image_size", 0) or 224)
-        self.example_input_array = torch.zeros(1, int(self.hparams.in_chans), size, size)
+        # No ``example_input_array``: Lightning's model summary would run a forward pass under its FLOP
+        # counter before the first batch; the MACs are counted once, into summary.json (tinyml_budget).
         if self.hparams.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
 

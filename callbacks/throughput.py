@@ -30,7 +30,6 @@ from typing import Any
 import lightning as L
 import torch
 
-
 #: Environment variable naming the file that receives the wall-clock time of the first training batch.
 FIRST_BATCH_ENV = "TINYML_FIRST_BATCH_FILE"
 

@@ -2,12 +2,14 @@
 
 Importing ``wandb`` and starting its run (service process, run folder, offline files) takes seconds; with
 Lightning's ``WandbLogger`` that time passes before the first training batch, because the trainer asks
-for the run (``logger.experiment``) before its ``setup`` hooks. :class:`BackgroundWandbLogger` starts the
-run in a thread as soon as the logger is built (on global rank 0 only, like Lightning's own logger) and
-keeps everything else Lightning's:
+for the run (``logger.experiment``) before its ``setup`` hooks and waits for it. With
+:class:`BackgroundWandbLogger` that first request (or the first logger call, or :meth:`start`) starts
+the run in a thread and returns at once; training goes on (data set-up, sanity check, first batches)
+while the run starts. A run is started when Lightning's would be (on global rank 0, at the fit's set-up),
+so a command that fails its start-up checks creates no W&B run. Everything else is Lightning's:
 
 - ``log_hyperparams`` and ``log_metrics`` called before the run has started are queued and sent, in
-  order, at the first logger call after it has started (or when the fit ends);
+  order, at the first logger call after it has started (and at the latest when the fit ends);
 - ``experiment`` returns the run once it has started; before that, a stand-in that waits for the run at
   its first use (``logger.experiment.log(...)``, ``isinstance(logger.experiment, wandb.Run)``) and then
   behaves as the run, so nothing that uses the run directly is dropped;
@@ -17,7 +19,7 @@ keeps everything else Lightning's:
   from the entry points) at the first logger call after it, and at the latest when the fit ends. It is
   never swallowed.
 
-Lightning has no such option (its logger starts the run on first use, in the calling thread), hence this
+Lightning has no such option (its logger starts the run in the calling thread and waits), hence this
 subclass.
 """
 
@@ -94,15 +96,22 @@ class BackgroundWandbLogger(WandbLogger):
         self._lock = threading.Lock()
         self._started = threading.Event()
         self._start_error: BaseException | None = None
+        self._background = self._experiment is None  # an existing run (experiment=...) starts nothing
         self._thread: threading.Thread | None = None
-        if self._experiment is None and rank_zero_only.rank == 0:
-            if self._offline:  # what WandbLogger.experiment does before wandb.init
-                os.environ["WANDB_MODE"] = "dryrun"
-            self._thread = threading.Thread(target=self._start, name="wandb-init", daemon=False)
-            self._thread.start()
 
     # -- the background start -------------------------------------------------------------------------
-    def _start(self) -> None:
+    @rank_zero_only
+    def start(self) -> None:
+        """Start ``wandb.init`` in the background (once; later calls do nothing)."""
+        with self._lock:
+            if not self._background or self._thread is not None:
+                return
+            if self._offline:  # what WandbLogger.experiment does before wandb.init
+                os.environ["WANDB_MODE"] = "dryrun"
+            self._thread = threading.Thread(target=self._run_init, name="wandb-init", daemon=False)
+            self._thread.start()
+
+    def _run_init(self) -> None:
         try:
             WandbLogger.experiment.fget(self)  # type: ignore[attr-defined]  # wandb.init + define_metric
         except BaseException as err:  # noqa: BLE001  raised in the main thread by wait_for_run
@@ -111,8 +120,9 @@ class BackgroundWandbLogger(WandbLogger):
             self._started.set()
 
     def wait_for_run(self) -> Any:
-        """The started run (waits for it); sends the queued calls first. Raises :class:`WandbStartError`
-        if ``wandb.init`` failed."""
+        """The started run (starts it if needed and waits for it); sends the queued calls first. Raises
+        :class:`WandbStartError` if ``wandb.init`` failed."""
+        self.start()
         self._started.wait()
         if self._start_error is not None:
             err = self._start_error
@@ -132,6 +142,7 @@ class BackgroundWandbLogger(WandbLogger):
 
     def _when_started(self, call: Callable[[], None]) -> None:
         """Run ``call`` now if the run has started (after the queued ones), else queue it."""
+        self.start()
         with self._lock:
             if not self._started.is_set():
                 self._queue.append(call)
@@ -141,16 +152,17 @@ class BackgroundWandbLogger(WandbLogger):
 
     @property
     def pending(self) -> bool:
-        """Whether the background start is still under way."""
-        return self._thread is not None and not self._started.is_set()
+        """Whether the run has not started yet (its start not asked for, or under way)."""
+        return self._background and not self._started.is_set()
 
     # -- Lightning's logger interface ----------------------------------------------------------------
     @property
     @rank_zero_experiment
     def experiment(self) -> Any:
-        if self._thread is None:
+        if not self._background:
             return super().experiment
         if not self._started.is_set():
+            self.start()
             return _PendingRun(self)
         return self.wait_for_run()
 
@@ -170,7 +182,7 @@ class BackgroundWandbLogger(WandbLogger):
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        if self._thread is not None:
+        if self._background and self._thread is not None:
             if status == "success":
                 self.wait_for_run()  # nothing queued is left behind; a failed start is raised here
             elif self._started.is_set() and self._start_error is None:
@@ -178,15 +190,15 @@ class BackgroundWandbLogger(WandbLogger):
         super().finalize(status)
 
     def __getstate__(self) -> dict[str, Any]:
-        if self._thread is not None:
+        if self._background:
             self.wait_for_run()
         state = super().__getstate__()
-        for key in ("_lock", "_started", "_thread", "_queue", "_start_error"):
+        for key in ("_lock", "_started", "_thread", "_queue", "_start_error", "_background"):
             state.pop(key, None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._queue, self._lock, self._started = [], threading.Lock(), threading.Event()
-        self._start_error, self._thread = None, None
+        self._start_error, self._thread, self._background = None, None, False
         self._started.set()

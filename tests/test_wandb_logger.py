@@ -122,3 +122,10 @@ def test_cli_with_a_failing_wandb_start_exits_with_one_message(folder: Path, tmp
         train.main(tiny_train_args(folder, tmp_path / "logs"))
     message = str(exit_info.value.code)
     assert message.startswith("error: the W&B run could not start") and "no-such-mode" in message
+
+
+def test_a_run_refused_at_start_up_creates_no_wandb_run(folder: Path, tmp_path: Path) -> None:
+    """The run starts when Lightning's would (the fit's set-up), not when the logger is built."""
+    with pytest.raises(SystemExit, match="error: .*no-such.ckpt"):
+        train.main(tiny_train_args(folder, tmp_path / "logs", "--ckpt_path", str(tmp_path / "no-such.ckpt")))
+    assert not list((tmp_path / "logs").glob("wandb/*run-*"))

@@ -14,15 +14,31 @@ device the clock is read after a synchronise, so queued kernels are not left out
 
 Lightning's ``ThroughputMonitor`` reports per-step rates to the logger only; this callback keeps one
 number per epoch in the metrics (and hence in ``summary.json``).
+
+Start-up measurement: with ``TINYML_FIRST_BATCH_FILE`` set, the wall-clock time (``time.time()``) at the
+start of the process's first training batch is written to that file (``experiments/bench_startup.py``
+reads it).
 """
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+
+#: Environment variable naming the file that receives the wall-clock time of the first training batch.
+FIRST_BATCH_ENV = "TINYML_FIRST_BATCH_FILE"
+
+
+def note_first_batch() -> None:
+    """Write ``time.time()`` to the file named by ``$TINYML_FIRST_BATCH_FILE`` (nothing if unset)."""
+    path = os.environ.get(FIRST_BATCH_ENV)
+    if path:
+        Path(path).write_text(f"{time.time():.6f}\n")
 
 
 def images_per_second(images: int, seconds: float) -> float:
@@ -56,6 +72,7 @@ class Throughput(L.Callback):
         self._clock: float | None = None  # end of the previous batch (or of the warm-up)
         self._step_start = 0.0
         self._paused_at: float | None = None
+        self._first_batch_seen = False
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.images, self.seconds, self.compute_seconds = 0, 0.0, 0.0
@@ -65,6 +82,9 @@ class Throughput(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
+        if not self._first_batch_seen:
+            self._first_batch_seen = True
+            note_first_batch()
         self._step_start = time.perf_counter()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,

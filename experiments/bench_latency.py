@@ -8,6 +8,11 @@ arXiv:2204.10546); width 0.5 and 0.25. For each: MACs, MAC ratio (MACs of the un
 batch-1 latency with PyTorch and onnxruntime, speed-up (unpruned latency / latency), and efficiency =
 speed-up / MAC ratio, which is 1 when latency falls exactly as the MACs do (target ``--target``).
 All networks are measured in one process, one after the other, on ``--threads`` CPU threads.
+
+``--fused`` adds the column ``torch_fused``: PyTorch eager on a copy with every BatchNorm folded into its
+convolution (``lightning_modules.models.fusion.fuse_conv_bn``), and ``torch_fused_cl``: the same in NHWC
+(channels_last). ``--rounding`` adds width-pruned rows whose channel counts are (``_r8``) or are not
+(``_r1``) rounded to multiples of 8 (``keep_count`` at sparsity 0.52 and 0.77: about width 0.5 and 0.25).
 """
 
 from __future__ import annotations
@@ -18,12 +23,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from lightning_modules.deploy.export import export_onnx
 from lightning_modules.deploy.op_profile import onnx_op_profile, torch_op_profile
 from lightning_modules.deploy.profiling import count_macs, measure_latency_onnx, measure_latency_torch
-from lightning_modules.models.mobilenet_v1 import MobileNetV1
+from lightning_modules.models.fusion import fuse_conv_bn
+from lightning_modules.models.mobilenet_v1 import BASE_CHANNELS, MobileNetV1
+from lightning_modules.pruning.width import keep_count
+
+#: Sparsities of the rounding rows: kept counts that are not multiples of 8 without rounding.
+ROUNDING_SPARSITIES = (0.52, 0.77)
 
 
 def benchmark_nets(num_classes: int = 1000) -> dict[str, nn.Module]:
@@ -34,6 +45,27 @@ def benchmark_nets(num_classes: int = 1000) -> dict[str, nn.Module]:
         "width_0.5": MobileNetV1(num_classes=num_classes, width_mult=0.5),
         "width_0.25": MobileNetV1(num_classes=num_classes, width_mult=0.25),
     }
+
+
+def rounding_nets(num_classes: int = 1000) -> dict[str, nn.Module]:
+    """Width-pruned MobileNetV1s with the kept channel counts rounded to 1 and to 8 (the stem and the
+    classifier's inputs included), as a width prune with ``round_to`` 1 or 8 leaves them."""
+    nets = {}
+    for sparsity in ROUNDING_SPARSITIES:
+        for round_to in (1, 8):
+            channels = [keep_count(c, sparsity, round_to) for c in BASE_CHANNELS]
+            nets[f"sparsity_{sparsity}_r{round_to}"] = MobileNetV1(num_classes=num_classes, channels=channels)
+    return nets
+
+
+def torch_columns(net: nn.Module, fused: bool) -> dict[str, tuple[nn.Module, bool]]:
+    """The PyTorch variants to time: name → (network, channels_last input)."""
+    columns = {"torch": (net, False)}
+    if fused:
+        folded, _ = fuse_conv_bn(net)
+        columns["torch_fused"] = (folded, False)
+        columns["torch_fused_cl"] = (fuse_conv_bn(net)[0].to(memory_format=torch.channels_last), True)
+    return columns
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=str, default=None, help="write the rows as JSON here")
     parser.add_argument("--profile_ops", action="store_true",
                         help="also record per-op-type time (onnxruntime profiler, torch.profiler)")
+    parser.add_argument("--fused", action="store_true",
+                        help="add PyTorch columns with BatchNorm folded into the convolutions (NCHW and NHWC)")
+    parser.add_argument("--rounding", action="store_true",
+                        help="add width-pruned rows with channel counts rounded to 1 and to 8")
+    parser.add_argument("--only", nargs="*", default=None, help="measure only these rows (names; the unpruned row, which the ratios refer to, always)")
     return parser
 
 
@@ -99,14 +136,24 @@ def format_op_shares(rows: list[dict[str, Any]], top: int = 6) -> str:
 def main(args: list[str] | None = None) -> list[dict[str, Any]]:
     """Measure every network; prints a table, writes ``--out`` (JSON) if given, returns the rows."""
     opts = build_parser().parse_args(args)
-    backends = ["torch"] if opts.no_onnx else ["torch", "onnx"]
+    backends = ["torch", *(["torch_fused", "torch_fused_cl"] if opts.fused else []),
+                *([] if opts.no_onnx else ["onnx"])]
     size, rows = opts.image_size, []
+    nets = {**benchmark_nets(opts.num_classes), **(rounding_nets(opts.num_classes) if opts.rounding else {})}
+    if opts.only:
+        unknown = sorted(set(opts.only) - set(nets))
+        if unknown:
+            raise SystemExit(f"error: --only {unknown}: no such rows; choose from {sorted(nets)}")
+        nets = {name: net for name, net in nets.items() if name in opts.only or name == "mobilenet_v1_1.0"}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, net in benchmark_nets(opts.num_classes).items():
+        for name, net in nets.items():
             net.eval()
             row: dict[str, Any] = {"name": name, "image_size": size, "threads": opts.threads,
-                                   "macs": count_macs(net, size)}
-            row["torch_ms"] = measure_latency_torch(net, size, opts.threads, opts.warmup, opts.runs)["median_ms"]
+                                   "macs": count_macs(net, size),
+                                   "channels": list(getattr(net, "channels", []))}
+            for column, (variant, nhwc) in torch_columns(net, opts.fused).items():
+                row[f"{column}_ms"] = measure_latency_torch(variant, size, opts.threads, opts.warmup, opts.runs,
+                                                            channels_last=nhwc)["median_ms"]
             if "onnx" in backends:
                 path = export_onnx(net, Path(tmp) / f"{name}.onnx", size)
                 row["onnx_ms"] = measure_latency_onnx(path, size, opts.threads, opts.warmup, opts.runs)["median_ms"]

@@ -172,11 +172,14 @@ class ExperimentCLI(LightningCLI):
             init_args["save_dir"] = trainer["default_root_dir"]
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
-        # The default rich progress bar yields to --trainer.enable_progress_bar false.
-        if self._get(self.config_init, "trainer", default={}).get("enable_progress_bar") is False:
-            self.trainer_defaults["callbacks"] = [
-                cb for cb in self.trainer_defaults.get("callbacks", []) if not isinstance(cb, RichProgressBar)
-            ]
+        # The default rich progress bar yields to --trainer.enable_progress_bar false, the learning-rate
+        # monitor (which needs a logger) to --trainer.logger false.
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        drop = (RichProgressBar,) if trainer_config.get("enable_progress_bar") is False else ()
+        drop += (LearningRateMonitor,) if trainer_config.get("logger") is False else ()
+        self.trainer_defaults["callbacks"] = [
+            cb for cb in self.trainer_defaults.get("callbacks", []) if not isinstance(cb, drop)
+        ]
         accelerator = str(self._get(self.config_init, "trainer", default={}).get("accelerator") or "")
         if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
             raise ExperimentError(
@@ -210,7 +213,7 @@ class PruningCLI(ExperimentCLI):
 def trainer_defaults(project: str = "tinyml-pruning") -> dict[str, Any]:
     return {
         "logger": {
-            "class_path": "lightning.pytorch.loggers.WandbLogger",
+            "class_path": "experiments.wandb_logger.BackgroundWandbLogger",
             "init_args": {"project": project, "save_dir": DEFAULT_SAVE_DIR},
         },
         # Persistent callbacks (instances, added to whatever --trainer.callbacks lists).

@@ -158,3 +158,22 @@ def test_bench_latency_quick_setting(tmp_path) -> None:
         assert r["torch_efficiency"] == pytest.approx(r["torch_speedup"] / r["mac_ratio"])
         assert r["onnx_ms"] > 0 and isinstance(r["onnx_target_met"], bool)
     assert out.is_file()
+
+
+def test_bench_latency_fused_columns_and_rounding_rows() -> None:
+    from lightning_modules.models.mobilenet_v1 import BASE_CHANNELS
+
+    nets = bench_latency.rounding_nets(10)
+    assert list(nets) == ["sparsity_0.52_r1", "sparsity_0.52_r8", "sparsity_0.77_r1", "sparsity_0.77_r8"]
+    assert all(c % 8 == 0 for c in nets["sparsity_0.77_r8"].channels)
+    assert any(c % 8 for c in nets["sparsity_0.77_r1"].channels)  # the unrounded counts really are not
+    assert len(nets["sparsity_0.52_r1"].channels) == len(BASE_CHANNELS)
+    rows = bench_latency.main(["--image_size", "32", "--warmup", "0", "--runs", "1", "--num_classes", "10",
+                               "--no_onnx", "--fused", "--rounding", "--only", "sparsity_0.77_r1", "sparsity_0.77_r8"])
+    assert [r["name"] for r in rows] == ["mobilenet_v1_1.0", "sparsity_0.77_r1", "sparsity_0.77_r8"]
+    for r in rows:
+        assert r["torch_fused_ms"] > 0 and r["torch_fused_cl_ms"] > 0
+        assert r["torch_fused_efficiency"] == pytest.approx(r["torch_fused_speedup"] / r["mac_ratio"])
+    assert rows[1]["channels"] != rows[2]["channels"]
+    with pytest.raises(SystemExit, match="no such rows"):
+        bench_latency.main(["--no_onnx", "--only", "width_0.3"])

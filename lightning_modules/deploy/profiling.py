@@ -263,13 +263,16 @@ def _summary(times_ms: list[float], threads: int) -> dict[str, float]:
 
 def measure_latency_torch(
     model: nn.Module, image_size: int = 224, threads: int = 1, warmup: int = 10, runs: int = 50,
-    in_chans: int = 3,
+    in_chans: int = 3, channels_last: bool = False,
 ) -> dict[str, float]:
     """Batch-1 latency of ``model`` in eval mode under ``torch.inference_mode`` with ``threads`` threads:
-    ``{"median_ms", "p90_ms", "threads", "runs"}``."""
+    ``{"median_ms", "p90_ms", "threads", "runs"}``. ``channels_last``: the input is NHWC (convert the
+    model with ``model.to(memory_format=torch.channels_last)`` to run it NHWC throughout)."""
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     x = torch.randn(1, in_chans, image_size, image_size, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     previous_threads, was_training = torch.get_num_threads(), model.training
     torch.set_num_threads(threads)

@@ -1,0 +1,131 @@
+"""The W&B run starts in the background: nothing logged before it has started is lost, a failed start
+is one clear error, and the CLIs' offline runs hold every metric, the config and the summary."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from experiments import train
+from experiments.wandb_logger import BackgroundWandbLogger, WandbStartError, new_run_id
+from lightning_modules.reporting.sweep import log_sweep_to_wandb, write_sweep_report
+from tests.test_depth_report import BASELINE, SWEEP
+from tests.wandb_records import read_offline_run
+
+wandb = pytest.importorskip("wandb")
+
+
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """Hold every ``wandb.init`` until the test sets the event (the real init runs after it)."""
+    opened, real_init = threading.Event(), wandb.init
+
+    def held_init(*args: Any, **kwargs: Any) -> Any:
+        opened.wait(timeout=120)
+        return real_init(*args, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", held_init)
+    yield opened
+    opened.set()
+
+
+def offline_run_folder(save_dir: Path, run_id: str) -> Path:
+    (folder,) = (save_dir / "wandb").glob(f"offline-run-*-{run_id}")
+    return folder
+
+
+def test_run_ids_have_wandbs_format() -> None:
+    ids = {new_run_id() for _ in range(50)}
+    assert len(ids) == 50
+    assert all(len(i) == 8 and i.isalnum() and i == i.lower() for i in ids)
+
+
+def test_calls_before_the_start_are_queued_and_sent_in_order(tmp_path: Path, gate: threading.Event) -> None:
+    logger = BackgroundWandbLogger(project="bg-test", save_dir=str(tmp_path))
+    run_id = logger.version
+    assert logger.pending and isinstance(run_id, str)  # the folder is known before the run exists
+    logger.log_hyperparams({"lr": 0.1, "config": {"model": {"width_mult": 0.25}}})
+    logger.log_metrics({"val/acc": 0.25}, step=3)
+    logger.log_metrics({"val/acc": 0.5}, step=7)
+    pending = logger.experiment  # what Lightning asks for before its setup hooks: must not wait
+    assert logger.pending and type(pending).__name__ == "_PendingRun"
+
+    gate.set()
+    logger.finalize("success")  # waits for the run and sends the queue
+    assert not logger.pending and logger.version == run_id
+    assert isinstance(pending, wandb.Run)  # the stand-in now is the run
+    logger.log_metrics({"val/acc": 0.75}, step=9)  # after the start: sent at once
+    logger.experiment.finish()
+
+    records = read_offline_run(offline_run_folder(tmp_path, run_id))
+    assert records.config["lr"] == 0.1 and records.config["config"] == {"model": {"width_mult": 0.25}}
+    rows = [(r["trainer/global_step"], r["val/acc"]) for r in records.history if "val/acc" in r]
+    assert rows == [(3, 0.25), (7, 0.5), (9, 0.75)]
+
+
+def test_the_stand_in_run_takes_the_sweep_table(tmp_path: Path, gate: threading.Event) -> None:
+    """``log_sweep_to_wandb`` checks ``isinstance(run, wandb.Run)``: the stand-in passes once started."""
+    logger = BackgroundWandbLogger(project="bg-test", save_dir=str(tmp_path))
+    experiment = logger.experiment
+    assert logger.pending
+    gate.set()
+    png = write_sweep_report(SWEEP, BASELINE, chosen=3, out_dir=tmp_path / "report")["png"]
+    log_sweep_to_wandb(experiment, SWEEP, BASELINE, 3, png)
+    logger.experiment.finish()
+    run_folder = offline_run_folder(tmp_path, logger.version)
+    keys = read_offline_run(run_folder).metric_keys()  # media rows: "<key>/_type", "<key>/path", ...
+    assert any(k.startswith("depth_sweep/table/") for k in keys), keys
+    assert any(k.startswith("depth_sweep/plot/") for k in keys), keys
+    assert list((run_folder / "files" / "media" / "table" / "depth_sweep").glob("*.table.json"))
+
+
+def test_a_failed_start_is_raised_not_swallowed(tmp_path: Path, gate: threading.Event) -> None:
+    logger = BackgroundWandbLogger(project="bg-test", save_dir=str(tmp_path), mode="no-such-mode")
+    logger.log_metrics({"val/acc": 0.5}, step=1)  # queued: the start has not failed yet
+    gate.set()
+    with pytest.raises(WandbStartError, match="W&B run could not start.*no-such-mode"):
+        logger.finalize("success")
+    with pytest.raises(WandbStartError):  # and again at any later use
+        logger.log_metrics({"val/acc": 0.5}, step=2)
+
+
+def tiny_train_args(folder: Path, out: Path, *extra: str) -> list[str]:
+    return ["--data.root", str(folder), "--data.check_counts", "false", "--data.batch_size", "16",
+            "--model.width_mult", "0.25", "--trainer.max_epochs", "1",
+            "--trainer.logger.init_args.save_dir", str(out), "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false", "--trainer.accelerator", "cpu", *extra]
+
+
+def test_cli_run_logs_metrics_config_and_summary_to_the_offline_run(folder: Path, tmp_path: Path) -> None:
+    summary_path = train.main(tiny_train_args(folder, tmp_path / "logs"))
+    summary = json.loads(Path(summary_path).read_text())
+    run_id = Path(summary_path).parent.name
+    records = read_offline_run(offline_run_folder(tmp_path / "logs", run_id))
+
+    assert {"val/acc", "train/img_per_s", "train/compute_img_per_s", "test/acc",
+            "trainer/global_step"} <= records.metric_keys()
+    assert records.config["width_mult"] == 0.25  # the model's hyper-parameters
+    assert records.config["config"]["data"]["init_args"]["batch_size"] == 16  # the CLI's resolved config
+    assert records.summary["summary/params"] == summary["params"]
+    assert records.summary["test/acc"] == pytest.approx(summary["metrics"]["test/acc"])
+
+
+def test_cli_with_a_failing_wandb_start_exits_with_one_message(folder: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "no-such-mode")  # wandb.init refuses it (in the background)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(tiny_train_args(folder, tmp_path / "logs"))
+    message = str(exit_info.value.code)
+    assert message.startswith("error: the W&B run could not start") and "no-such-mode" in message
+
+
+def test_a_run_refused_at_start_up_creates_no_wandb_run(folder: Path, tmp_path: Path) -> None:
+    """The run starts when Lightning's would (the fit's set-up), not when the logger is built."""
+    with pytest.raises(SystemExit, match="error: .*no-such.ckpt"):
+        train.main(tiny_train_args(folder, tmp_path / "logs", "--ckpt_path", str(tmp_path / "no-such.ckpt")))
+    assert not list((tmp_path / "logs").glob("wandb/*run-*"))

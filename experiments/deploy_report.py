@@ -144,9 +144,9 @@ def deployment_table(rows: dict[str, dict[str, Any]]) -> list[str]:
     for name, r in rows.items():
         lines.append(
             f"| {name} | {r['macs'] / 1e6:.2f} | {r['fp32_acc']:.4f} | {r['int8_acc']:.4f} "
-            f"| {_kb(r['arena_bytes'])} | {_kb(r['est_arena_bytes'])} ({r['arena_error']:+.1%}) "
+            f"| {_kb(r['arena_bytes'])} | {_kb(r['est_arena_bytes'])} ({r['arena_error']:+.2%}) "
             f"| {_kb(r['old_est_peak_ram_int8'])} ({r['old_arena_error']:+.1%}) "
-            f"| {_kb(r['flash_bytes'])} | {_kb(r['est_flash_bytes'])} ({r['flash_error']:+.1%}) "
+            f"| {_kb(r['flash_bytes'])} | {_kb(r['est_flash_bytes'])} ({r['flash_error']:+.2%}) "
             f"| {_kb(r['old_est_flash_int8'])} ({r['old_flash_error']:+.1%}) |")
     return lines
 
@@ -181,7 +181,8 @@ def deployment_sections(runs_dir: str | Path = "docs/runs") -> list[str]:
                   f"`{doc.get('command', '')}`", "",
                   f"int8: per-channel weights (FC per-tensor), int8 activations and input/output, calibrated on "
                   f"{doc.get('calib_images')} training images; accuracies on {doc.get('eval_images')} test images. "
-                  "Arena: TFLM's own allocation report (host build). Error = estimate / TFLM − 1.", ""]
+                  "Arena: TFLM's own allocation report (host build). Error = estimate / TFLM − 1.",
+                  *([doc["note"]] if doc.get("note") else []), ""]
         lines += deployment_table(doc["nets"]) + [""]
     budget = []
     for path in sorted(runs_dir.glob("*/summary.json")):

@@ -210,8 +210,12 @@ class BudgetChoice(L.Callback):
             self.width_acc[w] = width_proxy_accuracy(
                 pl_module.net, trainer.datamodule, w, s.proxy_steps, s.proxy_lr, s.proxy_images)
             rank_zero_info(f"width proxy: keep {w:g} of the channels → {self.width_acc[w]:.4f}")
+        reference = self.width_acc[1.0] or max(self.width_acc.values())
+        if reference <= 0:  # no proxy classified anything: rank by the cut's head alone
+            rank_zero_info("width proxy: every width scored 0; predicting accuracy from the cut heads alone")
         for c in self.candidates:
-            c.acc = combined_accuracy(self.sweep.accuracies[c.cut], self.width_acc[c.width], self.width_acc[1.0])
+            retained = self.width_acc[c.width] if reference > 0 else 1.0
+            c.acc = combined_accuracy(self.sweep.accuracies[c.cut], retained, reference if reference > 0 else 1.0)
         self.chosen = choose(self.candidates, self.budget)
         rank_zero_info(f"budget choice: {self.chosen.name} (predicted acc {self.chosen.acc:.4f}, "
                        f"flash {self.chosen.flash_bytes / KB:.1f} KB, arena {self.chosen.ram_bytes / KB:.1f} KB)")

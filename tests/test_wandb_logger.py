@@ -20,6 +20,17 @@ from tests.wandb_records import read_offline_run
 wandb = pytest.importorskip("wandb")
 
 
+@pytest.fixture(autouse=True)
+def no_run_left_open() -> Iterator[None]:
+    """Each test starts with no W&B run in this process: a run an earlier test left open would be
+    reused by any logger (Lightning's and ours), so nothing here would start in the background."""
+    if wandb.run is not None:
+        wandb.finish()
+    yield
+    if wandb.run is not None:
+        wandb.finish()
+
+
 @pytest.fixture
 def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     """Hold every ``wandb.init`` until the test sets the event (the real init runs after it)."""
@@ -115,13 +126,21 @@ def test_cli_run_logs_metrics_config_and_summary_to_the_offline_run(folder: Path
     assert records.summary["test/acc"] == pytest.approx(summary["metrics"]["test/acc"])
 
 
-def test_cli_with_a_failing_wandb_start_exits_with_one_message(folder: Path, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WANDB_MODE", "no-such-mode")  # wandb.init refuses it (in the background)
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(tiny_train_args(folder, tmp_path / "logs"))
-    message = str(exit_info.value.code)
-    assert message.startswith("error: the W&B run could not start") and "no-such-mode" in message
+def test_cli_with_a_failing_wandb_start_exits_with_one_message(folder: Path, tmp_path: Path) -> None:
+    # a fresh process: W&B reads WANDB_MODE once per process, so an in-process run after other W&B
+    # tests would keep their mode
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "WANDB_MODE": "no-such-mode"}  # wandb.init refuses it (in the background)
+    done = subprocess.run([sys.executable, "experiments/train.py", *tiny_train_args(folder, tmp_path / "logs")],
+                          cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert lines and lines[-1].startswith("error: the W&B run could not start") and "no-such-mode" in lines[-1], \
+        done.stderr[-2000:]
 
 
 def test_a_run_refused_at_start_up_creates_no_wandb_run(folder: Path, tmp_path: Path) -> None:

@@ -55,7 +55,8 @@ def backbone_section(summaries: list[dict]) -> list[str]:
     for s in sorted(runs, key=lambda s: (backbone_of(s), s.get("stage", ""))):
         folder = Path(s["_path"]).parent
         script = {"depth_prune": "depth_prune.py", "width_prune": "width_prune.py"}.get(s.get("stage"), "train.py")
-        command = f"`uv run experiments/{script} --config {folder.as_posix()}/config.yaml`"
+        # the archived copy (docs/runs/<id>/), wherever the summary was read from
+        command = f"`uv run experiments/{script} --config docs/runs/{folder.name}/config.yaml`"
         for stage, what, cost, acc in backbone_rows(s):
             lines.append(f"| {backbone_of(s)} | {s.get('dataset', '—')} | {s.get('image_size')} | {stage} | {what} "
                          f"| {s.get('epochs')} | {_count(cost.get('params'))} | {_count(cost.get('macs'))} "

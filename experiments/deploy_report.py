@@ -191,7 +191,8 @@ def deployment_sections(runs_dir: str | Path = "docs/runs") -> list[str]:
             budget.append(doc)
     if budget:
         lines += ["## Pruning to a budget (fit_budget.py)", ""]
-        lines += [f"- `{s['fit_budget'].get('command', '')}`" for s in budget] + [""]
+        lines += [f"- `{s['fit_budget'].get('command', '').replace('python experiments/', 'uv run experiments/', 1)}`"
+                  for s in budget] + [""]
         lines += budget_rows(budget) + [""]
     return lines
 

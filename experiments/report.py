@@ -210,17 +210,21 @@ def plot_accuracy_vs_cost(points: list[dict], path: Path) -> Path | None:
 
 
 def bench_table(rows: list[dict]) -> list[str]:
-    """The latency benchmark written by ``bench_latency.py --out``."""
+    """The latency benchmark written by ``bench_latency.py --out``: one column group per backend measured
+    (PyTorch eager, with BatchNorm folded, folded + channels_last, onnxruntime)."""
     first = rows[0]
+    names = {"torch": "PyTorch", "torch_fused": "PyTorch, BN folded", "torch_fused_cl": "PyTorch, BN folded, NHWC",
+             "onnx": "onnxruntime"}
+    backends = [b for b in names if any(r.get(f"{b}_ms") is not None for r in rows)]
     lines = [f"{first['image_size']} px, batch 1, {first['threads']} CPU thread(s); speed-up = unpruned latency / "
-             "latency; efficiency = speed-up / MAC ratio (target ≥ 0.8).", "",
-             "| network | MMACs | MAC ratio | PyTorch ms | speed-up | efficiency | onnxruntime ms | speed-up "
-             "| efficiency |", "|---|---|---|---|---|---|---|---|---|"]
+             "latency; efficiency = speed-up / MAC ratio (target ≥ 0.8). Rows `sparsity_S_rN`: one-shot pruning "
+             "at sparsity S with channel counts rounded to multiples of N.", "",
+             "| network | MMACs | MAC ratio | " + " | ".join(f"{names[b]} ms | speed-up | efficiency" for b in backends)
+             + " |", "|---|---|---|" + "---|---|---|" * len(backends)]
     for r in rows:
-        onnx = (f"{r['onnx_ms']:.3f} | {r['onnx_speedup']:.2f} | {r['onnx_efficiency']:.2f}"
-                if r.get("onnx_ms") is not None else "— | — | —")
-        lines.append(f"| {r['name']} | {r['macs'] / 1e6:.1f} | {r['mac_ratio']:.2f} | {r['torch_ms']:.3f} "
-                     f"| {r['torch_speedup']:.2f} | {r['torch_efficiency']:.2f} | {onnx} |")
+        cells = [f"{r[f'{b}_ms']:.3f} | {r[f'{b}_speedup']:.2f} | {r[f'{b}_efficiency']:.2f}"
+                 if r.get(f"{b}_ms") is not None else "— | — | —" for b in backends]
+        lines.append(f"| {r['name']} | {r['macs'] / 1e6:.1f} | {r['mac_ratio']:.2f} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -346,7 +350,7 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
                   "512 training images, evaluated on the test split).", "", *deployment_table(profiles), ""]
     for bench in sorted((out.parent / "runs").glob("bench_latency*.json")):
         lines += [f"## Latency benchmark ({bench.stem})", "",
-                  f"`uv run experiments/bench_latency.py --out {out.parent.name}/runs/{bench.name}`", "",
+                  f"`uv run experiments/bench_latency.py --image_size 224 --threads 1 --runs 20 --fused --rounding --out {out.parent.name}/runs/{bench.name}`", "",
                   *bench_table(json.loads(bench.read_text())), ""]
     lines += speed_section(out.parent / "runs")
 

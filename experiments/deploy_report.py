@@ -188,12 +188,15 @@ def deployment_sections(runs_dir: str | Path = "docs/runs") -> list[str]:
     for path in sorted(runs_dir.glob("*/summary.json")):
         doc = json.loads(path.read_text())
         if "fit_budget" in doc:
-            budget.append(doc)
+            budget.append({**doc, "_path": str(path)})
     if budget:
         lines += ["## Pruning to a budget (fit_budget.py)", ""]
         lines += [f"- `{s['fit_budget'].get('command', '').replace('python experiments/', 'uv run experiments/', 1)}`"
                   for s in budget] + [""]
         lines += budget_rows(budget) + [""]
+        lines += [f"![budget {s['fit_budget']['budget']['flash_kb']:g} KB / {s['fit_budget']['budget']['ram_kb']:g} KB]"
+                  f"(runs/{Path(s['_path']).parent.name}/fit_budget.png)" for s in budget
+                  if (Path(s["_path"]).parent / "fit_budget.png").is_file()] + [""]
     return lines
 
 

@@ -366,7 +366,8 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
     return portable("\n".join(lines))  # no path of this machine in the page
 
 
-ARCHIVED_FILES = ("summary.json", "config.yaml", "profile.json", "depth_sweep.csv", "depth_sweep.json", "depth_sweep.png")
+ARCHIVED_FILES = ("summary.json", "config.yaml", "profile.json", "depth_sweep.csv", "depth_sweep.json", "depth_sweep.png",
+                  "fit_budget.png")
 
 
 def archive_runs(summaries: list[dict], archive: Path) -> None:

@@ -13,7 +13,6 @@ import copy
 import json
 from pathlib import Path
 
-import lightning as L
 import pytest
 import timm
 import torch
@@ -35,6 +34,7 @@ from lightning_modules.pruning.compactors import (
 from lightning_modules.pruning.width import apply_plan, keep_count, prunable_groups
 from tests.fake_data import make_image_folder
 from tests.test_backbones import cli_args, save_checkpoint
+from tests.test_resrep import Snapshots
 from tests.tiny_fit import tiny_datamodule, tiny_trainer
 
 FAMILIES = ["resnet10t", "mobilenetv3_small_050"]
@@ -150,16 +150,6 @@ def test_layer_norms_have_no_lossless_placement() -> None:
 
 
 # --------------------------------------------------------------------------------------- in a fit
-class Snapshots(L.Callback):
-    """Copies of the network at the end of every training epoch."""
-
-    def __init__(self) -> None:
-        self.nets: dict[int, nn.Module] = {}
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.nets[trainer.current_epoch] = copy.deepcopy(pl_module.net).eval()
-
-
 def rep_prune() -> RepPrune:
     return RepPrune(start_epoch=0, prune_epoch=2, sparsity=0.5, penalty=0.5, mask_interval=1, ramp_updates=2)
 

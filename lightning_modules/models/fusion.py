@@ -29,7 +29,7 @@ __all__ = ["fuse_conv_bn", "foldable"]
 
 def foldable(conv: nn.Module, bn: nn.Module) -> bool:
     """Whether ``bn`` (applied to ``conv``'s output) can be folded into ``conv``."""
-    return (isinstance(conv, nn.Conv2d) and type(conv) is nn.Conv2d and isinstance(bn, nn.BatchNorm2d)
+    return (type(conv) is nn.Conv2d and isinstance(bn, nn.BatchNorm2d)
             and bn.track_running_stats and bn.running_mean is not None
             and bn.num_features == conv.out_channels)
 

@@ -176,7 +176,7 @@ def run_ours(datamodule: Any, opts: argparse.Namespace, heads: bool, seed: int =
 
     gpu = opts.device == "cuda"
     torch.manual_seed(seed)
-    model = ImageClassifier(num_classes=10, channels_last=gpu, compile=compiled)
+    model = ImageClassifier(num_classes=10, compile=compiled)
     if heads:
         model.attach_aux_heads(REPLICATION_HEAD)
         model.freeze_modules(["net"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -146,7 +147,9 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
             runs[mode].append(run_once(opts.script, mode, cli_args))
     summary = summarise(runs)
     print(format_summary(summary, opts.runs))
-    result = {"script": opts.script, "cli_args": cli_args, "runs": runs, "summary": summary, "untimed": warm}
+    command = shlex.join(["uv", "run", "experiments/bench_startup.py", *(sys.argv[1:] if args is None else args)])
+    result = {"script": opts.script, "cli_args": cli_args, "runs": runs, "summary": summary, "untimed": warm,
+              "cpus": os.cpu_count(), "command": command}
     if opts.out is not None:
         Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
         Path(opts.out).write_text(json.dumps(result, indent=2) + "\n")

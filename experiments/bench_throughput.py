@@ -8,12 +8,13 @@ In one process, the same MobileNetV1 (same seed) is trained ``--steps`` steps af
 
 - ``plain``: the replication's loop: CIFAR-10 images as PIL images through torchvision's ``RandomCrop(32, 4)``,
   ``RandomHorizontalFlip``, (``Resize``,) ``ToTensor``, ``Normalize`` in a DataLoader with 2 workers, fp32;
-- ``ours``: ``ImageClassifier`` + ``CIFAR10DataModule`` under a Lightning ``Trainer`` with the default data
-  path (uint8 images in memory, the same augmentation drawn per image on the device), bf16-mixed and
-  channels_last on a GPU;
+- ``ours``: ``ImageClassifier`` + ``CIFAR10DataModule`` under a Lightning ``Trainer`` with the defaults
+  (uint8 images in memory, the same augmentation drawn per image on the device, channels_last),
+  bf16-mixed on a GPU;
 - ``ours_heads`` (``--heads``): the same with the 14 auxiliary heads of the depth-pruning sweep attached
   and the backbone frozen, i.e. a sweep epoch;
-- ``ours_compiled`` (``--compile``): ``ours`` with ``--model.compile true`` (compiled during its warm-up).
+- ``ours_compiled`` (``--compile``): ``ours`` with ``--model.compile true`` (compiled during its warm-up);
+- ``ours_nchw`` (``--nchw``): ``ours`` with ``--model.channels_last false`` (what the default NHWC gains).
 
 Each round runs them one after the other (plain, ours, ours_heads, plain, …), so a machine whose speed
 drifts (other jobs) affects all alike; ratios are taken round by round and the medians reported. Every
@@ -53,6 +54,8 @@ def parse(args: list[str] | None = None) -> argparse.Namespace:
                         help="time a sweep epoch (14 heads, frozen backbone) too ('both'), only ('on') or not")
     parser.add_argument("--compile", action="store_true",
                         help="time ours with --model.compile true too (compiled in its warm-up steps)")
+    parser.add_argument("--nchw", action="store_true",
+                        help="time ours with --model.channels_last false too (NCHW, the pre-NHWC default)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain loop")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--train_subset", type=int, default=None, help="training images used (all by default)")
@@ -70,10 +73,10 @@ def parse(args: list[str] | None = None) -> argparse.Namespace:
     return opts
 
 
-def pipelines(heads: str, compiled: bool = False) -> list[str]:
+def pipelines(heads: str, compiled: bool = False, nchw: bool = False) -> list[str]:
     """The runs of one round, in order."""
     names = {"off": ["plain", "ours"], "on": ["plain", "ours_heads"], "both": ["plain", "ours", "ours_heads"]}[heads]
-    return [*names, "ours_compiled"] if compiled else names
+    return [*names, *(["ours_compiled"] if compiled else []), *(["ours_nchw"] if nchw else [])]
 
 
 def training_flops_per_image(macs: int) -> float:
@@ -167,7 +170,7 @@ def run_plain(datamodule: Any, opts: argparse.Namespace, seed: int = 0) -> dict[
 
 
 def run_ours(datamodule: Any, opts: argparse.Namespace, heads: bool, seed: int = 0,
-             compiled: bool = False) -> dict[str, float]:
+             compiled: bool = False, channels_last: bool = True) -> dict[str, float]:
     """This project's pipeline under a Lightning Trainer; timed by the Throughput callback."""
     import lightning as L
 
@@ -176,7 +179,7 @@ def run_ours(datamodule: Any, opts: argparse.Namespace, heads: bool, seed: int =
 
     gpu = opts.device == "cuda"
     torch.manual_seed(seed)
-    model = ImageClassifier(num_classes=10, compile=compiled)
+    model = ImageClassifier(num_classes=10, compile=compiled, channels_last=channels_last)
     if heads:
         model.attach_aux_heads(REPLICATION_HEAD)
         model.freeze_modules(["net"])
@@ -186,7 +189,9 @@ def run_ours(datamodule: Any, opts: argparse.Namespace, heads: bool, seed: int =
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[meter])
     trainer.fit(model, datamodule)
+    weight = next(p for p in model.net.parameters() if p.ndim == 4)
     return {"img_per_s": meter.images / meter.seconds if meter.seconds else 0.0, "images": meter.images,
+            "nhwc": weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous(),
             "seconds": meter.seconds, "compute_img_per_s": meter.images / meter.compute_seconds
             if meter.compute_seconds else 0.0}
 
@@ -242,13 +247,14 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     device = torch.device(opts.device)
     datamodule = make_datamodule(opts)
     macs = int(model_cost(MobileNetV1(num_classes=10), opts.image_size)["macs"])
-    names = pipelines(opts.heads, opts.compile)
+    names = pipelines(opts.heads, opts.compile, opts.nchw)
     runs, peaks = [], []
     for i in range(opts.rounds):
         peaks.append(matmul_peak(device, opts.matmul_size))
         for name in names:
             result = run_plain(datamodule, opts) if name == "plain" else \
-                run_ours(datamodule, opts, name == "ours_heads", compiled=name == "ours_compiled")
+                run_ours(datamodule, opts, name == "ours_heads", compiled=name == "ours_compiled",
+                         channels_last=name != "ours_nchw")
             runs.append({"round": i, "pipeline": name, **result})
             print(f"round {i} {name:>10}: {result['img_per_s']:8.1f} img/s", flush=True)
     summary = summarise(runs, peaks, macs, names)

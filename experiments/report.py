@@ -25,6 +25,7 @@ from experiments.reproduce import (
     reproduce_script,
     seed_spread,
 )
+from experiments.speed_report import speed_section
 from experiments.width_report import plot_width_rows, width_rows, width_table
 from lightning_modules.deploy.profiling import measure_latency_torch, tinyml_budget
 from lightning_modules.models.adapters import build_net
@@ -382,42 +383,6 @@ def archive_runs(summaries: list[dict], archive: Path) -> None:
                 if (folder / name).is_file():
                     shutil.copyfile(folder / name, target / name)
         make_portable(target)
-
-
-def speed_section(runs: Path) -> list[str]:
-    """Training throughput and sweep cost from ``bench_throughput*.json`` / ``bench_sweep*.json``."""
-    lines: list[str] = []
-    throughput = [json.loads(p.read_text()) for p in sorted(runs.glob("bench_throughput*.json"))]
-    sweeps = [json.loads(p.read_text()) for p in sorted(runs.glob("bench_sweep*.json"))]
-    if not throughput and not sweeps:
-        return lines
-    lines += ["## Training speed", ""]
-    for r in throughput:
-        ips, frac = r["img_per_s"], r.get("fraction_of_peak", {})
-        lines += [f"`{r.get('command', 'uv run experiments/bench_throughput.py')}` — {r['mode']} ({r['device']}), "
-                  f"batch {r['batch_size']}, {r['steps']} timed steps after {r['warmup']}, {r['rounds']} "
-                  f"interleaved rounds in one process, {r['threads']} thread(s); {r['note']}. Peak: dense matmul "
-                  f"{r['peak_flops_median'] / 1e9:.1f} GFLOP/s measured in the same run; a training step counts "
-                  f"3 × 2 × {r['macs_per_image'] / 1e6:.1f} M MACs per image.", "",
-                  "| pipeline | img/s (end to end) | × plain, median (per round) | % of matmul peak |", "|---|---|---|---|"]
-        rounds = {(x["round"], x["pipeline"]): x["img_per_s"] for x in r.get("runs", [])}
-        for name, value in ips.items():
-            per_round = ", ".join(f"{rounds[(i, name)] / rounds[(i, 'plain')]:.2f}" for i in range(r["rounds"])
-                                  if (i, name) in rounds and rounds.get((i, "plain")))
-            ratio = "1.00" if name == "plain" else \
-                f"{r.get(f'ratio_{name}_vs_plain', float('nan')):.2f} (rounds: {per_round})"
-            pct = f"{100 * frac[name]:.1f}" if name in frac else "—"
-            lines.append(f"| {name} | {value:.1f} | {ratio} | {pct} |")
-        if "heads_overhead" in r:
-            lines.append(f"\nThe 14 sweep heads (frozen backbone) cost {100 * r['heads_overhead']:+.0f} % time per "
-                         "image over a plain training epoch.")
-        lines.append("")
-    for r in sweeps:
-        lines += [f"`{r.get('command', 'uv run experiments/bench_sweep.py')}` — {r['mode']}, {r['epochs']} epoch(s) "
-                  f"of {r['train_images']} images: the one-run 14-head sweep took {r['sweep_s']:.1f} s, one head "
-                  f"(cut {r['cut']}) {r['one_head_s']:.1f} s: **{r['ratio_sweep_vs_one_head']:.2f}×** "
-                  f"({r['note']}).", ""]
-    return lines
 
 
 def main(args: list[str] | None = None) -> Path:

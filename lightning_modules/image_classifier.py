@@ -23,12 +23,14 @@ from lightning_modules.models.adapters import (
     MOBILENET_V1,
     BackboneAdapter,
     adapter_for,
+    check_backbone_arguments,
     check_same_architecture,
+    normalise_arch,
 )
 from lightning_modules.models.adapters.base import ArchitectureMismatch, untouched_rng
 from lightning_modules.models.adapters.mobilenet_v1 import ARCH_KEYS
 from lightning_modules.models.aux_heads import AuxiliaryHeads
-from lightning_modules.models.fusion import fuse_conv_bn
+from lightning_modules.models.fusion import FoldedEvalCopy
 from lightning_modules.models.layers import Compactor
 from lightning_modules.models.mobilenet_v1 import NUM_BLOCKS
 
@@ -39,39 +41,6 @@ OPTIMIZERS: dict[str, str] = {"sgd": "momentum", "nesterov": "nesterov", "adam":
 
 #: A loss term added by a callback: (module, images, labels, logits, task_loss) → new loss.
 LossHook = Callable[["ImageClassifier", torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _normalise_arch(arch: dict[str, Any]) -> dict[str, Any]:
-    out = dict(arch)
-    for key in ("channels", "head_channels"):
-        if out.get(key) is not None:
-            out[key] = [int(c) for c in out[key]]
-    for key in ("backbone_kwargs", "structure"):
-        if key in out:
-            out[key] = dict(out[key] or {})
-    return out
-
-
-#: MobileNetV1 arguments with their defaults: a timm backbone takes none of them (its own go in
-#: ``backbone_kwargs``).
-MOBILENET_ONLY: dict[str, Any] = {"width_mult": 1.0, "channels": None, "stem_stride": 2, "num_blocks": NUM_BLOCKS,
-                                  "head_channels": (), "compactors": False}
-
-
-def _check_backbone_arguments(hparams: dict[str, Any]) -> None:
-    backbone = hparams["backbone"]
-    if backbone == MOBILENET_V1:
-        if hparams.get("structure"):
-            raise ValueError("structure describes timm networks; MobileNetV1 is described by its own arguments")
-        if hparams.get("backbone_kwargs"):
-            raise ValueError("backbone_kwargs are timm.create_model arguments; MobileNetV1 takes its own "
-                             "(--model.width_mult, --model.channels, ...)")
-        return
-    for key, default in MOBILENET_ONLY.items():
-        value = hparams.get(key)
-        if (tuple(value) if isinstance(value, list | tuple) else value) != default:
-            raise ValueError(f"--model.{key} applies to mobilenet_v1 only, not to backbone {backbone!r}; pass timm "
-                             f"arguments in --model.backbone_kwargs")
 
 
 class ImageClassifier(L.LightningModule):
@@ -98,18 +67,14 @@ class ImageClassifier(L.LightningModule):
             every optimiser update.
         warmup_epochs, warmup_lr, min_lr: schedule settings.
         label_smoothing: of the cross-entropy loss.
-        channels_last: train in NHWC memory format (on by default: on a 2-core CPU a MobileNetV1 training
-            step at 32 px runs 1.6x faster than NCHW, see ``experiments/bench_throughput.py``; on a GPU it
-            is what bf16 convolutions want). NHWC kernels sum in another order than NCHW ones, so weights
-            trained either way agree only statistically.
-        compile: run the network's plain forward (``self(x)``) through ``torch.compile`` (compiled on the
-            first batch, again after every rebuild). Off by default: compiling takes minutes on a small
-            CPU, and the compiled kernels round differently from eager ones (same seed, different weights).
-        fuse_eval: validate and test on a copy of the network with every BatchNorm folded into the
-            convolution before it (:func:`~lightning_modules.models.fusion.fuse_conv_bn`), made at the start
-            of each validation/test epoch; the trained weights are not touched. Outputs agree with the
-            unfolded network's to float rounding (about 1e-6). Off by default, so that a validation
-            accuracy (and the best checkpoint it picks) is computed on exactly the trained operators.
+        channels_last: train in NHWC memory format: on by default, 1.6x faster than NCHW for a training
+            step on the CPU and what bf16 convolutions want on a GPU (NHWC kernels round differently).
+        compile: ``torch.compile`` the network's plain forward (on the first batch and after every rebuild);
+            off by default (see the README's speed options for what it costs and gains).
+        fuse_eval: validate and test on a copy of the network with every BatchNorm folded into its
+            convolution (:class:`~lightning_modules.models.fusion.FoldedEvalCopy`); outputs agree to float
+            rounding. Off by default, so that validation accuracies (and the best checkpoint they pick)
+            come from exactly the trained operators.
     """
 
     def __init__(
@@ -141,7 +106,7 @@ class ImageClassifier(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        _check_backbone_arguments(self.hparams)
+        check_backbone_arguments(self.hparams)
         self.adapter: BackboneAdapter = adapter_for(self.hparams)
         self.net = self.adapter.build(self.arch)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -160,13 +125,15 @@ class ImageClassifier(L.LightningModule):
         # The LR schedule covers the current training stage; pruning callbacks start a new stage.
         self.stage_start_step = 0
         self.stage_epochs: int | None = None
+        # The BatchNorm-folded copy validated and tested on (``fuse_eval``); not part of the state.
+        self.folded_eval = FoldedEvalCopy()
 
     # ----------------------------------------------------------------------------------- architecture
     @property
     def arch(self) -> dict[str, Any]:
         """The network's description (the adapter's architecture keys), taken from the hyper-parameters."""
         keys = self.adapter.arch_keys
-        return _normalise_arch({k: self.hparams[k] for k in keys if k in self.hparams})
+        return normalise_arch({k: self.hparams[k] for k in keys if k in self.hparams})
 
     def describe_net(self, net: nn.Module) -> dict[str, Any]:
         """The architecture hyper-parameters of ``net`` (e.g. a pruned copy of ``self.net``), for
@@ -180,7 +147,7 @@ class ImageClassifier(L.LightningModule):
         (:class:`~lightning_modules.models.adapters.ArchitectureMismatch` names the first layer that does
         not); when it is ``None`` a freshly initialised network is built from the updated hyper-parameters.
         """
-        self.hparams.update(_normalise_arch(arch))
+        self.hparams.update(normalise_arch(arch))
         device = next(self.parameters()).device
         if net is not None:
             with untouched_rng():
@@ -251,17 +218,15 @@ class ImageClassifier(L.LightningModule):
 
     def _eval_net(self) -> nn.Module:
         """The folded copy of this validation/test epoch when there is one, else ``self.net``."""
-        cached = self.__dict__.get("_fused_net")
-        return cached[1] if cached is not None and cached[0] is self.net and not self.training else self.net
+        return self.folded_eval.get(self.net) if not self.training else self.net
 
     def _start_eval_epoch(self) -> None:
-        self.__dict__.pop("_fused_net", None)
+        self.folded_eval.drop()
         if self.hparams.get("fuse_eval", False) and not self.hparams.get("compile", False):
-            fused, _ = fuse_conv_bn(self.net)
-            self.__dict__["_fused_net"] = (self.net, fused)  # outside the module tree: no state-dict keys
+            self.folded_eval.make(self.net)
 
     def _end_eval_epoch(self) -> None:
-        self.__dict__.pop("_fused_net", None)
+        self.folded_eval.drop()
 
     def on_validation_epoch_start(self) -> None:
         self._start_eval_epoch()
@@ -421,7 +386,7 @@ class ImageClassifier(L.LightningModule):
         if saved_backbone != self.hparams.backbone:
             raise ArchitectureMismatch(f"the checkpoint holds a {saved_backbone} network, the model is a "
                                        f"{self.hparams.backbone}; pass --model.backbone {saved_backbone}")
-        saved_arch = _normalise_arch({k: saved[k] for k in self.adapter.arch_keys if k in saved})
+        saved_arch = normalise_arch({k: saved[k] for k in self.adapter.arch_keys if k in saved})
         if saved_arch and saved_arch != self.arch:
             self.rebuild_net(**saved_arch)
         aux = checkpoint.get("aux_heads")

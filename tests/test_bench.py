@@ -31,6 +31,7 @@ def test_summary_takes_ratios_round_by_round() -> None:
 
 
 def test_pipelines_per_heads_mode() -> None:
+    assert pipelines("off", compiled=True, nchw=True) == ["plain", "ours", "ours_compiled", "ours_nchw"]
     assert pipelines("off") == ["plain", "ours"]
     assert pipelines("on") == ["plain", "ours_heads"]
     assert pipelines("both") == ["plain", "ours", "ours_heads"]
@@ -39,16 +40,17 @@ def test_pipelines_per_heads_mode() -> None:
 def test_bench_throughput_runs_every_pipeline_in_turn(real_data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = bench_throughput.main(tiny(real_data_dir, "--steps", "2", "--warmup", "1", "--rounds", "2",
-                                        "--matmul_size", "64", "--workers", "0", "--out", str(out)))
+                                        "--matmul_size", "64", "--workers", "0", "--nchw", "--out", str(out)))
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert [(r["round"], r["pipeline"]) for r in result["runs"]] == [
-        (i, n) for i in range(2) for n in ("plain", "ours", "ours_heads")]
+        (i, n) for i in range(2) for n in ("plain", "ours", "ours_heads", "ours_nchw")]
     for run in result["runs"]:
         assert run["images"] == 2 * 16  # exactly the timed steps, warm-up excluded
+        assert run.get("nhwc") == {"plain": None, "ours_nchw": False}.get(run["pipeline"], True)
         assert run["img_per_s"] > 0
     assert result["mode"] == "cpu-32px" and result["precision_ours"] == "fp32"
     assert result["macs_per_image"] == 11_596_288
-    assert len(result["peak_flops"]) == 2 and set(result["fraction_of_peak"]) == {"plain", "ours"}
+    assert len(result["peak_flops"]) == 2 and set(result["fraction_of_peak"]) == {"plain", "ours", "ours_nchw"}
     assert {"ratio_ours_vs_plain", "heads_overhead"} <= result.keys()
 
 
@@ -82,17 +84,37 @@ def test_gpu_mode_defaults_to_224_px(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_bench_sweep_times_all_heads_and_one(real_data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "sweep.json"
-    result = bench_sweep.main(tiny(real_data_dir, "--eval_subset", "20", "--cut", "3", "--out", str(out)))
-    assert json.loads(out.read_text())["ratio_sweep_vs_one_head"] == pytest.approx(result["ratio_sweep_vs_one_head"])
-    sweep, one = result["runs"]
-    assert (sweep["run"], sweep["heads"], one["run"], one["heads"]) == ("sweep", 14, "one_head", 1)
-    assert sweep["steps"] == one["steps"] == 4  # the same epoch for both
-    assert result["ratio_sweep_vs_one_head"] == pytest.approx(sweep["seconds"] / one["seconds"])
+    result = bench_sweep.main(tiny(real_data_dir, "--eval_subset", "20", "--cut", "3", "1", "--out", str(out)))
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    runs = result["runs"]
+    assert [(r["run"], r["heads"]) for r in runs] == [("sweep", 14), ("one_head@1", 1), ("one_head@3", 1)]
+    assert {r["steps"] for r in runs} == {4}  # the same epoch for all
+    assert result["ratio_sweep_vs_one_head"]["3"] == pytest.approx(runs[0]["seconds"] / runs[2]["seconds"])
+    assert "ratio_separate_vs_sweep" not in result  # only when every cut point is timed
 
 
-def test_bench_sweep_refuses_a_cut_outside_the_net() -> None:
-    with pytest.raises(SystemExit):
-        bench_sweep.parse(["--cut", "14"])
+def test_bench_sweep_summary_adds_up_the_separate_runs() -> None:
+    runs = [{"round": i, "run": "sweep", "seconds": 10.0 * (i + 1)} for i in range(2)]
+    runs += [{"round": i, "run": f"one_head@{k}", "seconds": (i + 1) * (1.0 + k)} for i in range(2) for k in range(14)]
+    out = bench_sweep.summarise(runs, list(range(14)), 2)
+    assert out["ratio_sweep_vs_one_head"]["0"] == pytest.approx(10.0)
+    assert out["separate_runs_s"] == pytest.approx((105.0 + 210.0) / 2)
+    assert out["ratio_separate_vs_sweep"] == pytest.approx(10.5)  # per round: 105 / 10 and 210 / 20
+    assert "14, as in the paper" in bench_sweep.format_result(
+        {**out, "mode": "cpu-32px", "epochs": 1, "train_images": 64, "val_images": 20, "batch_size": 16,
+         "head": "replication", "rounds": 2, "note": ""})
+
+
+@pytest.mark.parametrize("bad", [["--cut", "14"], ["--cut", "x"], ["--cut", "all", "3"]])
+def test_bench_sweep_refuses_a_cut_outside_the_net(bad: list[str], capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as err:
+        bench_sweep.parse(bad)
+    assert err.value.code == 2 and "--cut" in capsys.readouterr().err
+
+
+def test_bench_sweep_all_cuts() -> None:
+    assert bench_sweep.parse(["--cut", "all"]).cut == list(range(14))
+    assert bench_sweep.parse(["--cut", "13", "6", "6"]).cut == [6, 13]
 
 
 def test_sweep_training_forward_stops_at_the_deepest_head() -> None:

@@ -66,6 +66,6 @@ def test_validation_on_the_folded_copy_gives_the_same_accuracy(folder: Path, tmp
         before = {k: v.clone() for k, v in model.state_dict().items()}
         results[fuse] = trainer.validate(model, data, verbose=False)[0]
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-        assert "_fused_net" not in model.__dict__  # dropped at the end of the epoch
+        assert model.folded_eval.folded is None  # dropped at the end of the epoch
     assert results[True]["val/acc"] == results[False]["val/acc"]
     assert results[True]["val/loss"] == pytest.approx(results[False]["val/loss"], rel=1e-5, abs=1e-6)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["fuse_conv_bn", "foldable"]
+__all__ = ["FoldedEvalCopy", "foldable", "fuse_conv_bn"]
 
 
 def foldable(conv: nn.Module, bn: nn.Module) -> bool:
@@ -78,3 +78,22 @@ def fuse_conv_bn(net: nn.Module) -> tuple[nn.Module, int]:
     for p in fused.parameters():
         p.requires_grad_(False)
     return fused, folded
+
+
+class FoldedEvalCopy:
+    """The folded copy of a network for one validation/test epoch, kept outside the module tree (no
+    state-dict keys, never trained): :meth:`make` at the start of the epoch, :meth:`drop` at its end;
+    :meth:`get` returns ``net`` itself when there is no copy or it was made of another network."""
+
+    def __init__(self) -> None:
+        self.source: nn.Module | None = None
+        self.folded: nn.Module | None = None
+
+    def make(self, net: nn.Module) -> None:
+        self.source, self.folded = net, fuse_conv_bn(net)[0]
+
+    def drop(self) -> None:
+        self.source = self.folded = None
+
+    def get(self, net: nn.Module) -> nn.Module:
+        return self.folded if self.folded is not None and self.source is net else net

@@ -21,6 +21,7 @@ from experiments.reproduce import (
     BIT_IDENTITY,
     by_seed,
     make_portable,
+    memory_format_of,
     portable,
     reproduce_script,
     seed_spread,
@@ -96,6 +97,11 @@ def width_note(summary: dict) -> str:
     return "".join(f" + width {r.get('method')} {r.get('criterion')} {r.get('sparsity')}" for r in widths)
 
 
+def layout_note(summary: dict) -> str:
+    """Runs trained in NCHW (the layout before NHWC became the default) say so in their row."""
+    return ", NCHW" if memory_format_of(summary) == "NCHW" else ""
+
+
 def depth_table(runs: list[dict], groups: dict[int, list[dict]] | None = None) -> list[str]:
     """One row per configuration (the newest run); accuracies as mean and range when ``groups`` holds
     several seeds' runs of that row (keyed by ``id`` of the newest run)."""
@@ -117,7 +123,8 @@ def depth_table(runs: list[dict], groups: dict[int, list[dict]] | None = None) -
         base_acc = seed_spread([r.get("baseline", {}).get("acc") for r in seeds])
         pruned_acc = seed_spread([r.get("pruned", {}).get("acc") for r in seeds])
         lines.append(
-            f"| {s.get('dataset')} | {s.get('image_size')} | {s.get('init')}{width_note(s)} | {s.get('chosen_cut')} "
+            f"| {s.get('dataset')} | {s.get('image_size')} | {s.get('init')}{width_note(s)}{layout_note(s)} "
+            f"| {s.get('chosen_cut')} "
             f"| {s.get('epochs')} | {base_acc} | {_count(base.get('params'))} "
             f"| {_count(base.get('macs'))} | {pruned_acc} | {_count(pruned.get('params'))} "
             f"| {_count(pruned.get('macs'))} | {_ratio(pruned, base, 'params')} | {_ratio(pruned, base, 'macs')} "
@@ -285,7 +292,7 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
     baselines = [s for s in summaries if s.get("stage") == "baseline"]
     def depth_key(s: dict) -> tuple:
         return (s.get("dataset"), s.get("image_size"), s.get("init"), s.get("chosen_cut"),
-                s.get("baseline_ckpt") is None, len(s.get("stages", [])) > 1)
+                s.get("baseline_ckpt") is None, len(s.get("stages", [])) > 1, memory_format_of(s))
 
     depth_rows = list(latest_by(depth, depth_key).values())
     groups = {id(row): [s for s in depth if depth_key(s) == depth_key(row)] for row in depth_rows}

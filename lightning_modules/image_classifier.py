@@ -109,6 +109,8 @@ class ImageClassifier(L.LightningModule):
         check_backbone_arguments(self.hparams)
         self.adapter: BackboneAdapter = adapter_for(self.hparams)
         self.net = self.adapter.build(self.arch)
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.metrics = nn.ModuleDict(
             {f"{split}_acc": MulticlassAccuracy(num_classes, average="micro") for split in ("train", "val", "test")}

@@ -63,6 +63,30 @@ def test_bf16_mixed_and_channels_last_train() -> None:
     assert torch.isfinite(weight).all()
 
 
+def _nhwc(module: torch.nn.Module) -> set[bool]:
+    """For every 4-d weight with a spatial kernel and several input channels: is it stored NHWC?"""
+    return {p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+            for p in module.parameters() if p.ndim == 4 and p.shape[1] > 1 and p.shape[2:] != (1, 1)}
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_memory_format_default_and_heads_follow_it(channels_last: bool, tmp_path: Path) -> None:
+    """NHWC unless asked otherwise; the auxiliary heads and a checkpoint's reload keep the run's layout."""
+    module = ImageClassifier(num_classes=4, width_mult=0.25) if channels_last else \
+        ImageClassifier(num_classes=4, width_mult=0.25, channels_last=False)
+    module.attach_aux_heads((8,), cut_points=[2, 5])
+    fit(module)
+    assert _nhwc(module.net) == _nhwc(module.aux_heads) == {channels_last}
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    again = ImageClassifier.load_from_checkpoint(tmp_path / "m.ckpt")
+    assert again.hparams.channels_last is channels_last and _nhwc(again.aux_heads) == {channels_last}
+    x = torch.randn(2, 3, 32, 32)
+    module.eval(), again.eval()
+    assert torch.equal(module.forward_with_aux(x)[1][5], again.forward_with_aux(x)[1][5])
+
+
 def test_label_smoothing_changes_the_loss() -> None:
     logits, y = torch.tensor([[4.0, 0.0, 0.0, 0.0]]), torch.tensor([0])
     plain = ImageClassifier(num_classes=4, width_mult=0.25).criterion(logits, y)

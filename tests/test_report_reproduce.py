@@ -15,6 +15,7 @@ from experiments import report
 from experiments.reproduce import (
     checkpoint_producer,
     make_portable,
+    memory_format_of,
     portable,
     portable_path,
     reproduce_script,
@@ -35,6 +36,21 @@ def test_portable_paths() -> None:
     assert portable(text) == "see https://wandb.ai/x/y, ratio 64/32 and the file logs/p/r/summary.json"
     assert checkpoint_producer("/a/logs/proj/run1/checkpoints/baseline.ckpt") == ("proj", "run1", "baseline.ckpt")
     assert checkpoint_producer("elsewhere/x.ckpt") is None
+
+
+def test_memory_format_of_a_run(tmp_path: Path) -> None:
+    """From the summary when it says, else from the run's saved config; an old config without the key is NCHW."""
+    assert memory_format_of({"channels_last": True}) == "NHWC"
+    assert memory_format_of({"channels_last": False, "_path": "x"}) == "NCHW"
+    for value, expected in ((True, "NHWC"), (False, "NCHW"), (None, "NCHW")):
+        run = tmp_path / str(value)
+        run.mkdir()
+        model = {"lr": 0.1} if value is None else {"lr": 0.1, "channels_last": value}
+        (run / "config.yaml").write_text(yaml.safe_dump({"model": model}))
+        assert memory_format_of({"_path": str(run / "summary.json")}) == expected
+    assert memory_format_of({"_path": str(tmp_path / "missing" / "summary.json")}) == "NCHW"
+    rows = [{"channels_last": False}, {"channels_last": True}]
+    assert [report.layout_note(r) for r in rows] == [", NCHW", ""]
 
 
 def test_seed_spread() -> None:

@@ -326,13 +326,15 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
     for s in depth_rows:
         if not s.get("sweep") or len(s.get("stages", [])) > 1:  # depth + width runs: their own section
             continue
-        title = f"{s['dataset']} @{s['image_size']} px"
-        lines += [f"### Cut-point sweep — {title}", "",
+        layout = memory_format_of(s)
+        title = f"{s['dataset']} @{s['image_size']} px" + (f", {layout}" if layout == "NCHW" else "")
+        lines += [f"### Cut-point sweep — {title} (run {Path(s['_path']).parent.name})", "",
                   f"One sweep stage ({len(s['sweep'])} heads trained at once on the frozen baseline). "
                   f"Chosen: {s.get('cut_reason')}", "", automatic_choices(s), "", *sweep_table(s), ""]
         png = Path(s["_path"]).parent / "depth_sweep.png"
         if png.is_file():
-            figure = out.parent / "figures" / f"depth_sweep_{s['dataset'].lower()}_{s['image_size']}.png"
+            suffix = "_nchw" if layout == "NCHW" else ""
+            figure = out.parent / "figures" / f"depth_sweep_{s['dataset'].lower()}_{s['image_size']}{suffix}.png"
             figure.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(png, figure)
             lines += [f"![sweep {title}]({figure.relative_to(out.parent).as_posix()})", ""]

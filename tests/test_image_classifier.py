@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -63,10 +64,19 @@ def test_bf16_mixed_and_channels_last_train() -> None:
     assert torch.isfinite(weight).all()
 
 
-def _nhwc(module: torch.nn.Module) -> set[bool]:
-    """For every 4-d weight with a spatial kernel and several input channels: is it stored NHWC?"""
-    return {p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-            for p in module.parameters() if p.ndim == 4 and p.shape[1] > 1 and p.shape[2:] != (1, 1)}
+def _nhwc_activations(run: Callable[[], object], module: torch.nn.Module) -> set[bool]:
+    """For every convolution output of ``module`` with several channels and pixels while ``run()`` runs:
+    is it laid out NHWC (channel stride 1)? (Weights cannot tell: 1x1 and depthwise kernels are both.)"""
+    seen: set[bool] = set()
+    def record(_m: torch.nn.Module, _i: object, out: torch.Tensor) -> None:
+        if out.shape[1] > 1 and out.shape[2] * out.shape[3] > 1:
+            seen.add(out.stride(1) == 1)
+
+    hooks = [m.register_forward_hook(record) for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+    run()
+    for hook in hooks:
+        hook.remove()
+    return seen
 
 
 @pytest.mark.parametrize("channels_last", [True, False])
@@ -76,14 +86,17 @@ def test_memory_format_default_and_heads_follow_it(channels_last: bool, tmp_path
         ImageClassifier(num_classes=4, width_mult=0.25, channels_last=False)
     module.attach_aux_heads((8,), cut_points=[2, 5])
     fit(module)
-    assert _nhwc(module.net) == _nhwc(module.aux_heads) == {channels_last}
+    x = torch.randn(2, 3, 32, 32)
+    module.eval()
+    assert _nhwc_activations(lambda: module.forward_with_aux(x), module.net) == {channels_last}
+    assert _nhwc_activations(lambda: module.forward_with_aux(x), module.aux_heads) == {channels_last}
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(module)
     trainer.save_checkpoint(tmp_path / "m.ckpt")
     again = ImageClassifier.load_from_checkpoint(tmp_path / "m.ckpt")
-    assert again.hparams.channels_last is channels_last and _nhwc(again.aux_heads) == {channels_last}
-    x = torch.randn(2, 3, 32, 32)
-    module.eval(), again.eval()
+    again.eval()
+    assert again.hparams.channels_last is channels_last
+    assert _nhwc_activations(lambda: again.forward_with_aux(x), again) == {channels_last}
     assert torch.equal(module.forward_with_aux(x)[1][5], again.forward_with_aux(x)[1][5])
 
 

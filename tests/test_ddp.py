@@ -22,11 +22,13 @@ from typing import Any
 import pytest
 
 from experiments import train
+from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.models.adapters.mobilenet_v1 import mobilenet_cut_arch
 from lightning_modules.models.aux_heads import HEAD_PRESETS
 from lightning_modules.models.mobilenet_v1 import mobilenet_v1_channels
 from lightning_modules.pruning.width import keep_count
 from tests.fake_data import CIFAR_CLASSES, make_image_folder
+from tests.test_backbones import save_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WIDTH_MULT = 0.25
@@ -166,6 +168,19 @@ def test_resrep(data: Path, baseline_ckpt: str, tmp_path: Path) -> None:
     result = summary["width"]["result"]
     assert result["mask_updates"] >= 1 and not summary["arch"].get("compactors")
     assert summary["arch"]["channels"] == per_layer(0.5)
+
+
+def test_resrep_on_a_timm_network(data: Path, tmp_path: Path) -> None:
+    """resnet10t: compactors shared by coupled channels put in at epoch 1, merged and sliced at epoch 2."""
+    baseline = save_checkpoint(ImageClassifier(backbone="resnet10t", num_classes=3), tmp_path / "base.ckpt")
+    _, summary = width_run(data, tmp_path, str(baseline), 3, "--model.backbone", "resnet10t",
+                           "--model.width_mult", "1.0", "--trainer.callbacks+=callbacks.RepPrune",
+                           "--trainer.callbacks.start_epoch", "1", "--trainer.callbacks.prune_epoch", "2",
+                           "--trainer.callbacks.mask_interval", "1", "--trainer.callbacks.ramp_updates", "2",
+                           "--trainer.callbacks.sparsity", "0.5")
+    structure = summary["arch"]["structure"]
+    assert summary["width"]["done"] and structure["layers"] and "compactors" not in structure
+    assert structure["layers"]["layer1.0.conv1"]["shapes"]["weight"][:2] == [32, 32]  # 64 → 32, in and out
 
 
 def _different_networks(rank: int, init_file: str, errors: Any) -> None:

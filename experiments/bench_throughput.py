@@ -4,7 +4,8 @@
     uv run experiments/bench_throughput.py --out docs/runs/bench_throughput_cpu_32px.json
     uv run experiments/bench_throughput.py --device cuda --image_size 224   # GPU @224 px: bf16, channels_last
 
-In one process, the same MobileNetV1 (same seed) is trained ``--steps`` steps after ``--warmup`` steps by
+In one process, the same network (same seed; MobileNetV1, or any timm model with ``--backbone``) is trained
+``--steps`` steps after ``--warmup`` steps by
 
 - ``plain``: the replication's loop: CIFAR-10 images as PIL images through torchvision's ``RandomCrop(32, 4)``,
   ``RandomHorizontalFlip``, (``Resize``,) ``ToTensor``, ``Normalize`` in a DataLoader with 2 workers, fp32;
@@ -44,6 +45,7 @@ REPLICATION_HEAD = (64, 32)
 def parse(args: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=DEFAULT_ROOT, help="CIFAR-10 folder or archive")
+    parser.add_argument("--backbone", default="mobilenet_v1", help="mobilenet_v1 or a timm model name")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--image_size", type=int, default=None, help="default: 32 on the CPU, 224 on a GPU")
     parser.add_argument("--batch_size", type=int, default=128)
@@ -139,7 +141,7 @@ def plain_transform(image_size: int, mean: tuple, std: tuple) -> Any:
 
 def run_plain(datamodule: Any, opts: argparse.Namespace, seed: int = 0) -> dict[str, float]:
     """The plain loop: end-to-end img/s over the timed steps."""
-    from lightning_modules.models.mobilenet_v1 import MobileNetV1
+    from lightning_modules.models.adapters import build_net
 
     device = torch.device(opts.device)
     dataset = PlainCIFAR(datamodule.train_dataset.images, datamodule.train_dataset.labels,
@@ -148,7 +150,7 @@ def run_plain(datamodule: Any, opts: argparse.Namespace, seed: int = 0) -> dict[
                                          num_workers=opts.workers, pin_memory=device.type == "cuda",
                                          generator=torch.Generator().manual_seed(seed))
     torch.manual_seed(seed)
-    net = MobileNetV1(num_classes=10).to(device).train()
+    net = build_net({"backbone": opts.backbone, "num_classes": 10}).to(device).train()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     criterion = torch.nn.CrossEntropyLoss()
     images, start, end = 0, 0.0, 0.0
@@ -179,7 +181,7 @@ def run_ours(datamodule: Any, opts: argparse.Namespace, heads: bool, seed: int =
 
     gpu = opts.device == "cuda"
     torch.manual_seed(seed)
-    model = ImageClassifier(num_classes=10, compile=compiled, channels_last=channels_last)
+    model = ImageClassifier(backbone=opts.backbone, num_classes=10, compile=compiled, channels_last=channels_last)
     if heads:
         model.attach_aux_heads(REPLICATION_HEAD)
         model.freeze_modules(["net"])
@@ -242,11 +244,11 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     from lightning_modules.deploy.profiling import model_cost
-    from lightning_modules.models.mobilenet_v1 import MobileNetV1
+    from lightning_modules.models.adapters import build_net
 
     device = torch.device(opts.device)
     datamodule = make_datamodule(opts)
-    macs = int(model_cost(MobileNetV1(num_classes=10), opts.image_size)["macs"])
+    macs = int(model_cost(build_net({"backbone": opts.backbone, "num_classes": 10}), opts.image_size)["macs"])
     names = pipelines(opts.heads, opts.compile, opts.nchw)
     runs, peaks = [], []
     for i in range(opts.rounds):
@@ -260,7 +262,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     summary = summarise(runs, peaks, macs, names)
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "mode": f"{opts.device}-{opts.image_size}px",
+        "mode": f"{opts.device}-{opts.image_size}px", "backbone": opts.backbone,
         "image_size": opts.image_size, "batch_size": opts.batch_size, "steps": opts.steps,
         "warmup": opts.warmup, "rounds": opts.rounds, "workers_plain": opts.workers,
         "threads": torch.get_num_threads(), "precision_ours": "bf16-mixed" if device.type == "cuda" else "fp32",
@@ -279,7 +281,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
 
 
 def print_report(r: dict[str, Any]) -> None:
-    print(f"\n{r['mode']}, batch {r['batch_size']}, {r['steps']} timed steps after {r['warmup']}, "
+    print(f"\n{r['backbone']}, {r['mode']}, batch {r['batch_size']}, {r['steps']} timed steps after {r['warmup']}, "
           f"{r['rounds']} interleaved round(s), {r['threads']} thread(s); {r['note']}")
     print(f"peak (dense matmul): {r['peak_flops_median'] / 1e9:.1f} GFLOP/s; "
           f"training step: {training_flops_per_image(r['macs_per_image']) / 1e6:.1f} MFLOP/image")

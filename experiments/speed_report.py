@@ -14,7 +14,8 @@ TARGETS = ("Targets: ours ≥ 1.5× the plain loop and ≥ 20 % of the matmul pe
 
 def throughput_lines(r: dict) -> list[str]:
     ips, frac = r["img_per_s"], r.get("fraction_of_peak", {})
-    lines = [f"`{r.get('command', 'uv run experiments/bench_throughput.py')}` — {r['mode']} ({r['device']}), "
+    lines = [f"`{r.get('command', 'uv run experiments/bench_throughput.py')}` — {r.get('backbone', 'mobilenet_v1')}, "
+             f"{r['mode']} ({r['device']}), "
              f"batch {r['batch_size']}, {r['steps']} timed steps after {r['warmup']}, {r['rounds']} "
              f"interleaved rounds in one process, {r['threads']} thread(s); {r['note']}. Peak: dense matmul "
              f"{r['peak_flops_median'] / 1e9:.1f} GFLOP/s measured in the same run; a training step counts "

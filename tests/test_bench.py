@@ -54,6 +54,20 @@ def test_bench_throughput_runs_every_pipeline_in_turn(real_data_dir: Path, tmp_p
     assert {"ratio_ours_vs_plain", "heads_overhead"} <= result.keys()
 
 
+def test_bench_throughput_on_a_timm_backbone(real_data_dir: Path) -> None:
+    """The plain loop and ours train the same timm network, the one the pipeline builds, in either layout."""
+    from lightning_modules.deploy.profiling import model_cost
+    from lightning_modules.models.adapters import build_net
+
+    result = bench_throughput.main(tiny(real_data_dir, "--backbone", "resnet10t", "--steps", "1", "--warmup", "1",
+                                        "--rounds", "1", "--heads", "off", "--nchw", "--matmul_size", "64",
+                                        "--workers", "0"))
+    assert result["backbone"] == "resnet10t"
+    assert result["macs_per_image"] == model_cost(build_net({"backbone": "resnet10t", "num_classes": 10}), 32)["macs"]
+    assert [(r["pipeline"], r.get("nhwc")) for r in result["runs"]] == [
+        ("plain", None), ("ours", True), ("ours_nchw", False)]
+
+
 def test_bench_throughput_refuses_more_steps_than_an_epoch(real_data_dir: Path) -> None:
     with pytest.raises(SystemExit, match="exceed one epoch of 4 batches"):
         bench_throughput.main(tiny(real_data_dir, "--steps", "4", "--warmup", "1"))

@@ -27,7 +27,7 @@ BIT_IDENTITY = (
     "**What is bit-identical.** On one machine, a CPU run with the in-memory data path is a function of "
     "its seed: the same command gives the same weights (and a resumed run the weights of an uninterrupted "
     "one). Across machines it is not: another CPU (AVX2 vs AVX-512), another oneDNN/MKL version or another "
-    "thread count sums in another order (so does the memory format: `--model.channels_last`, NHWC by default since the CPU runs 1.6× faster in it, NCHW before; every archived config records it), and GPU runs (cuDNN algorithm choice, bf16, atomic adds) differ even "
+    "thread count sums in another order (so does the memory format: `--model.channels_last`, NHWC by default since a MobileNetV1 trains 1.7× faster in it on the CPU, NCHW before; every archived config records it), and GPU runs (cuDNN algorithm choice, bf16, atomic adds) differ even "
     "between two runs on one machine. The decoded data, the network's parameter count, MACs, flash and "
     "peak-RAM figures are exact everywhere; accuracies reproduce within the seed spread shown, not to the "
     "digit. An example: an earlier version of this page gave 79.04 % (sweep baseline 71.91 %) for the "

@@ -290,9 +290,12 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
     summaries = [s for s in summaries if backbone_of(s) == MOBILENET_V1]  # timm runs: their own section
     depth = [s for s in summaries if s.get("stage") == "depth_prune"]
     baselines = [s for s in summaries if s.get("stage") == "baseline"]
+    # one key per run, computed once (the layout may come from the run's saved config)
+    keys = {id(s): (s.get("dataset"), s.get("image_size"), s.get("init"), s.get("chosen_cut"),
+                    s.get("baseline_ckpt") is None, len(s.get("stages", [])) > 1, memory_format_of(s)) for s in depth}
+
     def depth_key(s: dict) -> tuple:
-        return (s.get("dataset"), s.get("image_size"), s.get("init"), s.get("chosen_cut"),
-                s.get("baseline_ckpt") is None, len(s.get("stages", [])) > 1, memory_format_of(s))
+        return keys[id(s)]
 
     depth_rows = list(latest_by(depth, depth_key).values())
     groups = {id(row): [s for s in depth if depth_key(s) == depth_key(row)] for row in depth_rows}
@@ -326,14 +329,13 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
     for s in depth_rows:
         if not s.get("sweep") or len(s.get("stages", [])) > 1:  # depth + width runs: their own section
             continue
-        layout = memory_format_of(s)
-        title = f"{s['dataset']} @{s['image_size']} px" + (f", {layout}" if layout == "NCHW" else "")
+        title = f"{s['dataset']} @{s['image_size']} px{layout_note(s)}"
         lines += [f"### Cut-point sweep — {title} (run {Path(s['_path']).parent.name})", "",
                   f"One sweep stage ({len(s['sweep'])} heads trained at once on the frozen baseline). "
                   f"Chosen: {s.get('cut_reason')}", "", automatic_choices(s), "", *sweep_table(s), ""]
         png = Path(s["_path"]).parent / "depth_sweep.png"
         if png.is_file():
-            suffix = "_nchw" if layout == "NCHW" else ""
+            suffix = "_nchw" if layout_note(s) else ""
             figure = out.parent / "figures" / f"depth_sweep_{s['dataset'].lower()}_{s['image_size']}{suffix}.png"
             figure.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(png, figure)

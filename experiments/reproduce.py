@@ -113,8 +113,7 @@ def memory_format_of(summary: dict) -> str:
     config's ``model.channels_last`` (a config without the key predates the option: NCHW)."""
     if "channels_last" in summary:
         return "NHWC" if summary["channels_last"] else "NCHW"
-    config = Path(summary.get("_path", "")).parent / "config.yaml"
-    model = (yaml.safe_load(config.read_text()) or {}).get("model") if config.is_file() else None
+    model = run_config(summary).get("model")
     return "NHWC" if isinstance(model, dict) and model.get("channels_last") else "NCHW"
 
 

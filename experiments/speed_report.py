@@ -68,8 +68,7 @@ def speed_section(runs: Path) -> list[str]:
     for r in found["throughput"]:
         lines += throughput_lines(r)
     for r in found["sweep"]:
-        if isinstance(r.get("one_head_s"), dict):  # older files timed one cut only; rerun bench_sweep.py
-            lines += sweep_lines(r)
+        lines += sweep_lines(r)
     if found["startup"]:
         lines += ["### Start-up", ""]
     for r in found["startup"]:

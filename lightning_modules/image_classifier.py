@@ -269,8 +269,6 @@ class ImageClassifier(L.LightningModule):
         # An example input: Lightning's model summary counts the network's FLOPs on it (about 1 s at start-up).
         size = int(getattr(getattr(datamodule, "hparams", None), "image_size", 0) or 224)
         self.example_input_array = torch.zeros(1, int(self.hparams.in_chans), size, size)
-        if self.hparams.channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch

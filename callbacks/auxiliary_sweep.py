@@ -45,6 +45,10 @@ class AuxiliarySweep(L.Callback):
         self.accuracies: dict[int, float] = {}
         self.baseline_checkpoint: str | None = None
 
+    def stage_restarts(self) -> list[int]:
+        """The sweep restarts the LR schedule at its first epoch (so the baseline stage ends there)."""
+        return [self.start_epoch] if self.epochs > 0 else []
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.started or trainer.current_epoch < self.start_epoch:
             return

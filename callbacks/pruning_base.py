@@ -99,6 +99,12 @@ class PruningCallback(L.Callback):
         """The epochs at whose start the callback changes the network's structure."""
         return [int(getattr(self, self.epoch_attributes[-1]))]
 
+    def stage_restarts(self) -> list[int]:
+        """Epochs at whose start the callback may restart the LR schedule: its structural changes (the
+        stage before the earliest of them gets a schedule of its own, see
+        :func:`~lightning_modules.image_classifier.first_stage_epochs`)."""
+        return self.structure_epochs()
+
     @property
     def last_epoch(self) -> int:
         """The epoch of the last structural change."""

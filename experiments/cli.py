@@ -388,12 +388,13 @@ def load_baseline(model: L.LightningModule, path: str) -> L.LightningModule:
     return baseline
 
 
-def validation_accuracy(model: L.LightningModule, datamodule: L.LightningDataModule, accelerator: str = "auto",
-                        precision: Any = None) -> float | None:
-    """``val/acc`` of ``model`` on ``datamodule``'s validation split, by a bare Trainer that logs and saves
-    nothing (e.g. the accuracy of a baseline before it is pruned)."""
+def split_accuracy(model: L.LightningModule, datamodule: L.LightningDataModule, split: str = "val",
+                   accelerator: str = "auto", precision: Any = None) -> float | None:
+    """``<split>/acc`` of ``model`` on ``datamodule``'s ``val`` or ``test`` split, by a bare Trainer that
+    logs and saves nothing (e.g. the accuracy of a baseline before it is pruned)."""
     trainer = L.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, precision=precision)
-    results = trainer.validate(model, datamodule, verbose=False)
-    value = results[0].get("val/acc") if results else None
+    run = trainer.validate if split == "val" else trainer.test
+    results = run(model, datamodule, verbose=False)
+    value = results[0].get(f"{split}/acc") if results else None
     return None if value is None else float(value)

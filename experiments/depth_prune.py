@@ -19,6 +19,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from lightning.pytorch.accelerators import CPUAccelerator
+
 from callbacks.auxiliary_sweep import AuxiliarySweep
 from callbacks.depth_prune import DepthPrune
 from callbacks.pruning_base import PruningSettingsError, check_pruning, pruning_callbacks, width_pruners
@@ -30,6 +32,8 @@ from experiments.cli import (
     exits_cleanly,
     fit_and_test,
     load_baseline,
+    read_module,
+    split_accuracy,
     write_summary,
 )
 from lightning_modules.deploy.profiling import tinyml_budget
@@ -82,6 +86,7 @@ def main(args: list[str] | None = None) -> Path:
         trainer.callbacks.remove(sweep)
     check_stages(trainer, sweep, prune, model.net, int(data.hparams.image_size))
     checkpoints = fit_and_test(cli)
+    baseline_test = baseline_test_accuracy(sweep.baseline_checkpoint or cli.config.baseline_ckpt, data, trainer)
     image_size = int(data.hparams.image_size)
     result = prune.result
     budget = tinyml_budget(model.net, image_size)
@@ -89,6 +94,8 @@ def main(args: list[str] | None = None) -> Path:
         "stage": "depth_prune",
         "dataset": type(data).__name__.removesuffix("DataModule"),
         "baseline": {**result.get("before", {}), "acc": result.get("baseline", {}).get("acc"),
+                     "val_acc": result.get("baseline", {}).get("acc"),  # what the tolerance rule compared with
+                     "test_acc": baseline_test,  # the trained baseline (before any head or cut), test split
                      "budget": tinyml_budget(build_net(result["arch_before"]), image_size)
                      if "arch_before" in result else None},
         "sweep": result.get("sweep", []),
@@ -106,6 +113,18 @@ def main(args: list[str] | None = None) -> Path:
     path = write_summary(trainer, model, data, started, checkpoints, extra, budget)
     close_logger(trainer)
     return path
+
+
+def baseline_test_accuracy(path: str | None, data, trainer) -> float | None:
+    """Test accuracy of the trained baseline (the checkpoint the sweep saved at its start, before any head
+    or cut), on the split the pruned net is tested on; logged as ``baseline/test_acc``."""
+    if not path:
+        return None
+    accelerator = "cpu" if isinstance(trainer.accelerator, CPUAccelerator) else "auto"
+    acc = split_accuracy(read_module(ImageClassifier, path, "the baseline checkpoint"), data, "test", accelerator)
+    if acc is not None and trainer.logger is not None and trainer.is_global_zero:
+        trainer.logger.log_metrics({"baseline/test_acc": acc}, step=trainer.global_step)
+    return acc
 
 
 def stage_rows(prune: DepthPrune, widths: list, final: dict, test_acc: float | None) -> list[dict]:

@@ -37,7 +37,7 @@ from experiments.cli import (
     fit_and_test,
     load_baseline,
     read_module,
-    validation_accuracy,
+    split_accuracy,
     write_summary,
 )
 from lightning_modules.deploy.profiling import model_cost
@@ -64,14 +64,15 @@ def main(args: list[str] | None = None) -> Path:
     if not baseline_ckpt and not cli.config.ckpt_path:
         raise SystemExit("error: --baseline_ckpt is required: train a baseline first with "
                          "`python experiments/train.py` (its checkpoints are in <run dir>/checkpoints/)")
-    acc_before, baseline_cost = None, {}
+    acc_before, test_before, baseline_cost = None, None, {}
     if baseline_ckpt:
         accelerator = "cpu" if isinstance(trainer.accelerator, CPUAccelerator) else "auto"
         baseline = (read_module(ImageClassifier, baseline_ckpt) if cli.config.ckpt_path  # resuming
                     else load_baseline(model, baseline_ckpt))
     check_pruning(trainer, model.net, int(data.hparams.image_size))  # before any data is decoded
     if baseline_ckpt:
-        acc_before = validation_accuracy(baseline, data, accelerator)
+        acc_before = split_accuracy(baseline, data, "val", accelerator)
+        test_before = split_accuracy(baseline, data, "test", accelerator)  # beside the pruned net's test/acc
         baseline_cost = model_cost(baseline.net, int(data.hparams.image_size))
     checkpoints = fit_and_test(cli)
     width = pruners[0].describe()
@@ -85,7 +86,8 @@ def main(args: list[str] | None = None) -> Path:
         "flops_preserve_rate": rate,
         "params_ratio": pruned["params"] / baseline_cost["params"] if baseline_cost else None,
         "distillation": any(isinstance(cb, Distillation) for cb in trainer.callbacks),
-        "baseline": {**baseline_cost, "acc": acc_before, "checkpoint": baseline_ckpt},
+        "baseline": {**baseline_cost, "acc": acc_before, "val_acc": acc_before,
+                     "test_acc": test_before, "checkpoint": baseline_ckpt},
         "acc_before": acc_before,
         "acc_after": None if acc_after is None else float(acc_after),
         "max_epochs": trainer.max_epochs,

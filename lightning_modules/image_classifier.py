@@ -43,6 +43,14 @@ OPTIMIZERS: dict[str, str] = {"sgd": "momentum", "nesterov": "nesterov", "adam":
 LossHook = Callable[["ImageClassifier", torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def first_stage_epochs(callbacks: Sequence[Any]) -> int | None:
+    """Epochs of the first training stage: up to the earliest epoch at which a callback restarts the LR
+    schedule (callbacks that do say when through ``stage_restarts()``); ``None`` when none does or the
+    first restart is at epoch 0 (the schedule then spans the fit, or is replaced at once)."""
+    restarts = [int(e) for cb in callbacks if hasattr(cb, "stage_restarts") for e in cb.stage_restarts()]
+    return min(restarts) if restarts and min(restarts) > 0 else None
+
+
 class ImageClassifier(L.LightningModule):
     """Image classification with a MobileNetV1 or timm backbone.
 
@@ -66,6 +74,10 @@ class ImageClassifier(L.LightningModule):
         scheduler: ``cosine`` (with linear warm-up), ``step`` or ``none``; built by timm and stepped
             every optimiser update.
         warmup_epochs, warmup_lr, min_lr: schedule settings.
+        schedule_span: ``stage`` (default): the first LR schedule ends where the first stage callback
+            restarts it (the sweep's start, a cut, a structural width prune), so the baseline converges on
+            its own schedule before it is read, and every later stage gets its own; ``fit``: the first
+            schedule spans the whole fit (the protocol of runs archived before the per-stage one).
         label_smoothing: of the cross-entropy loss.
         channels_last: train in NHWC memory format: on by default, 1.7x faster than NCHW for a training
             step on the CPU and what bf16 convolutions want on a GPU (NHWC kernels round differently).
@@ -99,6 +111,7 @@ class ImageClassifier(L.LightningModule):
         warmup_epochs: int = 0,
         warmup_lr: float = 1e-5,
         min_lr: float = 0.0,
+        schedule_span: Literal["stage", "fit"] = "stage",
         label_smoothing: float = 0.0,
         channels_last: bool = True,
         compile: bool = False,
@@ -269,6 +282,8 @@ class ImageClassifier(L.LightningModule):
         # An example input: Lightning's model summary counts the network's FLOPs on it (about 1 s at start-up).
         size = int(getattr(getattr(datamodule, "hparams", None), "image_size", 0) or 224)
         self.example_input_array = torch.zeros(1, int(self.hparams.in_chans), size, size)
+        if stage == "fit" and self.stage_epochs is None and self.hparams.get("schedule_span", "fit") == "stage":
+            self.stage_epochs = first_stage_epochs(self.trainer.callbacks)  # a resumed run's comes from its checkpoint
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch

@@ -1,0 +1,113 @@
+"""The per-stage protocol: the baseline converges on its own LR schedule, which ends where the sweep (or the
+first structural prune) begins; each later stage restarts the schedule; a resumed run keeps the stages;
+the summary holds the trained baseline's test accuracy beside the pruned net's."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from callbacks.auxiliary_sweep import AuxiliarySweep
+from callbacks.depth_prune import DepthPrune
+from callbacks.one_shot_prune import OneShotPrune
+from experiments import depth_prune
+from lightning_modules.image_classifier import ImageClassifier, first_stage_epochs
+from tests.stop_after import StopAfterEpoch
+from tests.test_experiments import pipeline_args
+from tests.tiny_fit import tiny_datamodule, tiny_folder, tiny_module, tiny_trainer
+
+LR = 0.05  # tiny_module's
+
+
+class LrTrace(L.Callback):
+    """The learning rate of every optimiser update, by epoch."""
+
+    def __init__(self) -> None:
+        self.by_epoch: dict[int, list[float]] = {}
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx) -> None:
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        self.by_epoch.setdefault(trainer.current_epoch, []).append(float(lr))
+
+
+def cosine_lr(step: int, steps: int, peak: float = LR) -> float:
+    return 0.5 * peak * (1 + math.cos(math.pi * step / steps))
+
+
+def test_first_stage_epochs_is_the_earliest_restart() -> None:
+    sweep, cut, width = AuxiliarySweep(start_epoch=5, epochs=1), DepthPrune(epoch=6), OneShotPrune(epoch=9)
+    assert first_stage_epochs([sweep, cut, width]) == 5
+    assert first_stage_epochs([cut, width]) == 6  # no sweep: the cut ends the baseline
+    assert first_stage_epochs([AuxiliarySweep(start_epoch=5, epochs=0), cut]) == 6  # an empty sweep restarts nothing
+    assert first_stage_epochs([OneShotPrune(epoch=0)]) is None  # pruned at once: the new stage replaces it
+    assert first_stage_epochs([]) is None  # plain training: one schedule over the fit
+
+
+def depth_fit(tmp_path: Path, schedule_span: str = "stage", stop_after: int | None = None,
+              ckpt_path: str | None = None) -> tuple[ImageClassifier, LrTrace]:
+    """Baseline epochs 0-2, sweep epoch 3, cut after block 2 and fine-tune epochs 4-5 (6 steps per epoch)."""
+    trace = LrTrace()
+    callbacks = [AuxiliarySweep(start_epoch=3, epochs=1, head=[8]), DepthPrune(epoch=4, block=2), trace]
+    if stop_after is not None:
+        callbacks.append(StopAfterEpoch(stop_after))
+    module = tiny_module(schedule_span=schedule_span)
+    trainer = tiny_trainer(tmp_path / "ckpt", 6, callbacks)
+    L.seed_everything(0)
+    trainer.fit(module, tiny_datamodule(tiny_folder(tmp_path / "data", per_class=32)), ckpt_path=ckpt_path)
+    return module, trace
+
+
+def test_baseline_schedule_reaches_its_floor_before_the_sweep(tmp_path: Path) -> None:
+    _, trace = depth_fit(tmp_path)
+    steps = len(trace.by_epoch[0])  # updates per epoch
+    baseline = [lr for e in (0, 1, 2) for lr in trace.by_epoch[e]]
+    # the baseline's cosine spans its own 3 epochs: its last update is at the floor's doorstep
+    assert baseline == pytest.approx([cosine_lr(i, 3 * steps) for i in range(3 * steps)])
+    assert baseline[-1] < 0.01 * LR
+    # the sweep and the fine-tuning each restart at the peak and decay over their own epochs
+    assert trace.by_epoch[3] == pytest.approx([cosine_lr(i, steps) for i in range(steps)])
+    finetune = trace.by_epoch[4] + trace.by_epoch[5]
+    assert finetune == pytest.approx([cosine_lr(i, 2 * steps) for i in range(2 * steps)])
+
+
+def test_whole_fit_span_keeps_the_archived_protocol(tmp_path: Path) -> None:
+    _, trace = depth_fit(tmp_path, schedule_span="fit")
+    steps = len(trace.by_epoch[0])
+    baseline = [lr for e in (0, 1, 2) for lr in trace.by_epoch[e]]
+    assert baseline == pytest.approx([cosine_lr(i, 6 * steps) for i in range(3 * steps)])
+    assert baseline[-1] > 0.4 * LR  # read mid-schedule: what the per-stage protocol fixes
+
+
+@pytest.mark.parametrize("stop_after", [1, 4])  # killed mid-baseline, and after the cut
+def test_resumed_run_keeps_the_per_stage_schedules(tmp_path: Path, stop_after: int) -> None:
+    straight, straight_trace = depth_fit(tmp_path / "straight")
+    depth_fit(tmp_path / "killed", stop_after=stop_after)
+    last = tmp_path / "killed" / "ckpt" / "last.ckpt"
+    stage = torch.load(last, map_location="cpu", weights_only=True)["stage"]
+    assert stage["epochs"] == (3 if stop_after < 3 else 2)  # the baseline's own span, or the fine-tuning's
+    resumed, resumed_trace = depth_fit(tmp_path / "killed", ckpt_path=str(last))
+    for epoch in range(stop_after + 1, 6):
+        assert resumed_trace.by_epoch[epoch] == pytest.approx(straight_trace.by_epoch[epoch], rel=0, abs=0)
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+def test_summary_holds_the_baseline_test_accuracy(real_data_dir: Path, tmp_path: Path) -> None:
+    summary = json.loads(depth_prune.main(pipeline_args(real_data_dir, tmp_path / "logs")).read_text())
+    baseline = summary["baseline"]
+    assert baseline["val_acc"] == baseline["acc"] and 0 <= baseline["val_acc"] <= 1  # what the rule compared
+    # the trained baseline (the checkpoint before any head or cut), scored on the pruned net's test split
+    from datamodules import CIFAR10DataModule
+
+    module = ImageClassifier.load_from_checkpoint(summary["baseline_checkpoint"], map_location="cpu")
+    assert module.aux_heads is None and module.hparams.num_blocks == 13
+    data = CIFAR10DataModule(root=str(real_data_dir / "cifar10-jpg.tar.gz"), train_subset=256, eval_subset=128,
+                             batch_size=64)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    assert baseline["test_acc"] == pytest.approx(trainer.test(module, data, verbose=False)[0]["test/acc"])
+    assert summary["pruned"]["acc"] is not None

@@ -336,6 +336,7 @@ def write_summary(trainer: L.Trainer, model: L.LightningModule, datamodule: Any,
         "image_size": image_size,
         "arch": model.arch,
         "channels_last": bool(model.hparams.get("channels_last", False)),
+        "schedule_span": model.hparams.get("schedule_span", "fit"),  # per-stage LR schedules, or one over the fit
         "data_root": str(getattr(datamodule.hparams, "root", "")),
         "seed": int(os.environ["PL_GLOBAL_SEED"]) if os.environ.get("PL_GLOBAL_SEED") else None,
         "epochs": trainer.current_epoch,

@@ -17,6 +17,7 @@ from typing import Any
 
 from experiments.backbone_report import MOBILENET_V1, backbone_of, backbone_section
 from experiments.deploy_report import deployment_sections
+from experiments.protocol_report import findings, protocol_section, schedule_span
 from experiments.reproduce import (
     BIT_IDENTITY,
     by_seed,
@@ -98,8 +99,10 @@ def width_note(summary: dict) -> str:
 
 
 def layout_note(summary: dict) -> str:
-    """Runs trained in NCHW (the layout before NHWC became the default) say so in their row."""
-    return ", NCHW" if memory_format_of(summary) == "NCHW" else ""
+    """Runs trained in NCHW (the layout before NHWC became the default) or with one LR schedule over the
+    whole fit (before the per-stage protocol) say so in their row."""
+    return (", NCHW" if memory_format_of(summary) == "NCHW" else "") + \
+        (", whole-fit" if schedule_span(summary) == "fit" else "")
 
 
 def depth_table(runs: list[dict], groups: dict[int, list[dict]] | None = None) -> list[str]:
@@ -308,7 +311,15 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
         "of the final network; baseline accuracy is the unpruned network's validation accuracy at the sweep.",
         "MACs: PyTorch's FLOP counter / 2 at the run's image size (batch 1).",
         "",
+        *findings(every),
         "## Depth pruning with auxiliary networks",
+        "",
+        *protocol_section(summaries),
+        "### Every depth run",
+        "",
+        "One row per configuration. Rows marked *whole-fit* were run before the per-stage protocol: their "
+        "baseline accuracy is read mid-schedule (the LR schedule spanned the whole fit), so their baseline → "
+        "pruned difference mixes pruning with schedule; they stay for reproducibility, not as evidence.",
         "",
         *depth_table(depth_rows, groups),
         "",

@@ -1,0 +1,71 @@
+"""The per-stage results: seeds paired with their own baseline, the same-budget control, the verdicts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments import report
+from experiments.protocol_report import columns, paired_runs, verdict
+
+
+def write_run(root: Path, run_id: str, summary: dict) -> None:
+    folder = root / "tinyml-pruning" / run_id
+    folder.mkdir(parents=True)
+    base = {"schedule_span": "stage", "dataset": "CIFAR10", "image_size": 32, "params": 1, "macs": 1,
+            "arch": {"num_blocks": 6}, "data_root": "cifar10-jpg.tar.gz", "epochs": 16}
+    (folder / "summary.json").write_text(json.dumps(base | summary))
+
+
+def depth(seed: int, base_test: float, pruned: float, init: str = "original", baseline_ckpt: str | None = None,
+          span: str = "stage") -> dict:
+    return {"stage": "depth_prune", "seed": seed, "init": init, "chosen_cut": 6, "baseline_ckpt": baseline_ckpt,
+            "schedule_span": span, "stages": [{"stage": "depth"}],
+            "baseline": {"val_acc": base_test - 0.001, "acc": base_test - 0.001, "test_acc": base_test,
+                         "params": 10, "macs": 10},
+            "pruned": {"acc": pruned, "params": 1, "macs": 1}}
+
+
+def control(seed: int, acc: float) -> dict:
+    return {"stage": "baseline", "seed": seed, "metrics": {"test/acc": acc}, "epochs": 15}
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    logs = tmp_path / "logs"
+    for seed, (b, o, r, c) in enumerate([(0.80, 0.79, 0.78, 0.81), (0.82, 0.80, 0.81, 0.83), (0.81, 0.80, 0.79, 0.82)]):
+        write_run(logs, f"s{seed}", depth(seed, b, o))
+        write_run(logs, f"r{seed}", depth(seed, b + 0.05, r, "random", f"logs/tinyml-pruning/s{seed}/x.ckpt"))
+        write_run(logs, f"c{seed}", control(seed, c))
+    write_run(logs, "old", depth(0, 0.60, 0.75, span="fit"))  # whole-fit: never paired
+    return logs
+
+
+def test_seeds_pair_with_their_own_baseline(runs: Path) -> None:
+    summaries = report.load_summaries(runs)
+    seeds = paired_runs(summaries, "CIFAR10", 32)
+    assert sorted(seeds) == [0, 1, 2] and all(set(v) == {"original", "random", "control"} for v in seeds.values())
+    cols = columns(seeds)
+    assert cols["d_original"] == pytest.approx([-0.01, -0.02, -0.01])
+    # random init is compared with the baseline of its own seed's depth run, not its own summary's
+    assert cols["d_random"] == pytest.approx([-0.02, -0.01, -0.02])
+    assert cols["d_control"] == pytest.approx([-0.02, -0.03, -0.02])
+
+
+def test_verdicts_need_two_seeds_and_two_standard_errors() -> None:
+    assert verdict([0.005], -0.01).startswith("cannot tell")
+    assert verdict([-0.002, -0.004, -0.003], -0.01) == "holds"
+    assert verdict([-0.05, -0.04, -0.06], -0.01) == "does not hold"
+    assert verdict([-0.03, 0.01, -0.01], -0.01) == "cannot tell"
+
+
+def test_results_page_shows_the_paired_table_and_findings(runs: Path, tmp_path: Path) -> None:
+    out = report.main(["--runs", str(runs), "--out", str(tmp_path / "docs" / "RESULTS.md"), "--latency_runs", "0"])
+    text = out.read_text()
+    assert text.index("## Findings") < text.index("## Depth pruning")
+    assert "| mean ± std | 80.90 ± 1.00 (79.90 to 81.90, 3 seeds) |" in text  # baseline val: 0.799, 0.819, 0.809
+    # a loss of 1.33 ± 0.58 points against a 1-point bound: two standard errors span it either way
+    assert "| Δ -1.33 ± 0.58 (-2.00 to -1.00, 3 seeds) pp at 32 px | cannot tell |" in text
+    assert ", whole-fit" in text  # the archived protocol's row is marked

@@ -1,4 +1,4 @@
-"""The results section of runs on timm backbones (``--model.backbone <timm name>``), for ``report.py``.
+"""The results section of runs on timm backbones (``--model.backbone <timm name>``), for ``results.py``.
 
 MobileNetV1 runs keep their own tables; every run whose ``arch`` names another backbone lands here: the
 baseline and the chosen cut of a depth-pruning run, and each width-pruning run, with params, MACs,

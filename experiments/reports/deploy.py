@@ -1,7 +1,7 @@
 """Deployment ground truth: export trained nets fully int8, run them in TFLite Micro, and put TFLM's
 arena and flash beside our estimates; the report sections for ``docs/RESULTS.md``.
 
-    python experiments/deploy_report.py --net baseline=PATH --net cut6=PATH ... \\
+    python experiments/reports/deploy.py --net baseline=PATH --net cut6=PATH ... \\
         --calib_images 256 --out docs/runs/deploy_cifar10_32.json
 
 For each ``NAME=CHECKPOINT`` (any ImageClassifier checkpoint: unpruned, cut, width-pruned, both): fp32
@@ -236,7 +236,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         print(f"{name}: fp32 {r['fp32_acc']:.4f} int8 {r['int8_acc']:.4f} | arena {r['arena_bytes']:,} "
               f"est {r['est_arena_bytes']:,} ({r['arena_error']:+.1%}) | flash {r['flash_bytes']:,} "
               f"est {r['est_flash_bytes']:,} ({r['flash_error']:+.1%})", flush=True)
-    doc = {"command": "python experiments/deploy_report.py " + " ".join(sys.argv[1:] if args is None else args),
+    doc = {"command": "python experiments/reports/deploy.py " + " ".join(sys.argv[1:] if args is None else args),
            "calib_images": opts.calib_images, "eval_images": next(iter(rows.values()))["eval_images"],
            "nets": rows}
     print("\n".join(deployment_table(rows)))

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from experiments.reports.format import kb
 from lightning_modules.deploy.profiling import tinyml_budget
 from lightning_modules.deploy.tflite import export_int8_tflite
 from lightning_modules.deploy.tflm import model_structure, tflm_arena, tflm_predict
@@ -133,10 +134,6 @@ def plot_budget(candidates: list, budget: Any, chosen: Any, measured: dict[str, 
 
 
 # ------------------------------------------------------------------------------------ report sections
-def _kb(n: float) -> str:
-    return f"{n / KB:.1f}"
-
-
 def deployment_table(rows: dict[str, dict[str, Any]]) -> list[str]:
     lines = ["| net | MMACs | fp32 acc | int8 TFLM acc | TFLM arena KB | est. KB (err) | old est. KB (err) "
              "| .tflite KB | est. KB (err) | old est. KB (err) |",
@@ -144,10 +141,10 @@ def deployment_table(rows: dict[str, dict[str, Any]]) -> list[str]:
     for name, r in rows.items():
         lines.append(
             f"| {name} | {r['macs'] / 1e6:.2f} | {r['fp32_acc']:.4f} | {r['int8_acc']:.4f} "
-            f"| {_kb(r['arena_bytes'])} | {_kb(r['est_arena_bytes'])} ({r['arena_error']:+.2%}) "
-            f"| {_kb(r['old_est_peak_ram_int8'])} ({r['old_arena_error']:+.1%}) "
-            f"| {_kb(r['flash_bytes'])} | {_kb(r['est_flash_bytes'])} ({r['flash_error']:+.2%}) "
-            f"| {_kb(r['old_est_flash_int8'])} ({r['old_flash_error']:+.1%}) |")
+            f"| {kb(r['arena_bytes'], 1)} | {kb(r['est_arena_bytes'], 1)} ({r['arena_error']:+.2%}) "
+            f"| {kb(r['old_est_peak_ram_int8'], 1)} ({r['old_arena_error']:+.1%}) "
+            f"| {kb(r['flash_bytes'], 1)} | {kb(r['est_flash_bytes'], 1)} ({r['flash_error']:+.2%}) "
+            f"| {kb(r['old_est_flash_int8'], 1)} ({r['old_flash_error']:+.1%}) |")
     return lines
 
 
@@ -165,8 +162,8 @@ def budget_rows(summaries: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"| {budget.flash_kb:g} KB / {budget.ram_kb:g} KB | {sum(fits(c, budget) for c in cands)}/{len(cands)} "
             f"| {chosen['name']} | {chosen['acc']:.4f} | {m['fp32_acc']:.4f} | {m['int8_acc']:.4f} "
-            f"| {_kb(m['flash_bytes'])} ({_kb(chosen['flash_bytes'])}) | {_kb(m['arena_bytes'])} "
-            f"({_kb(chosen['ram_bytes'])}) | {'yes' if fb['fits_measured'] else 'NO'} |")
+            f"| {kb(m['flash_bytes'], 1)} ({kb(chosen['flash_bytes'], 1)}) | {kb(m['arena_bytes'], 1)} "
+            f"({kb(chosen['ram_bytes'], 1)}) | {'yes' if fb['fits_measured'] else 'NO'} |")
     return lines
 
 

@@ -16,7 +16,7 @@ Lightning's ``ThroughputMonitor`` reports per-step rates to the logger only; thi
 number per epoch in the metrics (and hence in ``summary.json``).
 
 Start-up measurement: with ``TINYML_FIRST_BATCH_FILE`` set, the wall-clock time (``time.time()``) at the
-start of the process's first training batch is written to that file (``experiments/bench_startup.py``
+start of the process's first training batch is written to that file (``experiments/bench/startup.py``
 reads it).
 """
 

@@ -25,7 +25,7 @@ from callbacks.auxiliary_sweep import AuxiliarySweep
 from callbacks.depth_prune import DepthPrune
 from callbacks.pruning_base import PruningSettingsError, check_pruning, pruning_callbacks, width_pruners
 from datamodules import ImageFolderDataModule
-from experiments.cli import (
+from experiments.run.cli import (
     PruningCLI,
     build_cli,
     close_logger,

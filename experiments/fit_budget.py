@@ -41,9 +41,16 @@ from callbacks.depth_prune import DepthPrune
 from callbacks.one_shot_prune import OneShotPrune
 from callbacks.pruning_base import width_pruners
 from datamodules import ImageFolderDataModule
-from experiments.cli import build_cli, close_logger, exits_cleanly, fit_and_test, load_baseline, write_summary
-from experiments.deploy_report import deploy_net, plot_budget
 from experiments.depth_prune import DepthPruneCLI, check_stages
+from experiments.reports.deploy import deploy_net, plot_budget
+from experiments.run.cli import (
+    build_cli,
+    close_logger,
+    exits_cleanly,
+    fit_and_test,
+    load_baseline,
+    write_summary,
+)
 from lightning_modules.deploy.profiling import count_macs, measure_latency_onnx
 from lightning_modules.deploy.tflite import MissingDependency, require_tflite
 from lightning_modules.deploy.tflm_estimate import estimate_tflm

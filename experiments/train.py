@@ -13,7 +13,7 @@ from pathlib import Path
 
 from callbacks.pruning_base import check_pruning
 from datamodules import ImageFolderDataModule
-from experiments.cli import build_cli, close_logger, exits_cleanly, fit_and_test, write_summary
+from experiments.run.cli import build_cli, close_logger, exits_cleanly, fit_and_test, write_summary
 from lightning_modules.image_classifier import ImageClassifier
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "baseline_cifar10_32.yaml"

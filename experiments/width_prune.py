@@ -29,7 +29,7 @@ from callbacks.distillation import Distillation
 from callbacks.one_shot_prune import OneShotPrune
 from callbacks.pruning_base import check_pruning, width_pruners
 from datamodules import ImageFolderDataModule
-from experiments.cli import (
+from experiments.run.cli import (
     PruningCLI,
     build_cli,
     close_logger,

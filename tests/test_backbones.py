@@ -18,7 +18,9 @@ import torch
 from lightning.pytorch.utilities.model_summary import ModelSummary
 
 from callbacks import ADMMPrune, BNSlimming, GradualPrune, OneShotPrune
-from experiments import depth_prune, profile_model, report, train, width_prune
+from experiments import depth_prune, train, width_prune
+from experiments.bench import profile_model
+from experiments.reports import results as report
 from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.models.adapters import ArchitectureMismatch, build_net
 from lightning_modules.pruning.criteria import make_criterion

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from experiments import bench_sweep, bench_throughput
-from experiments.bench_throughput import fraction_of_peak, pipelines, summarise, training_flops_per_image
+from experiments.bench import sweep as bench_sweep
+from experiments.bench import throughput as bench_throughput
+from experiments.bench.throughput import fraction_of_peak, pipelines, summarise, training_flops_per_image
 
 
 def tiny(real_data_dir: Path, *extra: str) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from callbacks.throughput import FIRST_BATCH_ENV
-from experiments import bench_startup
+from experiments.bench import startup as bench_startup
 
 IMPORTTIME = """import time: self [us] | cumulative | imported package
 import time:       100 |        100 |   small

@@ -10,7 +10,7 @@ import yaml
 
 from callbacks.pruning_base import check_pruning, width_pruners
 from experiments import depth_prune, train, width_prune
-from experiments.cli import ExperimentCLI, build_cli
+from experiments.run.cli import ExperimentCLI, build_cli
 from lightning_modules.image_classifier import ImageClassifier
 
 CONFIGS = Path(__file__).resolve().parent.parent / "experiments" / "configs"

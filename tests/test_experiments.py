@@ -9,7 +9,8 @@ import lightning as L
 import pytest
 import torch
 
-from experiments import depth_prune, report, train
+from experiments import depth_prune, train
+from experiments.reports import results as report
 from lightning_modules.image_classifier import ImageClassifier
 
 STOP_AFTER = ["--trainer.callbacks+=tests.stop_after.StopAfterEpoch", "--trainer.callbacks.epoch"]

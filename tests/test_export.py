@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from experiments import profile_model
+from experiments.bench import profile_model
 from lightning_modules.deploy.export import (
     check_onnx,
     export_onnx,
@@ -140,11 +140,12 @@ def test_profile_main_from_architecture_args() -> None:
 
 
 def test_no_experiment_script_shadows_a_standard_library_module() -> None:
-    # ``python experiments/<script>.py`` puts experiments/ first on sys.path: an ``experiments/profile.py``
+    # ``python experiments/<dir>/<script>.py`` puts that folder first on sys.path: an ``experiments/bench/profile.py``
     # would be imported by cProfile (through torch._dynamo) instead of the standard library's profile.
-    scripts = {p.stem for p in Path(profile_model.__file__).parent.glob("*.py")}
-    assert "profile_model" in scripts
-    assert not scripts & set(sys.stdlib_module_names)
+    experiments = Path(profile_model.__file__).parent.parent
+    names = {p.stem for p in experiments.rglob("*.py")} | {p.name for p in experiments.iterdir() if p.is_dir()}
+    assert {"profile_model", "depth_prune", "results"} <= names
+    assert not names & set(sys.stdlib_module_names)
 
 
 @pytest.mark.slow

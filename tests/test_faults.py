@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from datamodules import CIFAR10DataModule, DatasetError
-from experiments import checkpoint_io, train
+from experiments import train
+from experiments.run import checkpoint_io
 from tests import fake_data
 from tests.test_bad_inputs import base_args
 from tests.test_experiments import assert_same_weights

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from experiments import bench_latency
+from experiments.bench import latency as bench_latency
 from lightning_modules.deploy.profiling import (
     ActivationTrace,
     count_macs,

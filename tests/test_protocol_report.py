@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments import report
-from experiments.protocol_report import columns, paired_runs, verdict
+from experiments.reports import results as report
+from experiments.reports.protocol import columns, paired_runs, verdict
 
 
 def write_run(root: Path, run_id: str, summary: dict) -> None:

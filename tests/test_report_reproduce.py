@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments import report
-from experiments.reproduce import (
+from experiments.reports import results as report
+from experiments.reports.reproduce import (
     checkpoint_producer,
     make_portable,
     memory_format_of,

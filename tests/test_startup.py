@@ -32,7 +32,7 @@ def test_total_stride_on_the_meta_device_equals_a_real_pass() -> None:
     import timm
     import torch
 
-    from experiments.checks import total_stride
+    from experiments.run.checks import total_stride
     from lightning_modules.models.mobilenet_v1 import MobileNetV1
 
     def real_pass(net: torch.nn.Module) -> int:
@@ -54,7 +54,7 @@ def test_total_stride_falls_back_to_a_real_pass_for_data_dependent_nets() -> Non
     import torch
     from torch import nn
 
-    from experiments.checks import total_stride
+    from experiments.run.checks import total_stride
 
     class DataDependent(nn.Module):
         def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-from experiments import depth_prune, report, train, width_prune
+from experiments import depth_prune, train, width_prune
+from experiments.reports import results as report
 from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.models.mobilenet_v1 import mobilenet_v1_channels
 from lightning_modules.pruning.width import keep_count

@@ -1,4 +1,4 @@
-"""The training-speed section of ``docs/RESULTS.md``, for ``report.py``: throughput against the plain
+"""The training-speed section of ``docs/RESULTS.md``, for ``results.py``: throughput against the plain
 loop (``bench_throughput*.json``), the sweep's cost (``bench_sweep*.json``) and start-up
 (``bench_startup*.json``), each with the command that measured it."""
 
@@ -14,7 +14,7 @@ TARGETS = ("Targets: ours ≥ 1.5× the plain loop and ≥ 20 % of the matmul pe
 
 def throughput_lines(r: dict) -> list[str]:
     ips, frac = r["img_per_s"], r.get("fraction_of_peak", {})
-    lines = [f"`{r.get('command', 'uv run experiments/bench_throughput.py')}` — {r.get('backbone', 'mobilenet_v1')}, "
+    lines = [f"`{r.get('command', 'uv run experiments/bench/throughput.py')}` — {r.get('backbone', 'mobilenet_v1')}, "
              f"{r['mode']} ({r['device']}), "
              f"batch {r['batch_size']}, {r['steps']} timed steps after {r['warmup']}, {r['rounds']} "
              f"interleaved rounds in one process, {r['threads']} thread(s); {r['note']}. Peak: dense matmul "
@@ -36,7 +36,7 @@ def throughput_lines(r: dict) -> list[str]:
 
 def sweep_lines(r: dict) -> list[str]:
     head = f"{r['head']} heads, " if r.get("head") else ""
-    lines = [f"`{r.get('command', 'uv run experiments/bench_sweep.py')}` — {r['mode']}, {head}{r['epochs']} "
+    lines = [f"`{r.get('command', 'uv run experiments/bench/sweep.py')}` — {r['mode']}, {head}{r['epochs']} "
              f"epoch(s) of {r['train_images']} images ({r['note']}): the one-run 14-head sweep took "
              f"{r['sweep_s']:.1f} s.", "", "| single head at cut | s | sweep / one head |", "|---|---|---|"]
     for k, seconds in r["one_head_s"].items():
@@ -48,7 +48,7 @@ def sweep_lines(r: dict) -> list[str]:
 
 
 def startup_lines(r: dict) -> list[str]:
-    lines = [f"`{r.get('command', 'uv run experiments/bench_startup.py')}` — `{r['script']}` as a subprocess, "
+    lines = [f"`{r.get('command', 'uv run experiments/bench/startup.py')}` — `{r['script']}` as a subprocess, "
              "stopped after one training step, dataset already in the cache; seconds from spawn:", "",
              "| W&B | first batch: min / median / max | exit: median |", "|---|---|---|"]
     for mode, figures in r["summary"].items():

@@ -1,8 +1,8 @@
 """From the command to the first training batch: how long an experiment takes to start.
 
-    python experiments/bench_startup.py --runs 5                          # train.py, default config
-    python experiments/bench_startup.py --runs 3 --wandb offline -- --data.root DATA.tar.gz
-    python experiments/bench_startup.py --runs 1 --profile_dir prof/      # + importtime and cProfile
+    python experiments/bench/startup.py --runs 5                          # train.py, default config
+    python experiments/bench/startup.py --runs 3 --wandb offline -- --data.root DATA.tar.gz
+    python experiments/bench/startup.py --runs 1 --profile_dir prof/      # + importtime and cProfile
 
 Runs the real CLI (``--script``, default ``experiments/train.py``) as a subprocess: one untimed run first
 (it decodes the dataset into the cache if needed), then ``--runs`` timed runs per W&B mode (``off``:
@@ -32,7 +32,7 @@ from typing import Any
 
 from callbacks.throughput import FIRST_BATCH_ENV
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MODES = ("off", "offline")
 #: Arguments that end every child after its first step (plus one validation and one test batch).
 ONE_STEP = ["--trainer.max_steps", "1", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
@@ -147,7 +147,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
             runs[mode].append(run_once(opts.script, mode, cli_args))
     summary = summarise(runs)
     print(format_summary(summary, opts.runs))
-    command = shlex.join(["uv", "run", "experiments/bench_startup.py", *(sys.argv[1:] if args is None else args)])
+    command = shlex.join(["uv", "run", "experiments/bench/startup.py", *(sys.argv[1:] if args is None else args)])
     result = {"script": opts.script, "cli_args": cli_args, "runs": runs, "summary": summary, "untimed": warm,
               "cpus": os.cpu_count(), "command": command}
     if opts.out is not None:

@@ -38,8 +38,8 @@ from callbacks.pruning_base import PruningSettingsError
 from callbacks.stages import run_dir
 from callbacks.throughput import Throughput
 from datamodules import DatasetError
-from experiments.checkpoint_io import AtomicCheckpointIO, CheckpointError, check_checkpoint_file
-from experiments.checks import ExperimentError, check_output_dir, check_resolution
+from experiments.run.checkpoint_io import AtomicCheckpointIO, CheckpointError, check_checkpoint_file
+from experiments.run.checks import ExperimentError, check_output_dir, check_resolution
 from lightning_modules.deploy.profiling import tinyml_budget
 from lightning_modules.models.adapters import ArchitectureMismatch
 
@@ -213,7 +213,7 @@ class PruningCLI(ExperimentCLI):
 def trainer_defaults(project: str = "tinyml-pruning") -> dict[str, Any]:
     return {
         "logger": {
-            "class_path": "experiments.wandb_logger.BackgroundWandbLogger",
+            "class_path": "experiments.run.wandb_logger.BackgroundWandbLogger",
             "init_args": {"project": project, "save_dir": DEFAULT_SAVE_DIR},
         },
         # Persistent callbacks (instances, added to whatever --trainer.callbacks lists).

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from experiments.reports.format import pct
+
 #: TinyNeuralNetwork's CIFAR-10 MobileNetV1 tables (baseline 94.2 %, fine-tuned at 224 px):
 #: (sparsity, method, criterion, distillation) → top-1 %.
 REFERENCE_WIDTH: dict[tuple[float, str, str, bool], float] = {
@@ -48,10 +50,6 @@ def width_rows(summaries: list[dict[str, Any]], image_size: int | None = None) -
     return sorted(newest.values(), key=lambda s: (s.get("dataset", ""), s.get("image_size", 0), row_key(s)[0],
                                                   order.get(s.get("method"), 99), s.get("criterion", ""),
                                                   bool(s.get("distillation"))))
-
-
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.2f}"
 
 
 def width_label(summary: dict[str, Any]) -> str:
@@ -99,7 +97,7 @@ def width_table(rows: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"| MBv1-{width} | {s.get('method')} | {s.get('criterion')} | {'yes' if s.get('distillation') else ''} "
             f"| {sparsity} | {s.get('flops_preserve_rate', float('nan')):.3f} | {s.get('params', 0):,} "
-            f"| {s.get('macs', 0):,} | {_pct(before)} | {_pct(after)} | {delta} | {s.get('epochs')} "
+            f"| {s.get('macs', 0):,} | {pct(before)} | {pct(after)} | {delta} | {s.get('epochs')} "
             f"| {schedule_text(s)} "
             f"| {'—' if wall is None else f'{wall / 60:.1f}'} | {'—' if ref is None else f'{ref:.2f}'} |"
         )

@@ -41,7 +41,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
-from experiments.checks import ExperimentError
+from experiments.run.checks import ExperimentError
 
 __all__ = ["BackgroundWandbLogger", "WandbStartError", "new_run_id"]
 

@@ -1,6 +1,6 @@
 """Checkpoint files that survive a full disk or a crash, and are read without running code.
 
-:class:`AtomicCheckpointIO` is the Lightning ``CheckpointIO`` of every experiment (``experiments/cli.py``
+:class:`AtomicCheckpointIO` is the Lightning ``CheckpointIO`` of every experiment (``experiments/run/cli.py``
 adds it to the trainer). Lightning's ``TorchCheckpointIO`` writes through an fsspec transaction but never
 fsyncs, and a failed write surfaces as a raw ``OSError`` from deep inside the fit; here a checkpoint is
 written to a temporary file in the same folder, flushed and fsynced, then renamed over the old one

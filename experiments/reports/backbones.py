@@ -1,4 +1,4 @@
-"""The results section of runs on timm backbones (``--model.backbone <timm name>``), for ``report.py``.
+"""The results section of runs on timm backbones (``--model.backbone <timm name>``), for ``results.py``.
 
 MobileNetV1 runs keep their own tables; every run whose ``arch`` names another backbone lands here: the
 baseline and the chosen cut of a depth-pruning run, and each width-pruning run, with params, MACs,
@@ -9,20 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from experiments.reports.format import count, pct
+
 MOBILENET_V1 = "mobilenet_v1"
 
 
 def backbone_of(summary: dict) -> str:
     """The backbone a run trained (``mobilenet_v1`` for runs from before backbones could be chosen)."""
     return (summary.get("arch") or {}).get("backbone") or MOBILENET_V1
-
-
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.2f}"
-
-
-def _count(value: int | None) -> str:
-    return "—" if value is None else f"{value:,}"
 
 
 def backbone_rows(summary: dict) -> list[tuple[str, str, dict, float | None]]:
@@ -59,6 +53,6 @@ def backbone_section(summaries: list[dict]) -> list[str]:
         command = f"`uv run experiments/{script} --config docs/runs/{folder.name}/config.yaml`"
         for stage, what, cost, acc in backbone_rows(s):
             lines.append(f"| {backbone_of(s)} | {s.get('dataset', '—')} | {s.get('image_size')} | {stage} | {what} "
-                         f"| {s.get('epochs')} | {_count(cost.get('params'))} | {_count(cost.get('macs'))} "
-                         f"| {_pct(acc)} | {command} |")
+                         f"| {s.get('epochs')} | {count(cost.get('params'))} | {count(cost.get('macs'))} "
+                         f"| {pct(acc)} | {command} |")
     return [*lines, ""]

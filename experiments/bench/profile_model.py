@@ -1,8 +1,8 @@
 """TinyML budget of a network: parameters, MACs, peak activation RAM, flash, latency, ONNX and int8.
 
-    python experiments/profile_model.py --ckpt PATH --image_size 32 --latency     # a trained (pruned) net
-    python experiments/profile_model.py --width_mult 0.25 --image_size 224         # from architecture args
-    python experiments/profile_model.py --ckpt PATH --image_size 32 --onnx out/net.onnx --int8 \\
+    python experiments/bench/profile_model.py --ckpt PATH --image_size 32 --latency     # a trained (pruned) net
+    python experiments/bench/profile_model.py --width_mult 0.25 --image_size 224         # from architecture args
+    python experiments/bench/profile_model.py --ckpt PATH --image_size 32 --onnx out/net.onnx --int8 \\
         --calib_images 512 --eval_images 2000 --out out/profile.json
 
 ``--int8`` quantises the exported network with onnxruntime (static, QDQ, per-channel), calibrated on
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from experiments.cli import exits_cleanly
+from experiments.run.cli import exits_cleanly
 from lightning_modules.deploy.export import check_onnx, export_onnx, onnx_accuracy, quantize_int8
 from lightning_modules.deploy.profiling import tinyml_budget
 from lightning_modules.models.adapters import build_net
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 def load_net(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     """The network of ``--ckpt`` (any pruned architecture) or of the model arguments, with its arch."""
     if args.ckpt is not None:
-        from experiments.cli import read_module
+        from experiments.run.cli import read_module
         from lightning_modules.image_classifier import ImageClassifier
 
         module = read_module(ImageClassifier, args.ckpt, "--ckpt")

@@ -1,7 +1,7 @@
 """Deployment ground truth: export trained nets fully int8, run them in TFLite Micro, and put TFLM's
 arena and flash beside our estimates; the report sections for ``docs/RESULTS.md``.
 
-    python experiments/deploy_report.py --net baseline=PATH --net cut6=PATH ... \\
+    python experiments/reports/deploy.py --net baseline=PATH --net cut6=PATH ... \\
         --calib_images 256 --out docs/runs/deploy_cifar10_32.json
 
 For each ``NAME=CHECKPOINT`` (any ImageClassifier checkpoint: unpruned, cut, width-pruned, both): fp32
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from experiments.reports.format import kb
 from lightning_modules.deploy.profiling import tinyml_budget
 from lightning_modules.deploy.tflite import export_int8_tflite
 from lightning_modules.deploy.tflm import model_structure, tflm_arena, tflm_predict
@@ -133,10 +134,6 @@ def plot_budget(candidates: list, budget: Any, chosen: Any, measured: dict[str, 
 
 
 # ------------------------------------------------------------------------------------ report sections
-def _kb(n: float) -> str:
-    return f"{n / KB:.1f}"
-
-
 def deployment_table(rows: dict[str, dict[str, Any]]) -> list[str]:
     lines = ["| net | MMACs | fp32 acc | int8 TFLM acc | TFLM arena KB | est. KB (err) | old est. KB (err) "
              "| .tflite KB | est. KB (err) | old est. KB (err) |",
@@ -144,10 +141,10 @@ def deployment_table(rows: dict[str, dict[str, Any]]) -> list[str]:
     for name, r in rows.items():
         lines.append(
             f"| {name} | {r['macs'] / 1e6:.2f} | {r['fp32_acc']:.4f} | {r['int8_acc']:.4f} "
-            f"| {_kb(r['arena_bytes'])} | {_kb(r['est_arena_bytes'])} ({r['arena_error']:+.2%}) "
-            f"| {_kb(r['old_est_peak_ram_int8'])} ({r['old_arena_error']:+.1%}) "
-            f"| {_kb(r['flash_bytes'])} | {_kb(r['est_flash_bytes'])} ({r['flash_error']:+.2%}) "
-            f"| {_kb(r['old_est_flash_int8'])} ({r['old_flash_error']:+.1%}) |")
+            f"| {kb(r['arena_bytes'], 1)} | {kb(r['est_arena_bytes'], 1)} ({r['arena_error']:+.2%}) "
+            f"| {kb(r['old_est_peak_ram_int8'], 1)} ({r['old_arena_error']:+.1%}) "
+            f"| {kb(r['flash_bytes'], 1)} | {kb(r['est_flash_bytes'], 1)} ({r['flash_error']:+.2%}) "
+            f"| {kb(r['old_est_flash_int8'], 1)} ({r['old_flash_error']:+.1%}) |")
     return lines
 
 
@@ -165,8 +162,8 @@ def budget_rows(summaries: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"| {budget.flash_kb:g} KB / {budget.ram_kb:g} KB | {sum(fits(c, budget) for c in cands)}/{len(cands)} "
             f"| {chosen['name']} | {chosen['acc']:.4f} | {m['fp32_acc']:.4f} | {m['int8_acc']:.4f} "
-            f"| {_kb(m['flash_bytes'])} ({_kb(chosen['flash_bytes'])}) | {_kb(m['arena_bytes'])} "
-            f"({_kb(chosen['ram_bytes'])}) | {'yes' if fb['fits_measured'] else 'NO'} |")
+            f"| {kb(m['flash_bytes'], 1)} ({kb(chosen['flash_bytes'], 1)}) | {kb(m['arena_bytes'], 1)} "
+            f"({kb(chosen['ram_bytes'], 1)}) | {'yes' if fb['fits_measured'] else 'NO'} |")
     return lines
 
 
@@ -236,7 +233,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         print(f"{name}: fp32 {r['fp32_acc']:.4f} int8 {r['int8_acc']:.4f} | arena {r['arena_bytes']:,} "
               f"est {r['est_arena_bytes']:,} ({r['arena_error']:+.1%}) | flash {r['flash_bytes']:,} "
               f"est {r['est_flash_bytes']:,} ({r['flash_error']:+.1%})", flush=True)
-    doc = {"command": "python experiments/deploy_report.py " + " ".join(sys.argv[1:] if args is None else args),
+    doc = {"command": "python experiments/reports/deploy.py " + " ".join(sys.argv[1:] if args is None else args),
            "calib_images": opts.calib_images, "eval_images": next(iter(rows.values()))["eval_images"],
            "nets": rows}
     print("\n".join(deployment_table(rows)))

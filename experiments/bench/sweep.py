@@ -1,7 +1,7 @@
 """Cost of the one-run depth-pruning sweep: all 14 auxiliary heads at once vs one head per run.
 
-    uv run experiments/bench_sweep.py                                        # CIFAR-10 @32 px, 1 epoch each
-    uv run experiments/bench_sweep.py --cut all --train_subset 10000 --out docs/runs/bench_sweep_cpu_32px.json
+    uv run experiments/bench/sweep.py                                        # CIFAR-10 @32 px, 1 epoch each
+    uv run experiments/bench/sweep.py --cut all --train_subset 10000 --out docs/runs/bench_sweep_cpu_32px.json
 
 de Leon & Atienza (arXiv:2204.10546) train one network per cut point. Here one sweep stage trains a head
 at every cut point (stem + 13 blocks) on the frozen backbone in one pass. This script times, in one
@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from experiments.bench_throughput import DEFAULT_ROOT, resolve_device
+from experiments.bench.throughput import DEFAULT_ROOT, resolve_device
 
 #: MobileNetV1's cut points: after the stem and after each of its 13 blocks.
 NUM_CUTS = 14
@@ -99,7 +99,7 @@ def time_stage(datamodule: Any, opts: argparse.Namespace, cut_points: list[int] 
 
 def main(args: list[str] | None = None) -> dict[str, Any]:
     opts = parse(args)
-    command = shlex.join(["uv", "run", "experiments/bench_sweep.py", *(sys.argv[1:] if args is None else args)])
+    command = shlex.join(["uv", "run", "experiments/bench/sweep.py", *(sys.argv[1:] if args is None else args)])
     from datamodules import CIFAR10DataModule
 
     datamodule = CIFAR10DataModule(root=opts.root, image_size=opts.image_size, batch_size=opts.batch_size,
@@ -108,7 +108,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     datamodule.setup("fit")
     baseline = None
     if opts.baseline_ckpt:
-        from experiments.cli import read_module
+        from experiments.run.cli import read_module
         from lightning_modules.image_classifier import ImageClassifier
 
         baseline = read_module(ImageClassifier, opts.baseline_ckpt).state_dict()

@@ -1,7 +1,7 @@
 """Do fewer MACs mean proportionally less latency? Unpruned MobileNetV1-1.0 against pruned versions.
 
-    python experiments/bench_latency.py                              # 224 px, 1 thread, 50 runs
-    python experiments/bench_latency.py --image_size 64 --runs 5     # quick check
+    python experiments/bench/latency.py                              # 224 px, 1 thread, 50 runs
+    python experiments/bench/latency.py --image_size 64 --runs 5     # quick check
 
 Networks: MobileNetV1-1.0; the block-6 depth cut with the (64, 32) head (de Leon & Atienza,
 arXiv:2204.10546); width 0.5 and 0.25. For each: MACs, MAC ratio (MACs of the unpruned net / MACs),

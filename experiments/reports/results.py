@@ -1,7 +1,7 @@
 """Generate ``docs/RESULTS.md`` from the ``summary.json`` files of finished runs.
 
-    python experiments/report.py                       # reads logs/, writes docs/RESULTS.md
-    python experiments/report.py --runs DIR --out docs/RESULTS.md
+    python experiments/reports/results.py                       # reads logs/, writes docs/RESULTS.md
+    python experiments/reports/results.py --runs DIR --out docs/RESULTS.md
 
 Every measured number in the output comes from a summary; the reference numbers of the published
 replication of de Leon & Atienza (arXiv:2204.10546) stand beside them, labelled as such.
@@ -15,10 +15,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from experiments.backbone_report import MOBILENET_V1, backbone_of, backbone_section
-from experiments.deploy_report import deployment_sections
-from experiments.protocol_report import findings, protocol_section, schedule_span
-from experiments.reproduce import (
+from experiments.reports.backbones import MOBILENET_V1, backbone_of, backbone_section
+from experiments.reports.deploy import deployment_sections
+from experiments.reports.format import count, kb, minutes, pct, ratio
+from experiments.reports.protocol import findings, protocol_section, schedule_span
+from experiments.reports.reproduce import (
     BIT_IDENTITY,
     by_seed,
     make_portable,
@@ -27,8 +28,8 @@ from experiments.reproduce import (
     reproduce_script,
     seed_spread,
 )
-from experiments.speed_report import speed_section
-from experiments.width_report import plot_width_rows, width_rows, width_table
+from experiments.reports.speed import speed_section
+from experiments.reports.width import plot_width_rows, width_rows, width_table
 from lightning_modules.deploy.profiling import measure_latency_torch, tinyml_budget
 from lightning_modules.models.adapters import build_net
 from lightning_modules.pruning.depth_cut import Baseline, CutPoint, choose_cut
@@ -56,18 +57,6 @@ def latest_by(summaries: list[dict], key) -> dict[tuple, dict]:
     return {key(s): s for s in summaries}
 
 
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.2f}"
-
-
-def _count(value: int | None) -> str:
-    return "—" if value is None else f"{value:,}"
-
-
-def _minutes(seconds: float | None) -> str:
-    return "—" if seconds is None else f"{seconds / 60:.1f}"
-
-
 def budget_of(entry: dict, arch: dict | None, image_size: int) -> dict:
     """A run's TinyML budget: the stored one, else computed from its architecture (it depends on nothing else)."""
     if entry.get("budget"):
@@ -82,14 +71,6 @@ def unpruned_arch(arch: dict) -> dict:
     if arch.get("backbone", "mobilenet_v1") != "mobilenet_v1":
         return {**arch, "structure": {}}
     return {**arch, "num_blocks": 13, "head_channels": [], "channels": None}
-
-
-def _kb(value: int | None) -> str:
-    return "—" if value is None else f"{value / 1024:,.0f}"
-
-
-def _ratio(pruned: dict, base: dict, key: str) -> str:
-    return f"{pruned[key] / base[key]:.3f}" if base.get(key) and pruned.get(key) else "—"
 
 
 def width_note(summary: dict) -> str:
@@ -128,12 +109,12 @@ def depth_table(runs: list[dict], groups: dict[int, list[dict]] | None = None) -
         lines.append(
             f"| {s.get('dataset')} | {s.get('image_size')} | {s.get('init')}{width_note(s)}{layout_note(s)} "
             f"| {s.get('chosen_cut')} "
-            f"| {s.get('epochs')} | {base_acc} | {_count(base.get('params'))} "
-            f"| {_count(base.get('macs'))} | {pruned_acc} | {_count(pruned.get('params'))} "
-            f"| {_count(pruned.get('macs'))} | {_ratio(pruned, base, 'params')} | {_ratio(pruned, base, 'macs')} "
-            f"| {_kb(bb.get('flash_int8'))} → {_kb(pb.get('flash_int8'))} "
-            f"| {_kb(bb.get('peak_ram_int8'))} → {_kb(pb.get('peak_ram_int8'))} "
-            f"| {_minutes(s.get('wall_time_s'))} | {ref_text} |"
+            f"| {s.get('epochs')} | {base_acc} | {count(base.get('params'))} "
+            f"| {count(base.get('macs'))} | {pruned_acc} | {count(pruned.get('params'))} "
+            f"| {count(pruned.get('macs'))} | {ratio(pruned, base, 'params')} | {ratio(pruned, base, 'macs')} "
+            f"| {kb(bb.get('flash_int8'))} → {kb(pb.get('flash_int8'))} "
+            f"| {kb(bb.get('peak_ram_int8'))} → {kb(pb.get('peak_ram_int8'))} "
+            f"| {minutes(s.get('wall_time_s'))} | {ref_text} |"
         )
     return lines
 
@@ -156,8 +137,8 @@ def sweep_table(summary: dict) -> list[str]:
         mark = " ← chosen" if row["cut"] == summary.get("chosen_cut") else ""
         delta = "—" if base.get("acc") is None else f"{100 * (row['acc'] - base['acc']):+.2f}"
         lines.append(f"| {row['cut']}{mark} | {row['params']:,} | {row['macs']:,} | {100 * row['acc']:.2f} | {delta} |")
-    lines.append(f"| baseline (all 13 blocks) | {_count(base.get('params'))} | {_count(base.get('macs'))} "
-                 f"| {_pct(base.get('acc'))} | |")
+    lines.append(f"| baseline (all 13 blocks) | {count(base.get('params'))} | {count(base.get('macs'))} "
+                 f"| {pct(base.get('acc'))} | |")
     return lines
 
 
@@ -239,14 +220,14 @@ def bench_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def deployment_table(profiles: list[tuple[str, dict]]) -> list[str]:
+def onnx_profile_table(profiles: list[tuple[str, dict]]) -> list[str]:
     """ONNX export and int8 results written by ``profile_model.py --onnx --int8 --out <run>/profile.json``."""
     lines = ["| run | params | fp32 ONNX acc % | int8 ONNX acc % | max abs diff | ONNX fp32 KB | ONNX int8 KB "
              "| flash int8 KB | peak RAM int8 KB | onnxruntime ms (1 thread) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for run, p in profiles:
-        lines.append(f"| {run} | {p['params']:,} | {_pct(p.get('acc_fp32_onnx'))} | {_pct(p.get('acc_int8_onnx'))} "
-                     f"| {p.get('onnx_max_abs_diff', float('nan')):.1e} | {_kb(p.get('onnx_bytes'))} "
-                     f"| {_kb(p.get('onnx_int8_bytes'))} | {_kb(p['flash_int8'])} | {_kb(p['peak_ram_int8'])} "
+        lines.append(f"| {run} | {p['params']:,} | {pct(p.get('acc_fp32_onnx'))} | {pct(p.get('acc_int8_onnx'))} "
+                     f"| {p.get('onnx_max_abs_diff', float('nan')):.1e} | {kb(p.get('onnx_bytes'))} "
+                     f"| {kb(p.get('onnx_int8_bytes'))} | {kb(p['flash_int8'])} | {kb(p['peak_ram_int8'])} "
                      f"| {p.get('latency_onnx_ms', float('nan')):.3f} |")
     return lines
 
@@ -283,7 +264,7 @@ def width_section(rows: list[dict], depth_rows: list[dict], out: Path) -> list[s
                     f"{row.get('method')} {row.get('criterion')}, sparsity {row.get('sparsity')}"
                 acc = row.get("test_acc", row.get("val_acc"))
                 lines.append(f"| {Path(s['_path']).parent.name} | {row['stage']} | {method} "
-                             f"| {_count(row.get('params'))} | {_count(row.get('macs'))} | {_pct(acc)} |")
+                             f"| {count(row.get('params'))} | {count(row.get('macs'))} | {pct(acc)} |")
         lines.append("")
     return lines
 
@@ -306,7 +287,7 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
     lines = [
         "# Results",
         "",
-        "Generated by `python experiments/report.py` from the runs' `summary.json` files — do not edit by hand.",
+        "Generated by `python experiments/reports/results.py` from the runs' `summary.json` files — do not edit by hand.",
         "Accuracies are on the test split (CIFAR-10 test, Imagenette/Imagewoof val) with the best checkpoint",
         "of the final network; baseline accuracy is the unpruned network's validation accuracy at the sweep.",
         "MACs: PyTorch's FLOP counter / 2 at the run's image size (batch 1).",
@@ -362,18 +343,18 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
             seeds = by_seed([b for b in baselines if baseline_key(b) == baseline_key(s)])
             lines.append(f"| {Path(s['data_root']).name} | {s['image_size']} | {s['epochs']} "
                          f"| {seed_spread([b['metrics'].get('test/acc') for b in seeds])} | {s['params']:,} | {s['macs']:,} "
-                         f"| {s['metrics'].get('train/img_per_s', float('nan')):.0f} | {_minutes(s.get('wall_time_s'))} |")
+                         f"| {s['metrics'].get('train/img_per_s', float('nan')):.0f} | {minutes(s.get('wall_time_s'))} |")
         lines.append("")
     profiles = [(Path(s["_path"]).parent.name, json.loads((Path(s["_path"]).parent / "profile.json").read_text()))
                 for s in summaries if (Path(s["_path"]).parent / "profile.json").is_file()]
     if profiles:
         lines += ["## Deployment: ONNX and int8", "",
-                  "`uv run experiments/profile_model.py --ckpt <best checkpoint> --image_size 32 --latency --onnx "
+                  "`uv run experiments/bench/profile_model.py --ckpt <best checkpoint> --image_size 32 --latency --onnx "
                   "m.onnx --int8 --out <run>/profile.json` (int8: onnxruntime static quantisation, calibrated on "
-                  "512 training images, evaluated on the test split).", "", *deployment_table(profiles), ""]
+                  "512 training images, evaluated on the test split).", "", *onnx_profile_table(profiles), ""]
     for bench in sorted((out.parent / "runs").glob("bench_latency*.json")):
         lines += [f"## Latency benchmark ({bench.stem})", "",
-                  f"`uv run experiments/bench_latency.py --image_size 224 --threads 1 --runs 20 --fused --rounding --out {out.parent.name}/runs/{bench.name}`", "",
+                  f"`uv run experiments/bench/latency.py --image_size 224 --threads 1 --runs 20 --fused --rounding --out {out.parent.name}/runs/{bench.name}`", "",
                   *bench_table(json.loads(bench.read_text())), ""]
     lines += speed_section(out.parent / "runs")
 
@@ -395,7 +376,7 @@ ARCHIVED_FILES = ("summary.json", "config.yaml", "profile.json", "depth_sweep.cs
 
 def archive_runs(summaries: list[dict], archive: Path) -> None:
     """Copy each run's small artifacts to ``archive/<run id>/`` (kept in the repository, unlike logs/),
-    so that ``report.py --runs docs/runs`` regenerates the page in any clone."""
+    so that ``results.py --runs docs/runs`` regenerates the page in any clone."""
     for s in summaries:
         folder = Path(s["_path"]).parent
         target = archive / folder.name

@@ -1,8 +1,8 @@
 """Training throughput end to end: a replication-style plain PyTorch loop against this project's pipeline.
 
-    uv run experiments/bench_throughput.py                                  # CPU @32 px, with and without heads
-    uv run experiments/bench_throughput.py --out docs/runs/bench_throughput_cpu_32px.json
-    uv run experiments/bench_throughput.py --device cuda --image_size 224   # GPU @224 px: bf16, channels_last
+    uv run experiments/bench/throughput.py                                  # CPU @32 px, with and without heads
+    uv run experiments/bench/throughput.py --out docs/runs/bench_throughput_cpu_32px.json
+    uv run experiments/bench/throughput.py --device cuda --image_size 224   # GPU @224 px: bf16, channels_last
 
 In one process, the same network (same seed; MobileNetV1, or any timm model with ``--backbone``) is trained
 ``--steps`` steps after ``--warmup`` steps by
@@ -240,7 +240,7 @@ def resolve_device(parser: argparse.ArgumentParser, opts: argparse.Namespace) ->
 
 def main(args: list[str] | None = None) -> dict[str, Any]:
     opts = parse(args)
-    command = shlex.join(["uv", "run", "experiments/bench_throughput.py", *(sys.argv[1:] if args is None else args)])
+    command = shlex.join(["uv", "run", "experiments/bench/throughput.py", *(sys.argv[1:] if args is None else args)])
     if opts.threads:
         torch.set_num_threads(opts.threads)
     from lightning_modules.deploy.profiling import model_cost

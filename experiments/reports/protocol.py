@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from experiments.reproduce import run_config, run_seed
+from experiments.reports.reproduce import run_config, run_seed
 
 #: Published replication of de Leon & Atienza (arXiv:2204.10546), MobileNetV1 cut after block 6, test
 #: accuracy in % (224 px; 50 + 50 epochs of Adam 5e-4 in the replication's recipe).

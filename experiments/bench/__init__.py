@@ -1,0 +1,1 @@
+"""Benchmarks and profiling: training throughput, the sweep's cost, start-up time, latency, a model's profile."""

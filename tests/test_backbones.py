@@ -21,8 +21,8 @@ from callbacks import ADMMPrune, BNSlimming, GradualPrune, OneShotPrune
 from experiments import depth_prune, train, width_prune
 from experiments.bench import profile_model
 from experiments.reports import results as report
+from lightning_modules.backbones import ArchitectureMismatch, build_net
 from lightning_modules.image_classifier import ImageClassifier
-from lightning_modules.models.adapters import ArchitectureMismatch, build_net
 from lightning_modules.pruning.criteria import make_criterion
 from lightning_modules.pruning.width import prune_model
 from tests.fake_data import make_image_folder

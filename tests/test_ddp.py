@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from experiments import train
+from lightning_modules.backbones.mobilenet_v1 import mobilenet_cut_arch
 from lightning_modules.image_classifier import ImageClassifier
-from lightning_modules.models.adapters.mobilenet_v1 import mobilenet_cut_arch
 from lightning_modules.models.aux_heads import HEAD_PRESETS
 from lightning_modules.models.mobilenet_v1 import mobilenet_v1_channels
 from lightning_modules.pruning.width import keep_count

@@ -13,20 +13,22 @@ from torch import nn
 
 from callbacks.distillation import Distillation
 from callbacks.rep_prune import RepPrune
+from lightning_modules.backbones.mobilenet_v1 import (
+    merge_compactors,
+    mobilenet_v1_arch_after_pruning,
+    with_compactors,
+)
 from lightning_modules.image_classifier import ARCH_KEYS, ImageClassifier
-from lightning_modules.models.adapters.mobilenet_v1 import mobilenet_v1_arch_after_pruning
 from lightning_modules.models.layers import Compactor
 from lightning_modules.models.mobilenet_v1 import MobileNetV1, mobilenet_v1_channels
 from lightning_modules.pruning.resrep import (
     compactor_layers,
     mask_vector,
-    merge_compactors,
     ramp_fraction,
     removal_plan,
     removal_targets,
     resrep_gradients,
     update_masks,
-    with_compactors,
 )
 from lightning_modules.pruning.width import (
     apply_plan,

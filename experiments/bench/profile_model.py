@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from experiments.run.cli import exits_cleanly
+from lightning_modules.backbones import build_net
 from lightning_modules.deploy.export import check_onnx, export_onnx, onnx_accuracy, quantize_int8
 from lightning_modules.deploy.profiling import tinyml_budget
-from lightning_modules.models.adapters import build_net
 from lightning_modules.models.mobilenet_v1 import NUM_BLOCKS
 
 DEFAULT_DATA_ROOT = "../shared/data/cifar10-jpg.tar.gz"

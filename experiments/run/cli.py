@@ -40,8 +40,8 @@ from callbacks.throughput import Throughput
 from datamodules import DatasetError
 from experiments.run.checkpoint_io import AtomicCheckpointIO, CheckpointError, check_checkpoint_file
 from experiments.run.checks import ExperimentError, check_output_dir, check_resolution
+from lightning_modules.backbones import ArchitectureMismatch
 from lightning_modules.deploy.profiling import tinyml_budget
-from lightning_modules.models.adapters import ArchitectureMismatch
 
 WANDB_HOST = "api.wandb.ai"
 #: The logger's default ``save_dir``; ``--trainer.default_root_dir`` replaces it when given.

@@ -1,41 +1,60 @@
-"""Backbone adapters: one file per network family (see :mod:`.base` for the interface).
+"""The registry of backbone families: ``--model.backbone NAME`` → the family's adapter.
 
-:func:`make_adapter` picks the adapter of a ``--model.backbone`` value: ``mobilenet_v1`` (ours) or any
-timm model name.
+A native family registers its adapter with :func:`register_backbone` (as timm's ``register_model`` does for
+its networks); any name no family registered is a timm model name (:class:`~.timm.TimmAdapter`). Each
+adapter checks its own arguments; :func:`check_backbone_arguments` adds the rule shared by all of them: an
+argument only another family takes keeps its default.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from torch import nn
 
-from lightning_modules.models.adapters.base import (
-    ArchitectureMismatch,
-    BackboneAdapter,
-    CutPointInfo,
-    check_same_architecture,
-)
-from lightning_modules.models.adapters.mobilenet_v1 import MobileNetV1Adapter
-from lightning_modules.models.adapters.timm import TimmAdapter
-from lightning_modules.models.mobilenet_v1 import NUM_BLOCKS, MobileNetV1
+from lightning_modules.backbones.base import BackboneAdapter
+from lightning_modules.backbones.timm import TimmAdapter
 
 #: The default backbone.
 MOBILENET_V1 = "mobilenet_v1"
 
-__all__ = ["ArchitectureMismatch", "BackboneAdapter", "CutPointInfo", "MOBILENET_V1", "MobileNetV1Adapter",
-           "TimmAdapter", "adapter_for", "adapter_of_net", "build_net", "check_backbone_arguments",
-           "check_same_architecture", "normalise_arch"]
+Family = TypeVar("Family", bound=type[BackboneAdapter])
+_FAMILIES: dict[str, type[BackboneAdapter]] = {}
+
+
+def register_backbone(name: str) -> Callable[[Family], Family]:
+    """Class decorator: ``@register_backbone("mobilenet_v1")`` makes the adapter the one of that name."""
+
+    def register(adapter: Family) -> Family:
+        if _FAMILIES.get(name, adapter) is not adapter:
+            raise ValueError(f"backbone {name!r} is registered already ({_FAMILIES[name].__name__})")
+        adapter.name = name
+        _FAMILIES[name] = adapter
+        return adapter
+
+    return register
+
+
+def unregister_backbone(name: str) -> None:
+    """Forget a registered family (its name is a timm model name again)."""
+    _FAMILIES.pop(name, None)
+
+
+def registered_backbones() -> tuple[str, ...]:
+    """The names of the native families, in registration order."""
+    return tuple(_FAMILIES)
+
+
+def adapter_class(backbone: str) -> type[BackboneAdapter]:
+    """The adapter class of a ``--model.backbone`` value: a registered family's, else timm's."""
+    return _FAMILIES.get(backbone, TimmAdapter)
 
 
 def adapter_for(arch: Mapping[str, Any]) -> BackboneAdapter:
     """The adapter of a network description (``backbone`` absent = MobileNetV1)."""
     backbone = arch.get("backbone") or MOBILENET_V1
-    if backbone == MOBILENET_V1:
-        return MobileNetV1Adapter()
-    return TimmAdapter(backbone, arch.get("backbone_kwargs"), arch.get("num_classes", 10), arch.get("in_chans", 3),
-                       arch.get("dropout", 0.0))
+    return adapter_class(backbone).for_arch({**arch, "backbone": backbone})
 
 
 def build_net(arch: Mapping[str, Any]) -> nn.Module:
@@ -44,12 +63,15 @@ def build_net(arch: Mapping[str, Any]) -> nn.Module:
 
 
 def adapter_of_net(net: nn.Module) -> BackboneAdapter:
-    """The adapter of a built, uncut network: a MobileNetV1, or a timm model (which records its name)."""
-    if isinstance(net, MobileNetV1):
-        return MobileNetV1Adapter()
+    """The adapter of a built, uncut network: a registered family's network, or a timm model (which records
+    its name)."""
+    for adapter in _FAMILIES.values():
+        if adapter.network_class is not None and isinstance(net, adapter.network_class):
+            return adapter()
     name = (getattr(net, "pretrained_cfg", None) or {}).get("architecture")
     if not name:
-        raise ValueError(f"{type(net).__name__} is neither MobileNetV1 nor a timm model; no adapter knows it")
+        raise ValueError(f"{type(net).__name__} is neither a registered backbone ({', '.join(_FAMILIES)}) nor a "
+                         "timm model; no adapter knows it")
     return TimmAdapter(name)
 
 
@@ -65,24 +87,21 @@ def normalise_arch(arch: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-#: MobileNetV1 arguments with their defaults: a timm backbone takes none of them (its own go in
-#: ``backbone_kwargs``).
-MOBILENET_ONLY: dict[str, Any] = {"width_mult": 1.0, "channels": None, "stem_stride": 2, "num_blocks": NUM_BLOCKS,
-                                  "head_channels": (), "compactors": False}
+def _is_default(value: Any, default: Any) -> bool:
+    if isinstance(value, list | tuple):
+        value = tuple(value)
+    return value == default or (not value and not default and value is not False)
 
 
 def check_backbone_arguments(hparams: Mapping[str, Any]) -> None:
-    """MobileNetV1's own arguments are not given to a timm backbone, nor timm's to MobileNetV1."""
+    """The chosen family's own checks, then: no argument that only another family takes is given."""
     backbone = hparams["backbone"]
-    if backbone == MOBILENET_V1:
-        if hparams.get("structure"):
-            raise ValueError("structure describes timm networks; MobileNetV1 is described by its own arguments")
-        if hparams.get("backbone_kwargs"):
-            raise ValueError("backbone_kwargs are timm.create_model arguments; MobileNetV1 takes its own "
-                             "(--model.width_mult, --model.channels, ...)")
-        return
-    for key, default in MOBILENET_ONLY.items():
-        value = hparams.get(key)
-        if (tuple(value) if isinstance(value, list | tuple) else value) != default:
-            raise ValueError(f"--model.{key} applies to mobilenet_v1 only, not to backbone {backbone!r}; pass timm "
-                             f"arguments in --model.backbone_kwargs")
+    chosen = adapter_class(backbone)
+    chosen.check_arguments(hparams)
+    for other in (*_FAMILIES.values(), TimmAdapter):
+        if other is chosen:
+            continue
+        for key, default in other.own_arguments.items():
+            if key not in chosen.arch_keys and not _is_default(hparams.get(key), default):
+                raise ValueError(f"--model.{key} applies to {other.name or 'timm backbones'} only, not to backbone "
+                                 f"{backbone!r}{chosen.argument_hint}")

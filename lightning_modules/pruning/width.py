@@ -20,7 +20,7 @@ Typical use (a callback adds the schedule and the fine-tuning)::
 
 The description of a sliced network comes from its backbone adapter: MobileNetV1's constructor arguments
 (a per-block channel list), or for a timm network the new shapes of every sliced layer
-(:mod:`lightning_modules.models.adapters.timm`).
+(:mod:`lightning_modules.backbones.timm`).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from lightning_modules.backbones.base import check_cut_init, device_of
 from lightning_modules.deploy.profiling import model_cost
 from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.models.layers import ClassifierHead
-from tests.tiny_fit import assert_reloads_identically, tiny_datamodule, tiny_folder, tiny_trainer
+from tests.helpers.tiny_fit import assert_reloads_identically, tiny_datamodule, tiny_folder, tiny_trainer
 
 NAME = "tiny_plain_cnn"
 

@@ -15,7 +15,7 @@ def cli_args(folder: Path, out: Path, backbone: str) -> list[str]:
     ]
 
 
-STOP_AFTER = ["--trainer.callbacks+=tests.stop_after.StopAfterEpoch", "--trainer.callbacks.epoch"]
+STOP_AFTER = ["--trainer.callbacks+=tests.helpers.stop_after.StopAfterEpoch", "--trainer.callbacks.epoch"]
 
 
 def tiny_args(real_data_dir: Path, out: Path, train_subset: int = 256, eval_subset: int = 128) -> list[str]:

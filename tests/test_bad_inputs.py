@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from experiments import depth_prune, train, width_prune
-from tests import fake_data
+from tests.helpers import fake_data
 from tests.helpers.cli_args import base_args
 
 Main = Callable[[list[str]], object]

@@ -21,7 +21,7 @@ import torch
 from datamodules import CIFAR10DataModule, DatasetError
 from experiments import train
 from experiments.run import checkpoint_io
-from tests import fake_data
+from tests.helpers import fake_data
 from tests.helpers.cli_args import base_args
 from tests.helpers.weights import assert_same_weights
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests import fake_data
+from tests.helpers import fake_data
 from tests.helpers.cli_args import base_args
 from tests.helpers.weights import assert_same_weights
 

@@ -1,26 +1,40 @@
-"""Lightning callbacks: reseeding, and the pruning and distillation stages of a run.
+"""Lightning callbacks: reseeding, progress, and the pruning and distillation stages of a run.
 
-The classes are imported on first use (``callbacks.ADMMPrune`` or ``from callbacks import ADMMPrune``), so
-that importing one callback module does not load the pruning libraries of all the others.
+A callback class ``CamelName`` lives in ``callbacks/camel_name.py`` (``ADMMPrune`` in ``admm_prune.py``): a
+new width method is its one file, and ``callbacks.NewMethod`` (or a config's
+``class_path: callbacks.new_method.NewMethod``) finds it. Classes are imported on first use, so that
+importing one callback module does not load the pruning libraries of all the others.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
+from pathlib import Path
 from typing import Any
 
-_MODULES = {"ADMMPrune": "admm_prune", "AuxiliarySweep": "auxiliary_sweep", "BNSlimming": "bn_slimming",
-            "DepthPrune": "depth_prune", "Distillation": "distillation", "EpochSeed": "epoch_seed",
-            "GradualPrune": "gradual_prune", "OneShotPrune": "one_shot_prune", "RepPrune": "rep_prune"}
 
-__all__ = sorted(_MODULES)
+def module_of(name: str) -> str:
+    """The module of a callback class by the naming rule: ``ADMMPrune`` → ``admm_prune``."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+
+
+def _callback_names() -> list[str]:
+    """The classes that follow the rule, read from the files' text (nothing is imported)."""
+    names = []
+    for path in Path(__file__).parent.glob("*.py"):
+        names += [n for n in re.findall(r"^class (\w+)\(", path.read_text(), flags=re.M) if module_of(n) == path.stem]
+    return sorted(names)
+
+
+__all__ = _callback_names()
 
 
 def __getattr__(name: str) -> Any:
-    if name in _MODULES:
-        return getattr(importlib.import_module(f"callbacks.{_MODULES[name]}"), name)
+    if name in __all__:
+        return getattr(importlib.import_module(f"callbacks.{module_of(name)}"), name)
     raise AttributeError(f"module 'callbacks' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_MODULES])
+    return sorted([*globals(), *__all__])

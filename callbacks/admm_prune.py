@@ -77,6 +77,10 @@ class ADMMPrune(WidthPruningCallback, LossTermCallback):
     rho: float = 1e-3
     sparsity: float | dict[str, float] = 0.75
 
+    def schedule(self) -> str:
+        return f"ADMM ρ={self.rho} every {self.admm_epoch} ep @{self.start_epoch}–{self.prune_epoch - 1}, " \
+               f"prune @{self.prune_epoch}"
+
     def __post_init__(self) -> None:
         super().__post_init__()
         #: Filters kept by the projection, per root convolution name.

@@ -25,7 +25,7 @@ class AuxiliarySweep(L.Callback):
         head: head preset (``replication``, ``paper``, ``linear``) or explicit widths.
         cut_points: which cut points get a head; all of the backbone's by default (MobileNetV1: the stem +
             13 blocks; timm: after every block, see
-            :mod:`~lightning_modules.models.adapters.timm_blocks`).
+            :mod:`~lightning_modules.backbones.timm_blocks`).
     """
 
     def __init__(

@@ -83,6 +83,9 @@ class BNSlimming(WidthPruningCallback, LossTermCallback):
     max_pruning_ratio: float = 0.8
     criterion: str = field(default="bn_scale", kw_only=True)
 
+    def schedule(self) -> str:
+        return f"L1(γ) λ={self.penalty} @{self.start_epoch}–{self.prune_epoch - 1}, prune @{self.prune_epoch}"
+
     @property
     def penalty_weight(self) -> float:  # type: ignore[override]
         return self.penalty

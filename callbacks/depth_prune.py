@@ -20,8 +20,8 @@ from callbacks.stages import (
     restart_optimization,
     run_dir,
 )
+from lightning_modules.backbones import adapter_of_net
 from lightning_modules.deploy.profiling import model_cost
-from lightning_modules.models.adapters import adapter_of_net
 from lightning_modules.models.aux_heads import head_channels_of
 from lightning_modules.pruning.depth_cut import Baseline, CutPoint, choose_cut
 from lightning_modules.reporting.sweep import format_sweep_table, log_sweep_to_wandb, write_sweep_report

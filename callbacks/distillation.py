@@ -30,7 +30,7 @@ from torch import nn
 
 from callbacks.loss_term import LossTermCallback
 from callbacks.stages import sync_from_rank_zero
-from lightning_modules.models.adapters import build_net, check_same_architecture
+from lightning_modules.backbones import build_net, check_same_architecture
 
 if TYPE_CHECKING:
     from lightning_modules.image_classifier import ImageClassifier

@@ -106,6 +106,9 @@ class GradualPrune(WidthPruningCallback):
     hrank_batches: int = 8
     seed: int = 0
 
+    def schedule(self) -> str:
+        return f"AGP prunes @{', '.join(str(self.start_epoch + k * self.interval) for k in range(1, self.num_steps + 1))}"
+
     def __post_init__(self) -> None:
         super().__post_init__()
         #: Output channels of every prunable group when the first step ran.

@@ -41,6 +41,9 @@ class OneShotPrune(WidthPruningCallback):
     hrank_batches: int = 8
     seed: int = 0
 
+    def schedule(self) -> str:
+        return f"prune @{self.epoch}"
+
     def __repr__(self) -> str:
         return f"OneShotPrune(epoch={self.epoch}, criterion={self.criterion!r}, sparsity={self.sparsity})"
 

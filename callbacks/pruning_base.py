@@ -145,6 +145,10 @@ class PruningCallback(L.Callback):
             self.check_settings()
             check_schedule(self, trainer.max_epochs)
 
+    def schedule(self) -> str:
+        """The callback's schedule in a few words, for the results tables (each method says its own)."""
+        return "—"
+
     def describe(self) -> dict[str, Any]:
         """The callback in ``summary.json``: method, settings, when it changed the network, the outcome."""
         settings = self.settings()

@@ -110,6 +110,9 @@ class RepPrune(WidthPruningCallback):
     mask_interval: int = 50
     ramp_updates: int = 10
 
+    def schedule(self) -> str:
+        return f"compactors λ={self.penalty} @{self.start_epoch}–{self.prune_epoch - 1}, merge + prune @{self.prune_epoch}"
+
     def __post_init__(self) -> None:
         super().__post_init__()
         #: Rows to remove from each compactor (keyed by the convolution it follows).

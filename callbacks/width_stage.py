@@ -9,6 +9,7 @@ and logs params, MACs and the FLOPs preserve rate.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ from callbacks.stages import (
     reset_best_checkpoint,
     restart_optimization,
 )
+from datamodules.batches import float_batches
 from lightning_modules.deploy.profiling import model_cost
 from lightning_modules.pruning.criteria import Criterion
 from lightning_modules.pruning.width import (
@@ -46,13 +48,7 @@ def example_input(pl_module: L.LightningModule, image_size: int) -> torch.Tensor
 
 def statistics_batches(trainer: L.Trainer, num_batches: int, device: torch.device) -> Iterator[torch.Tensor]:
     """Up to ``num_batches`` evaluation-transformed training images on ``device`` (HRank's statistics)."""
-    datamodule = trainer.datamodule
-    for i, (images, _labels) in enumerate(datamodule.train_dataloader()):
-        if i >= num_batches:
-            break
-        images = images.to(device)
-        if images.dtype == torch.uint8:
-            images = datamodule.transform_batch(images, train=False)
+    for images, _labels in itertools.islice(float_batches(trainer.datamodule, "train", device=device), num_batches):
         yield images
 
 

@@ -36,9 +36,9 @@ from experiments.run.cli import (
     split_accuracy,
     write_summary,
 )
+from lightning_modules.backbones import build_net
 from lightning_modules.deploy.profiling import tinyml_budget
 from lightning_modules.image_classifier import ImageClassifier
-from lightning_modules.models.adapters import build_net
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "depth_cifar10_32.yaml"
 

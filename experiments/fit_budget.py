@@ -51,15 +51,15 @@ from experiments.run.cli import (
     load_baseline,
     write_summary,
 )
-from lightning_modules.deploy.profiling import count_macs, measure_latency_onnx
-from lightning_modules.deploy.tflite import MissingDependency, require_tflite
-from lightning_modules.deploy.tflm_estimate import estimate_tflm
-from lightning_modules.image_classifier import ImageClassifier
-from lightning_modules.models.adapters.mobilenet_v1 import (
+from lightning_modules.backbones.mobilenet_v1 import (
     mobilenet_cut_arch,
     mobilenet_v1_arch_after_pruning,
     rebuild_mobilenet_v1,
 )
+from lightning_modules.deploy.profiling import count_macs, measure_latency_onnx
+from lightning_modules.deploy.tflite import MissingDependency, require_tflite
+from lightning_modules.deploy.tflm_estimate import estimate_tflm
+from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.models.mobilenet_v1 import MobileNetV1
 from lightning_modules.pruning.budget import (
     KB,

@@ -19,7 +19,7 @@ from timm.scheduler import create_scheduler_v2
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_modules.models.adapters import (
+from lightning_modules.backbones import (
     MOBILENET_V1,
     BackboneAdapter,
     adapter_for,
@@ -27,8 +27,8 @@ from lightning_modules.models.adapters import (
     check_same_architecture,
     normalise_arch,
 )
-from lightning_modules.models.adapters.base import ArchitectureMismatch, untouched_rng
-from lightning_modules.models.adapters.mobilenet_v1 import ARCH_KEYS
+from lightning_modules.backbones.base import ArchitectureMismatch, untouched_rng
+from lightning_modules.backbones.mobilenet_v1 import ARCH_KEYS
 from lightning_modules.models.aux_heads import AuxiliaryHeads
 from lightning_modules.models.fusion import FoldedEvalCopy
 from lightning_modules.models.layers import Compactor
@@ -60,7 +60,7 @@ class ImageClassifier(L.LightningModule):
         backbone_kwargs: further ``timm.create_model`` arguments (e.g. ``{"drop_path_rate": 0.1}``, or
             ``{"pretrained": true, "pretrained_cfg_overlay": {"file": "weights.safetensors"}}``).
         structure: a cut and/or width-pruned timm network, and ResRep's compactors while they train (set
-            by the pruning callbacks, see :mod:`lightning_modules.models.adapters.timm`).
+            by the pruning callbacks, see :mod:`lightning_modules.backbones.timm`).
         num_classes: outputs of the classifier (the CLI takes it from the data).
         width_mult, channels, stem_stride, num_blocks, head_channels, dropout:
             MobileNetV1's arguments (see :class:`~lightning_modules.models.mobilenet_v1.MobileNetV1`);
@@ -159,7 +159,7 @@ class ImageClassifier(L.LightningModule):
         """Replace the network: update the architecture hyper-parameters and install ``net``.
 
         ``net`` (e.g. a pruned copy carrying trained weights) must match ``arch``
-        (:class:`~lightning_modules.models.adapters.ArchitectureMismatch` names the first layer that does
+        (:class:`~lightning_modules.backbones.ArchitectureMismatch` names the first layer that does
         not); when it is ``None`` a freshly initialised network is built from the updated hyper-parameters.
         """
         self.hparams.update(normalise_arch(arch))

@@ -45,7 +45,7 @@ def real_data_dir() -> Path:
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny 3-class CIFAR-layout image folder for the pruning callbacks' fits (one per test module)."""
-    from tests.tiny_fit import tiny_folder
+    from tests.helpers.tiny_fit import tiny_folder
 
     return tiny_folder(tmp_path_factory.mktemp("tiny"))
 

@@ -14,7 +14,7 @@ from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.models.mobilenet_v1 import mobilenet_v1_channels
 from lightning_modules.pruning import admm
 from lightning_modules.pruning.width import keep_count
-from tests.tiny_fit import tiny_datamodule, tiny_module, tiny_trainer
+from tests.helpers.tiny_fit import tiny_datamodule, tiny_module, tiny_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny fits are faster on one thread
 

@@ -5,9 +5,9 @@ import copy
 import pytest
 import torch
 
+from lightning_modules.backbones.mobilenet_v1 import cut_mobilenet_v1, mobilenet_cut_arch, tap_features
 from lightning_modules.deploy.profiling import count_params
 from lightning_modules.image_classifier import ImageClassifier
-from lightning_modules.models.adapters.mobilenet_v1 import cut_mobilenet_v1, mobilenet_cut_arch, tap_features
 from lightning_modules.models.aux_heads import AuxiliaryHeads, head_channels_of
 from lightning_modules.models.mobilenet_v1 import MobileNetV1
 

@@ -21,13 +21,14 @@ from callbacks import ADMMPrune, BNSlimming, GradualPrune, OneShotPrune
 from experiments import depth_prune, train, width_prune
 from experiments.bench import profile_model
 from experiments.reports import results as report
+from lightning_modules.backbones import ArchitectureMismatch, build_net
 from lightning_modules.image_classifier import ImageClassifier
-from lightning_modules.models.adapters import ArchitectureMismatch, build_net
 from lightning_modules.pruning.criteria import make_criterion
 from lightning_modules.pruning.width import prune_model
-from tests.fake_data import make_image_folder
-from tests.test_experiments import STOP_AFTER, assert_same_weights, load_weights
-from tests.tiny_fit import tiny_datamodule, tiny_trainer
+from tests.helpers.cli_args import STOP_AFTER, cli_args
+from tests.helpers.fake_data import make_image_folder
+from tests.helpers.tiny_fit import tiny_datamodule, tiny_trainer
+from tests.helpers.weights import assert_same_weights, load_weights, save_checkpoint
 
 FAMILIES = ["resnet10t", "mobilenetv3_small_050", "convnext_atto"]
 #: sha256 of the state dict of ``ImageClassifier()`` built after ``seed_everything(0)``, computed before the
@@ -48,25 +49,6 @@ def state_hash(module: torch.nn.Module) -> str:
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 classes, 8 training and 4 test 32×32 JPEGs each, in the CIFAR-10 image-folder layout."""
     return make_image_folder(tmp_path_factory.mktemp("data"), {"train": 8, "test": 4})
-
-
-def cli_args(folder: Path, out: Path, backbone: str) -> list[str]:
-    return [
-        "--data.root", str(folder), "--data.image_size", "32", "--data.batch_size", "8",
-        "--model.backbone", backbone, "--model.lr", "0.01",
-        "--trainer.logger.init_args.save_dir", str(out),
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--trainer.accelerator", "cpu",
-    ]
-
-
-def save_checkpoint(module: L.LightningModule, path: Path) -> Path:
-    """``module`` as a Lightning checkpoint file, without training it."""
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, max_epochs=0)
-    trainer.strategy.connect(module)
-    trainer.save_checkpoint(path)
-    return path
 
 
 def test_default_mobilenet_v1_weights_are_unchanged() -> None:

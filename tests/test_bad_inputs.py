@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from experiments import depth_prune, train, width_prune
-from tests import fake_data
+from tests.helpers import fake_data
+from tests.helpers.cli_args import base_args
 
 Main = Callable[[list[str]], object]
 
@@ -33,14 +34,6 @@ class World:
     checkpoint: Path  # last.ckpt of an earlier 1-epoch run
     cache: Path
     guarded: list[Path] = field(default_factory=list)
-
-
-def base_args(data_root: Path | str, out: Path) -> list[str]:
-    return [
-        "--data.root", str(data_root), "--data.batch_size", "8", "--data.num_workers", "0", "--model.width_mult", "0.25",
-        "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(out),
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-    ]
 
 
 @pytest.fixture(scope="module")

@@ -57,8 +57,8 @@ def test_bench_throughput_runs_every_pipeline_in_turn(real_data_dir: Path, tmp_p
 
 def test_bench_throughput_on_a_timm_backbone(real_data_dir: Path) -> None:
     """The plain loop and ours train the same timm network, the one the pipeline builds, in either layout."""
+    from lightning_modules.backbones import build_net
     from lightning_modules.deploy.profiling import model_cost
-    from lightning_modules.models.adapters import build_net
 
     result = bench_throughput.main(tiny(real_data_dir, "--backbone", "resnet10t", "--steps", "1", "--warmup", "1",
                                         "--rounds", "1", "--heads", "off", "--nchw", "--matmul_size", "64",
@@ -137,8 +137,8 @@ def test_sweep_training_forward_stops_at_the_deepest_head() -> None:
     outputs are those of the full pass (same weights, same batch)."""
     import torch
 
+    from lightning_modules.backbones.mobilenet_v1 import tap_features
     from lightning_modules.image_classifier import ImageClassifier
-    from lightning_modules.models.adapters.mobilenet_v1 import tap_features
 
     torch.manual_seed(0)
     model = ImageClassifier(num_classes=10, width_mult=0.25)

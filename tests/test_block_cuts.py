@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from callbacks import AuxiliarySweep, DepthPrune
+from lightning_modules.backbones import ArchitectureMismatch
+from lightning_modules.backbones.timm_blocks import intermediate_kwargs, stage_names
 from lightning_modules.image_classifier import ImageClassifier
-from lightning_modules.models.adapters import ArchitectureMismatch
-from lightning_modules.models.adapters.timm_blocks import intermediate_kwargs, stage_names
-from tests.test_backbones import save_checkpoint
-from tests.tiny_fit import assert_reloads_identically, tiny_datamodule, tiny_trainer
+from tests.helpers.tiny_fit import assert_reloads_identically, tiny_datamodule, tiny_trainer
+from tests.helpers.weights import save_checkpoint
 
 FAMILIES = ["resnet10t", "resnet18", "convnext_atto", "mobilenetv3_small_050"]
 

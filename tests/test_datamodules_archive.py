@@ -11,7 +11,7 @@ import pytest
 from datamodules import DatasetError, archive, resolve_root
 from datamodules.archive import cache_entry, cache_root, locate_dataset_dir
 from datamodules.folder import has_split_dirs
-from tests import fake_data
+from tests.helpers import fake_data
 
 
 def _listing(folder: Path) -> dict[str, int]:

@@ -19,7 +19,7 @@ from datamodules import (
 from datamodules import cifar as cifar_module
 from datamodules import imagenette as imagenette_module
 from datamodules.datasets import InMemoryImageDataset
-from tests import fake_data
+from tests.helpers import fake_data
 
 
 def _labels_from_pixels(dataset: InMemoryImageDataset) -> list[int]:

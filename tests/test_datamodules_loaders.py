@@ -12,7 +12,7 @@ from torch.utils.data import DistributedSampler
 from datamodules import CIFAR10DataModule, ImagenetteDataModule, archive, memory
 from datamodules.datasets import InMemoryImageDataset
 from datamodules.transforms import CIFAR10_MEAN, CIFAR10_STD
-from tests import fake_data
+from tests.helpers import fake_data
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 Each case runs ``python -m experiments.<script> --trainer.strategy ddp --trainer.devices 2`` as a real
 subprocess (Lightning starts the second rank by running the same command again) on a tiny generated
-image folder, with :class:`tests.rank_digest.RankDigest` writing each rank's architecture and weight
+image folder, with :class:`tests.helpers.rank_digest.RankDigest` writing each rank's architecture and weight
 hashes. After ``fit`` both ranks must hold the same architecture, bit-identical parameters, the same
 parameters and buffers on entering their last training step, and the structure the method promises.
 """
@@ -22,13 +22,13 @@ from typing import Any
 import pytest
 
 from experiments import train
+from lightning_modules.backbones.mobilenet_v1 import mobilenet_cut_arch
 from lightning_modules.image_classifier import ImageClassifier
-from lightning_modules.models.adapters.mobilenet_v1 import mobilenet_cut_arch
 from lightning_modules.models.aux_heads import HEAD_PRESETS
 from lightning_modules.models.mobilenet_v1 import mobilenet_v1_channels
 from lightning_modules.pruning.width import keep_count
-from tests.fake_data import CIFAR_CLASSES, make_image_folder
-from tests.test_backbones import save_checkpoint
+from tests.helpers.fake_data import CIFAR_CLASSES, make_image_folder
+from tests.helpers.weights import save_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WIDTH_MULT = 0.25
@@ -69,7 +69,7 @@ def run_ddp(script: str, data: Path, out: Path, *args: str) -> tuple[dict[str, A
     after checking that both ranks ended with the same network."""
     command = [sys.executable, "-m", f"experiments.{script}", *common_args(data, out),
                "--trainer.strategy", "ddp", "--trainer.devices", "2", *args,
-               "--trainer.callbacks+=tests.rank_digest.RankDigest", "--trainer.callbacks.out_dir", str(out / "ranks")]
+               "--trainer.callbacks+=tests.helpers.rank_digest.RankDigest", "--trainer.callbacks.out_dir", str(out / "ranks")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f"{' '.join(command)}\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"

@@ -12,32 +12,8 @@ import torch
 from experiments import depth_prune, train
 from experiments.reports import results as report
 from lightning_modules.image_classifier import ImageClassifier
-
-STOP_AFTER = ["--trainer.callbacks+=tests.stop_after.StopAfterEpoch", "--trainer.callbacks.epoch"]
-
-
-def tiny_args(real_data_dir: Path, out: Path, train_subset: int = 256, eval_subset: int = 128) -> list[str]:
-    return [
-        "--data.root", str(real_data_dir / "cifar10-jpg.tar.gz"),
-        "--data.train_subset", str(train_subset),
-        "--data.eval_subset", str(eval_subset),
-        "--data.batch_size", "64",
-        "--model.width_mult", "0.25",
-        "--trainer.logger.init_args.save_dir", str(out),
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
-        "--trainer.accelerator", "cpu",
-    ]
-
-
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-
-
-def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), f"{key} differs"
+from tests.helpers.cli_args import STOP_AFTER, tiny_args
+from tests.helpers.weights import assert_same_weights, load_weights
 
 
 def test_fast_dev_run_on_real_cifar10(real_data_dir: Path, tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from experiments.bench import profile_model
@@ -25,6 +24,7 @@ from lightning_modules.deploy.export import (
 from lightning_modules.deploy.profiling import count_macs, count_params, flash_size
 from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.models.mobilenet_v1 import MobileNetV1
+from tests.helpers.weights import trained_like
 
 IMAGE_SIZE = 32
 #: Irregular widths, as channel pruning of a width-0.25 MobileNetV1 leaves them (stem + 13 blocks).
@@ -32,23 +32,6 @@ PRUNED_CHANNELS = [8, 16, 24, 24, 40, 48, 64, 56, 72, 64, 80, 96, 128, 120]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def trained_like(net: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BatchNorm statistics and a larger classifier, so that outputs are O(1) rather than ~0
-    (a fresh network's logits are tiny and would hide export errors)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=gen) * 0.4 - 0.2)
-            elif isinstance(m, nn.Linear):
-                m.weight.normal_(0.0, 0.5, generator=gen)
-                m.bias.normal_(0.0, 0.1, generator=gen)
-    return net.eval()
 
 
 NETS = {

@@ -21,9 +21,9 @@ import torch
 from datamodules import CIFAR10DataModule, DatasetError
 from experiments import train
 from experiments.run import checkpoint_io
-from tests import fake_data
-from tests.test_bad_inputs import base_args
-from tests.test_experiments import assert_same_weights
+from tests.helpers import fake_data
+from tests.helpers.cli_args import base_args
+from tests.helpers.weights import assert_same_weights
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from lightning_modules.models.fusion import fuse_conv_bn
 from lightning_modules.models.mobilenet_v1 import MobileNetV1
-from tests.tiny_fit import tiny_datamodule, tiny_module
+from tests.helpers.tiny_fit import tiny_datamodule, tiny_module
 
 
 def randomise_bn(net: nn.Module) -> nn.Module:

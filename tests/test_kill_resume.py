@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests import fake_data
-from tests.test_bad_inputs import base_args
-from tests.test_experiments import assert_same_weights
+from tests.helpers import fake_data
+from tests.helpers.cli_args import base_args
+from tests.helpers.weights import assert_same_weights
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -81,7 +81,7 @@ def test_sigkill_at_every_stage_then_resume_reaches_the_uninterrupted_weights(tm
     last = out / "tinyml-pruning" / "killed" / "checkpoints" / "last.ckpt"
     resume: list[str] = []
     for stage, (epoch, batch) in STAGES.items():
-        killed = run([*args, *resume, "--trainer.callbacks+=tests.kill_at.KillAt", "--trainer.callbacks.epoch",
+        killed = run([*args, *resume, "--trainer.callbacks+=tests.helpers.kill_at.KillAt", "--trainer.callbacks.epoch",
                       str(epoch), "--trainer.callbacks.batch", str(batch)], session_cache_dir)
         assert killed.returncode == -signal.SIGKILL, f"{stage}: {killed.stderr[-3000:]}"
         assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == epoch - 1, stage

@@ -19,7 +19,7 @@ from callbacks.pruning_base import PruningSettingsError
 from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.pruning.criteria import BNScale
 from lightning_modules.pruning.width import prunable_groups, prune_model
-from tests.tiny_fit import assert_reloads_identically, tiny_datamodule, tiny_trainer
+from tests.helpers.tiny_fit import assert_reloads_identically, tiny_datamodule, tiny_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

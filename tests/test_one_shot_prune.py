@@ -11,7 +11,7 @@ from callbacks.distillation import Distillation
 from callbacks.one_shot_prune import OneShotPrune
 from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.models.mobilenet_v1 import mobilenet_v1_channels
-from tests.tiny_fit import tiny_datamodule, tiny_module, tiny_trainer
+from tests.helpers.tiny_fit import tiny_datamodule, tiny_module, tiny_trainer
 
 
 @pytest.mark.parametrize("criterion", ["random", "l1_norm", "l2_norm", "fpgm", "hrank", "bn_scale"])

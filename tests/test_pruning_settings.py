@@ -21,8 +21,8 @@ from callbacks.pruning_base import (
 from experiments import depth_prune, train, width_prune
 from lightning_modules.models.mobilenet_v1 import MobileNetV1, mobilenet_v1_channels
 from lightning_modules.pruning.width import keep_count
-from tests.fake_data import CIFAR_CLASSES, make_image_folder
-from tests.tiny_fit import tiny_datamodule, tiny_module, tiny_trainer
+from tests.helpers.fake_data import CIFAR_CLASSES, make_image_folder
+from tests.helpers.tiny_fit import tiny_datamodule, tiny_module, tiny_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny fits are faster on one thread
 

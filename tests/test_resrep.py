@@ -2,38 +2,39 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from torch import nn
 
 from callbacks.distillation import Distillation
 from callbacks.rep_prune import RepPrune
+from lightning_modules.backbones.mobilenet_v1 import (
+    merge_compactors,
+    mobilenet_v1_arch_after_pruning,
+    with_compactors,
+)
 from lightning_modules.image_classifier import ARCH_KEYS, ImageClassifier
-from lightning_modules.models.adapters.mobilenet_v1 import mobilenet_v1_arch_after_pruning
 from lightning_modules.models.layers import Compactor
 from lightning_modules.models.mobilenet_v1 import MobileNetV1, mobilenet_v1_channels
 from lightning_modules.pruning.resrep import (
     compactor_layers,
     mask_vector,
-    merge_compactors,
     ramp_fraction,
     removal_plan,
     removal_targets,
     resrep_gradients,
     update_masks,
-    with_compactors,
 )
 from lightning_modules.pruning.width import (
     apply_plan,
     keep_count,
     prunable_groups,
 )
-from tests.tiny_fit import tiny_datamodule, tiny_module, tiny_trainer
+from tests.helpers.snapshots import Snapshots
+from tests.helpers.tiny_fit import tiny_datamodule, tiny_module, tiny_trainer
 
 X = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -168,17 +169,6 @@ def test_masks_ramp_up_to_the_targets_on_the_smallest_rows() -> None:
                      for name, c in compactors.items()}
     assert ramp_fraction(0, 10) == 0.0 and ramp_fraction(10, 10) == ramp_fraction(99, 10) == 1.0
     assert math.ceil(3 * ramp_fraction(1, 3)) == 1
-
-
-# --------------------------------------------------------------------------------------- in a fit
-class Snapshots(L.Callback):
-    """Copies of the network at the end of every training epoch."""
-
-    def __init__(self) -> None:
-        self.nets: dict[int, nn.Module] = {}
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.nets[trainer.current_epoch] = copy.deepcopy(pl_module.net).eval()
 
 
 def rep_prune() -> RepPrune:

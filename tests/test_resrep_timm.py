@@ -32,10 +32,11 @@ from lightning_modules.pruning.compactors import (
     positions_of,
 )
 from lightning_modules.pruning.width import apply_plan, keep_count, prunable_groups
-from tests.fake_data import make_image_folder
-from tests.test_backbones import cli_args, save_checkpoint
-from tests.test_resrep import Snapshots
-from tests.tiny_fit import tiny_datamodule, tiny_trainer
+from tests.helpers.cli_args import cli_args
+from tests.helpers.fake_data import make_image_folder
+from tests.helpers.snapshots import Snapshots
+from tests.helpers.tiny_fit import tiny_datamodule, tiny_trainer
+from tests.helpers.weights import save_checkpoint
 
 FAMILIES = ["resnet10t", "mobilenetv3_small_050"]
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -21,8 +21,8 @@ from lightning_modules.deploy.tflm_estimate import (
 )
 from lightning_modules.models.mobilenet_v1 import MobileNetV1
 from lightning_modules.pruning import budget
-from tests import fake_data
-from tests.test_export import trained_like
+from tests.helpers import fake_data
+from tests.helpers.weights import trained_like
 
 IMAGE_SIZE = 32
 

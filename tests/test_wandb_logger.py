@@ -14,8 +14,8 @@ import pytest
 from experiments import train
 from experiments.run.wandb_logger import BackgroundWandbLogger, WandbStartError, new_run_id
 from lightning_modules.reporting.sweep import log_sweep_to_wandb, write_sweep_report
-from tests.test_depth_report import BASELINE, SWEEP
-from tests.wandb_records import read_offline_run
+from tests.helpers.sweep_rows import BASELINE, SWEEP
+from tests.helpers.wandb_records import read_offline_run
 
 wandb = pytest.importorskip("wandb")
 

@@ -17,8 +17,9 @@ from experiments.reports import results as report
 from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.models.mobilenet_v1 import mobilenet_v1_channels
 from lightning_modules.pruning.width import keep_count
-from tests.fake_data import write_image
-from tests.test_experiments import STOP_AFTER, assert_same_weights, load_weights, tiny_args
+from tests.helpers.cli_args import STOP_AFTER, tiny_args
+from tests.helpers.fake_data import write_image
+from tests.helpers.weights import assert_same_weights, load_weights
 
 CONFIGS = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 CPU_ROWS = sorted((CONFIGS / "width" / "cifar10_32").glob("*.yaml"))

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-from lightning_modules.deploy.profiling import count_macs, count_params
-from lightning_modules.models.adapters.mobilenet_v1 import (
+from lightning_modules.backbones.mobilenet_v1 import (
     mobilenet_v1_arch_after_pruning,
     rebuild_mobilenet_v1,
 )
+from lightning_modules.deploy.profiling import count_macs, count_params
 from lightning_modules.models.mobilenet_v1 import MobileNetV1
 from lightning_modules.pruning.criteria import (
     CRITERIA,

@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from experiments.run.cli import exits_cleanly
+from lightning_modules.backbones import build_net
 from lightning_modules.deploy.export import check_onnx, export_onnx, onnx_accuracy, quantize_int8
 from lightning_modules.deploy.profiling import tinyml_budget
-from lightning_modules.models.adapters import build_net
 from lightning_modules.models.mobilenet_v1 import NUM_BLOCKS
 
 DEFAULT_DATA_ROOT = "../shared/data/cifar10-jpg.tar.gz"
@@ -91,15 +91,14 @@ def cifar10_batches(
     """Normalised float ``(images, labels)`` batches of a class-stratified CIFAR-10 subset, evaluation
     transform (no augmentation) for both splits."""
     from datamodules import CIFAR10DataModule
+    from datamodules.batches import float_batches
 
     data = CIFAR10DataModule(
         root=root, image_size=image_size, batch_size=min(batch_size, images), num_workers=0,
         # fitting also builds the validation set from the test split: a subset keeps it from being decoded whole
         train_subset=images if split == "train" else None, eval_subset=images,
     )
-    loader = data.train_dataloader() if split == "train" else data.test_dataloader()
-    for batch in loader:
-        yield data.on_after_batch_transfer(batch)  # no trainer attached: the evaluation transform
+    yield from float_batches(data, split)
 
 
 def int8_report(args: argparse.Namespace, onnx_path: Path, int8_path: Path) -> dict[str, Any]:

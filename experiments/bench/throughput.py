@@ -141,7 +141,7 @@ def plain_transform(image_size: int, mean: tuple, std: tuple) -> Any:
 
 def run_plain(datamodule: Any, opts: argparse.Namespace, seed: int = 0) -> dict[str, float]:
     """The plain loop: end-to-end img/s over the timed steps."""
-    from lightning_modules.models.adapters import build_net
+    from lightning_modules.backbones import build_net
 
     device = torch.device(opts.device)
     dataset = PlainCIFAR(datamodule.train_dataset.images, datamodule.train_dataset.labels,
@@ -243,8 +243,8 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     command = shlex.join(["uv", "run", "experiments/bench/throughput.py", *(sys.argv[1:] if args is None else args)])
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    from lightning_modules.backbones import build_net
     from lightning_modules.deploy.profiling import model_cost
-    from lightning_modules.models.adapters import build_net
 
     device = torch.device(opts.device)
     datamodule = make_datamodule(opts)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from datamodules.batches import float_batches
 from experiments.reports.format import kb
 from lightning_modules.deploy.profiling import tinyml_budget
 from lightning_modules.deploy.tflite import export_int8_tflite
@@ -33,31 +33,16 @@ from lightning_modules.pruning.budget import KB
 DEFAULT_DATA_ROOT = "../shared/data/cifar10-jpg.tar.gz"
 
 
-def eval_batches(data: Any, split: str, limit: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Normalised float ``(images, labels)`` batches of a set-up datamodule's ``split`` (``train`` or
-    ``test``), evaluation transform (no augmentation), at most ``limit`` images."""
-    loader = data.train_dataloader() if split == "train" else data.test_dataloader()
-    seen = 0
-    for images, labels in loader:
-        if limit is not None and seen >= limit:
-            return
-        if images.dtype == torch.uint8:
-            images = data.transform_batch(images, train=False)
-        take = len(labels) if limit is None else min(len(labels), limit - seen)
-        seen += take
-        yield images[:take].float(), labels[:take]
-
-
 def deploy_net(net: nn.Module, data: Any, tflite_path: str | Path, calib_images: int = 256,
                eval_images: int | None = None) -> dict[str, Any]:
     """Export ``net`` fully int8 (calibrated on the first ``calib_images`` training images), run it in
     TFLM on ``eval_images`` test images (all: ``None``) and return measured and estimated figures."""
     net = net.eval().cpu()
     size = int(data.hparams.image_size)
-    calibration = np.concatenate([x.numpy() for x, _ in eval_batches(data, "train", calib_images)])
+    calibration = np.concatenate([x.numpy() for x, _ in float_batches(data, "train", calib_images)])
     path = export_int8_tflite(net, tflite_path, calibration, size)
     correct_fp32 = correct_int8 = agree = total = 0
-    for images, labels in eval_batches(data, "test", eval_images):
+    for images, labels in float_batches(data, "test", eval_images):
         with torch.no_grad():
             fp32 = net(images).argmax(1).numpy()
         int8 = tflm_predict(path, images).argmax(1)

@@ -30,8 +30,8 @@ from experiments.reports.reproduce import (
 )
 from experiments.reports.speed import speed_section
 from experiments.reports.width import plot_width_rows, width_rows, width_table
+from lightning_modules.backbones import build_net
 from lightning_modules.deploy.profiling import measure_latency_torch, tinyml_budget
-from lightning_modules.models.adapters import build_net
 from lightning_modules.pruning.depth_cut import Baseline, CutPoint, choose_cut
 
 #: Published replication (MobileNetV1, head DS→64/DS→32, cut after block 6): test accuracy in %.

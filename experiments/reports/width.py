@@ -7,9 +7,11 @@ FLOPs preserve rate and accuracy before/after; :func:`width_rows` keeps the newe
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
+from callbacks.pruning_base import WidthPruningCallback
 from experiments.reports.format import pct
 
 #: TinyNeuralNetwork's CIFAR-10 MobileNetV1 tables (baseline 94.2 %, fine-tuned at 224 px):
@@ -60,24 +62,15 @@ def width_label(summary: dict[str, Any]) -> str:
 
 
 def schedule_text(summary: dict[str, Any]) -> str:
-    """The method's schedule in a few words, from the pruning callback's arguments in the summary."""
-    args = next((c.get("init_args", {}) for c in summary.get("callbacks", [])
-                 if isinstance(c, dict) and "Distillation" not in c.get("class_path", "")), {})
-    method = summary.get("method")
-    if method == "oneshot":
-        return f"prune @{args.get('epoch', 0)}"
-    if method == "bn_slimming":
-        return f"L1(γ) λ={args.get('penalty')} @{args.get('start_epoch', 0)}–{args.get('prune_epoch', 1) - 1}, " \
-               f"prune @{args.get('prune_epoch', 1)}"
-    if method == "admm":
-        return f"ADMM ρ={args.get('rho')} every {args.get('admm_epoch', 1)} ep @{args.get('start_epoch', 0)}–" \
-               f"{args.get('prune_epoch', 3) - 1}, prune @{args.get('prune_epoch', 3)}"
-    if method == "gradual":
-        start, n, step = args.get("start_epoch", 0), args.get("num_steps", 4), args.get("interval", 1)
-        return f"AGP prunes @{', '.join(str(start + k * step) for k in range(1, n + 1))}"
-    if method == "resrep":
-        return f"compactors λ={args.get('penalty')} @{args.get('start_epoch', 0)}–{args.get('prune_epoch', 3) - 1}, " \
-               f"merge + prune @{args.get('prune_epoch', 3)}"
+    """The method's schedule in a few words, as its pruning callback describes it (built from the arguments
+    the summary recorded, the class's defaults for the rest)."""
+    for spec in summary.get("callbacks", []):
+        if not isinstance(spec, dict) or "class_path" not in spec:
+            continue
+        module, _, name = spec["class_path"].rpartition(".")
+        callback = getattr(importlib.import_module(module), name, None)
+        if isinstance(callback, type) and issubclass(callback, WidthPruningCallback):
+            return callback(**spec.get("init_args", {})).schedule()
     return "—"
 
 

@@ -11,6 +11,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from lightning_modules.modes import eval_mode
+
 __all__ = ["ExperimentError", "check_output_dir", "check_resolution", "total_stride"]
 
 
@@ -43,13 +45,8 @@ def total_stride(net: torch.nn.Module, in_chans: int = 3, probe: int = 256) -> i
         with torch.no_grad():
             features = shadow.forward_features(torch.zeros(1, in_chans, probe, probe, device="meta"))
     except (NotImplementedError, RuntimeError):  # an op without a meta kernel, or a data-dependent one
-        training = net.training
-        net.eval()
-        try:
-            with torch.no_grad():
-                features = net.forward_features(torch.zeros(1, in_chans, probe, probe))
-        finally:
-            net.train(training)
+        with eval_mode(net), torch.no_grad():
+            features = net.forward_features(torch.zeros(1, in_chans, probe, probe))
     return max(probe // int(features.shape[-1]), 1)
 
 

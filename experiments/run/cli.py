@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import lightning as L
 import torch
 from jsonargparse import ArgumentError
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -34,14 +34,15 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from callbacks.epoch_seed import EpochSeed
 from callbacks.finite_loss import FiniteLoss, NonFiniteLossError
 from callbacks.last_checkpoint import LastCheckpoint
+from callbacks.progress import progress_bar
 from callbacks.pruning_base import PruningSettingsError
 from callbacks.stages import run_dir
 from callbacks.throughput import Throughput
 from datamodules import DatasetError
 from experiments.run.checkpoint_io import AtomicCheckpointIO, CheckpointError, check_checkpoint_file
 from experiments.run.checks import ExperimentError, check_output_dir, check_resolution
+from lightning_modules.backbones import ArchitectureMismatch
 from lightning_modules.deploy.profiling import tinyml_budget
-from lightning_modules.models.adapters import ArchitectureMismatch
 
 WANDB_HOST = "api.wandb.ai"
 #: The logger's default ``save_dir``; ``--trainer.default_root_dir`` replaces it when given.
@@ -172,10 +173,10 @@ class ExperimentCLI(LightningCLI):
             init_args["save_dir"] = trainer["default_root_dir"]
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
-        # The default rich progress bar yields to --trainer.enable_progress_bar false, the learning-rate
-        # monitor (which needs a logger) to --trainer.logger false.
+        # The default progress bar (rich, or a line per epoch) yields to --trainer.enable_progress_bar false,
+        # the learning-rate monitor (which needs a logger) to --trainer.logger false.
         trainer_config = self._get(self.config_init, "trainer", default={})
-        drop = (RichProgressBar,) if trainer_config.get("enable_progress_bar") is False else ()
+        drop = (ProgressBar,) if trainer_config.get("enable_progress_bar") is False else ()
         drop += (LearningRateMonitor,) if trainer_config.get("logger") is False else ()
         self.trainer_defaults["callbacks"] = [
             cb for cb in self.trainer_defaults.get("callbacks", []) if not isinstance(cb, drop)
@@ -217,7 +218,7 @@ def trainer_defaults(project: str = "tinyml-pruning") -> dict[str, Any]:
             "init_args": {"project": project, "save_dir": DEFAULT_SAVE_DIR},
         },
         # Persistent callbacks (instances, added to whatever --trainer.callbacks lists).
-        "callbacks": [RichProgressBar(), LearningRateMonitor(logging_interval="epoch"), EpochSeed(),
+        "callbacks": [progress_bar(), LearningRateMonitor(logging_interval="epoch"), EpochSeed(),
                       LastCheckpoint(), Throughput(), FiniteLoss()],
     }
 

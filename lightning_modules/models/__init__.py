@@ -1,1 +1,1 @@
-"""Networks and heads: MobileNetV1, its layers, auxiliary heads, backbone adapters."""
+"""Networks and heads: MobileNetV1, its layers, auxiliary heads, BatchNorm folding."""

@@ -5,7 +5,7 @@ classifier attached after a block of a trained network measures how much accurac
 network still carries; cutting there and keeping the head gives a much smaller model.
 
 The cut points of a backbone, the features there and the cut itself come from its adapter
-(:mod:`lightning_modules.models.adapters`).
+(:mod:`lightning_modules.backbones`).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ class Compactor(nn.Conv2d):
     Ding et al., *ResRep: Lossless CNN Pruning via Decoupling Remembering and Forgetting*, ICCV 2021. Placed
     after the BatchNorm of a convolution, it leaves the network's function unchanged when installed; the
     pruning penalty then drives some of its rows (output channels) to zero, and after training it is folded
-    into the convolution before it (:func:`lightning_modules.pruning.resrep.merge_compactors`).
+    into the convolution before it (:func:`lightning_modules.backbones.mobilenet_v1.merge_compactors`).
 
     With ``diagonal`` it is a depthwise 1×1 convolution (one scale per channel): the compactor after the
     BatchNorm of a grouped convolution, which a full matrix could not be folded into

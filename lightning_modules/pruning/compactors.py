@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from lightning_modules.models.layers import Compactor
+from lightning_modules.modes import eval_mode
 from lightning_modules.pruning.width import prunable_groups
 
 #: Norm layers a compactor can follow (timm's BatchNormAct2d: BatchNorm, then its drop and activation).
@@ -98,13 +99,10 @@ def conv_before_norms(net: nn.Module, example_input: Tensor) -> dict[nn.Module, 
 
     handles = [m.register_forward_hook(after_conv) for m in net.modules() if isinstance(m, nn.Conv2d)]
     handles += [m.register_forward_pre_hook(before_norm) for m in net.modules() if isinstance(m, _BatchNorm)]
-    was_training = net.training
     try:
-        net.eval()
-        with torch.no_grad():
+        with eval_mode(net), torch.no_grad():
             net(example_input)
     finally:
-        net.train(was_training)
         for h in handles:
             h.remove()
     return found

@@ -30,6 +30,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_modules.modes import eval_mode
+
 #: Convolutions scored by the weight criteria (their output filters).
 CONVS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 #: Normalisation layers with a per-channel affine scale γ (timm's ``LayerNorm2d`` / ``BatchNormAct2d`` /
@@ -161,17 +163,15 @@ class HRank(Criterion):
             sums[module] += torch.linalg.matrix_rank(maps).sum(0).to(torch.float64)
 
         handles = [m.register_forward_hook(hook) for m in norms]
-        was_training = model.training
-        model.eval()
         try:
-            for i, batch in enumerate(batches):
-                if self.max_batches is not None and i >= self.max_batches:
-                    break
-                x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                model(x.to(param.device))
-                seen += x.shape[0]
+            with eval_mode(model):
+                for i, batch in enumerate(batches):
+                    if self.max_batches is not None and i >= self.max_batches:
+                        break
+                    x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                    model(x.to(param.device))
+                    seen += x.shape[0]
         finally:
-            model.train(was_training)
             for h in handles:
                 h.remove()
         if dist.is_available() and dist.is_initialized():

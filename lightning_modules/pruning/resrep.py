@@ -4,7 +4,8 @@ Ding et al., *ResRep: Lossless CNN Pruning via Decoupling Remembering and Forget
 
 1. **Convolutional re-parameterisation.** An identity-initialised 1×1 convolution, the *compactor*
    (:class:`~lightning_modules.models.layers.Compactor`), follows the BatchNorm of every prunable convolution
-   (:func:`with_compactors`); the network computes the same function.
+   (the backbone adapter's ``with_compactors``, e.g.
+   :func:`lightning_modules.backbones.mobilenet_v1.with_compactors`); the network computes the same function.
 2. **Gradient re-parameterisation.** Training goes on with the objective's gradient re-routed on the
    compactors only: rows (output channels) in a *mask* receive no objective gradient ("forgetting"), every
    row receives the group-lasso gradient ``λ·Q_i/‖Q_i‖₂`` (:func:`resrep_gradients`). The masked rows then
@@ -12,7 +13,7 @@ Ding et al., *ResRep: Lossless CNN Pruning via Decoupling Remembering and Forget
    the rows with the smallest norm are (re-)masked, their number ramping up to the target removal count
    of each layer (:func:`update_masks`).
 3. **Merge and slice.** ``conv → BN → compactor`` folds into one convolution followed by an identity
-   BatchNorm (:func:`merge_compactors`); the masked rows are now output channels of that convolution whose
+   BatchNorm (the adapter's ``merge_compactors``); the masked rows are now output channels of that convolution whose
    filters are (near) zero, and slicing them (:func:`removal_plan` with
    :func:`~lightning_modules.pruning.width.apply_plan`) gives a plain, narrower MobileNetV1.
 
@@ -32,9 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.models.adapters.mobilenet_v1 import mobilenet_v1_arch_after_pruning
 from lightning_modules.models.layers import Compactor
-from lightning_modules.models.mobilenet_v1 import MobileNetV1
 from lightning_modules.pruning.compactors import compactor_groups as graph_compactor_groups
 from lightning_modules.pruning.criteria import Criterion
 from lightning_modules.pruning.width import (
@@ -87,28 +86,6 @@ CompactorSet = Mapping[str, nn.Conv2d | Sequence[nn.Conv2d]]
 def group_members(compactors: nn.Conv2d | Sequence[nn.Conv2d]) -> list[nn.Conv2d]:
     """The compactors of one group as a list."""
     return [compactors] if isinstance(compactors, nn.Module) else list(compactors)
-
-
-# ----------------------------------------------------------------------------------------- install
-def with_compactors(net: MobileNetV1) -> tuple[MobileNetV1, dict]:
-    """A MobileNetV1 with identity compactors carrying ``net``'s weights (the same function) and its
-    constructor arguments (``compactors=True``); on ``net``'s device, dtype and train/eval mode."""
-    if not isinstance(net, MobileNetV1):
-        raise TypeError(f"with_compactors places MobileNetV1's compactors, not {type(net).__name__}'s (other "
-                        "networks: lightning_modules.pruning.compactors, through their backbone adapter)")
-    arch = mobilenet_v1_arch_after_pruning(net)
-    if arch["compactors"]:
-        raise ValueError("the network already has compactors")
-    arch["compactors"] = True
-    param = next(net.parameters())
-    new = MobileNetV1(**arch).to(device=param.device, dtype=param.dtype)
-    missing, unexpected = new.load_state_dict(net.state_dict(), strict=False)
-    compactor_keys = {f"{name}.weight" for name, m in new.named_modules() if isinstance(m, Compactor)}
-    if unexpected or set(missing) != compactor_keys:
-        raise ValueError(f"weights do not map onto the network with compactors: missing "
-                         f"{sorted(set(missing) - compactor_keys)}, unexpected {unexpected}")
-    new.train(net.training)
-    return new, arch
 
 
 def compactor_layers(net: nn.Module) -> dict[str, Compactor]:
@@ -204,56 +181,6 @@ def masked_row_norm(
     criterion = criterion or CompactorRowNorm()
     values = [criterion.group_score(c)[list(masks[name])] for name, c in compactors.items() if masks.get(name)]
     return float(torch.cat(values).mean()) if values else 0.0
-
-
-# ------------------------------------------------------------------------------------------- merge
-@torch.no_grad()
-def fold_compactor(conv: nn.Conv2d, bn: nn.BatchNorm2d, compactor: nn.Conv2d) -> tuple[Tensor, Tensor]:
-    """Weight and bias of the one convolution computing ``compactor(bn(conv(x)))`` with BN in eval mode:
-
-    ``W' = Q · diag(γ/σ) · W`` and ``b' = Q · (β − γ·μ/σ)`` with ``σ = sqrt(running_var + eps)``.
-    """
-    if conv.groups != 1:
-        raise ValueError("only a non-grouped convolution folds with its compactor")
-    dtype = conv.weight.dtype
-    q = compactor.weight.double().flatten(1)
-    std = (bn.running_var.double() + bn.eps).sqrt()
-    scale = bn.weight.double() / std
-    shift = bn.bias.double() - scale * bn.running_mean.double()
-    w = conv.weight.double()
-    weight = (q @ (scale[:, None] * w.flatten(1))).view_as(w)
-    return weight.to(dtype), (q @ shift).to(dtype)
-
-
-@torch.no_grad()
-def merge_compactors(net: MobileNetV1) -> tuple[MobileNetV1, dict]:
-    """A plain MobileNetV1 computing what ``net`` (with compactors) computes in eval mode, and its
-    constructor arguments (``compactors=False``).
-
-    Every ``conv → BN → compactor`` becomes ``conv' → BN'`` with ``conv'`` from :func:`fold_compactor` and an
-    identity BN' carrying the bias: ``γ = 1``, ``β = b'``, ``running_mean = 0``, ``running_var = 1 − eps``.
-    The network is on ``net``'s device and dtype and in its train/eval mode.
-    """
-    arch = mobilenet_v1_arch_after_pruning(net)
-    if not arch["compactors"]:
-        raise ValueError("the network has no compactors to merge")
-    arch["compactors"] = False
-    state = {k: v.clone() for k, v in net.state_dict().items()}
-    for name, block in net.named_modules():
-        if isinstance(block, nn.Sequential) and len(block) > 2 and isinstance(block[2], Compactor):
-            conv, bn, compactor = block[0], block[1], block[2]
-            weight, bias = fold_compactor(conv, bn, compactor)
-            state[f"{name}.0.weight"] = weight
-            state[f"{name}.1.weight"] = torch.ones_like(bn.weight)
-            state[f"{name}.1.bias"] = bias
-            state[f"{name}.1.running_mean"] = torch.zeros_like(bn.running_mean)
-            state[f"{name}.1.running_var"] = torch.full_like(bn.running_var, 1.0 - bn.eps)
-            del state[f"{name}.2.weight"]
-    param = next(net.parameters())
-    merged = MobileNetV1(**arch).to(device=param.device, dtype=param.dtype)
-    merged.load_state_dict(state)
-    merged.train(net.training)
-    return merged, arch
 
 
 def removal_plan(masks: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:

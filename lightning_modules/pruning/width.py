@@ -20,7 +20,7 @@ Typical use (a callback adds the schedule and the fine-tuning)::
 
 The description of a sliced network comes from its backbone adapter: MobileNetV1's constructor arguments
 (a per-block channel list), or for a timm network the new shapes of every sliced layer
-(:mod:`lightning_modules.models.adapters.timm`).
+(:mod:`lightning_modules.backbones.timm`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import torch
 from timm.layers import make_divisible
 from torch import Tensor, nn
 
+from lightning_modules.modes import eval_mode
 from lightning_modules.pruning.criteria import CONVS, NORMS, Criterion
 
 if TYPE_CHECKING:  # torch-pruning is imported where it is used: it pulls in timm's data stack and W&B,
@@ -88,15 +89,10 @@ def output_layer(model: nn.Module) -> nn.Module | None:
 
 def build_graph(model: nn.Module, example_input: Tensor) -> tp.DependencyGraph:
     """torch-pruning dependency graph of ``model``, traced in eval mode (BatchNorm statistics untouched)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            import torch_pruning as tp
+    import torch_pruning as tp
 
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.enable_grad():
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
 
 
 def prunable_groups(

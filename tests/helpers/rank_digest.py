@@ -10,7 +10,7 @@
   forward updates them from its own batch), so they are compared where DDP makes them equal;
 * ``metrics``: ``trainer.callback_metrics`` (the sweep's ``val/aux_<k>/acc`` among them).
 
-Add it on the command line: ``--trainer.callbacks+=tests.rank_digest.RankDigest --trainer.callbacks.out_dir D``.
+Add it on the command line: ``--trainer.callbacks+=tests.helpers.rank_digest.RankDigest --trainer.callbacks.out_dir D``.
 """
 
 from __future__ import annotations

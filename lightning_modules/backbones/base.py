@@ -8,7 +8,8 @@ A backbone adapter tells the rest of the code base what it needs to know about a
 * a **description** of a network (JSON-able hyper-parameters) from which :meth:`BackboneAdapter.build`
   rebuilds it, cut and/or width-pruned, from a checkpoint alone.
 
-Adding a backbone family is one file in this package and one entry in ``lightning_modules.models.adapters``.
+Adding a native backbone family is one file: its adapter, decorated with
+:func:`~lightning_modules.backbones.registry.register_backbone`, imported once (``backbones/__init__.py``).
 """
 
 from __future__ import annotations
@@ -79,8 +80,27 @@ def untouched_rng() -> Iterator[None]:
 class BackboneAdapter(ABC):
     """What the LightningModule and the pruning callbacks need from one backbone family."""
 
-    #: The ``--model.backbone`` value(s) this adapter stands for (informational).
+    #: The ``--model.backbone`` value this adapter stands for (set by ``register_backbone``).
     name: str = ""
+    #: Hyper-parameters that describe a network of this family (``ImageClassifier`` arguments).
+    arch_keys: tuple[str, ...] = ()
+    #: The class of the networks a native family builds (how :func:`adapter_of_net` recognises them).
+    network_class: type[nn.Module] | None = None
+    #: ``ImageClassifier`` arguments only this family takes, with their defaults: another family keeps them.
+    own_arguments: Mapping[str, Any] = {}
+    #: Appended to the message naming an argument this family does not take.
+    argument_hint: str = ""
+
+    @classmethod
+    def for_arch(cls, arch: Mapping[str, Any]) -> BackboneAdapter:
+        """The adapter for a network description (a native family needs nothing from it)."""
+        return cls()
+
+    @classmethod
+    def check_arguments(cls, hparams: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` naming an argument that does not fit this family (before anything is built);
+        none by default."""
+        return None
 
     @abstractmethod
     def build(self, arch: Mapping[str, Any]) -> nn.Module:

@@ -1,7 +1,7 @@
 """Any CNN timm can build, through timm's own feature API.
 
 Cut points are at block granularity where the network exposes blocks
-(:mod:`~lightning_modules.models.adapters.timm_blocks`): the entries of ``forward_intermediates`` (timm's
+(:mod:`~lightning_modules.backbones.timm_blocks`): the entries of ``forward_intermediates`` (timm's
 API for intermediate features: the stem and stages of ResNets, the stages of ConvNeXt, the stem and every
 ``blocks[i]`` of EfficientNet / MobileNetV3), plus the output of every block inside those stages. The cut
 is ``prune_intermediate_layers`` (which drops the stages after the cut point's stage and the classifier),
@@ -27,15 +27,14 @@ import timm
 import torch
 from torch import nn
 
-from lightning_modules.deploy.profiling import model_cost
-from lightning_modules.models.adapters.base import (
+from lightning_modules.backbones.base import (
     BackboneAdapter,
     CutPointInfo,
     check_cut_init,
     device_of,
     untouched_rng,
 )
-from lightning_modules.models.adapters.timm_blocks import (
+from lightning_modules.backbones.timm_blocks import (
     BlockPoint,
     block_points,
     features_at,
@@ -44,6 +43,7 @@ from lightning_modules.models.adapters.timm_blocks import (
     resolve_cut,
     truncate_stage,
 )
+from lightning_modules.deploy.profiling import model_cost
 from lightning_modules.models.layers import ClassifierHead
 from lightning_modules.pruning.compactors import (
     compactor_positions,
@@ -166,6 +166,13 @@ class TimmAdapter(BackboneAdapter):
     """
 
     arch_keys = ARCH_KEYS
+    own_arguments = {"backbone_kwargs": None, "structure": None}
+    argument_hint = "; pass timm arguments in --model.backbone_kwargs"
+
+    @classmethod
+    def for_arch(cls, arch: Mapping[str, Any]) -> TimmAdapter:
+        return cls(arch["backbone"], arch.get("backbone_kwargs"), arch.get("num_classes", 10), arch.get("in_chans", 3),
+                   arch.get("dropout", 0.0))
 
     def __init__(self, backbone: str, backbone_kwargs: Mapping[str, Any] | None = None, num_classes: int = 10,
                  in_chans: int = 3, dropout: float = 0.0) -> None:
@@ -222,7 +229,7 @@ class TimmAdapter(BackboneAdapter):
 
     def cut_points(self, net: nn.Module, in_chans: int = 3) -> list[CutPointInfo]:
         """Every block's output where the stage exposes blocks, every stage's otherwise
-        (:func:`~lightning_modules.models.adapters.timm_blocks.block_points`); channels and stride from a
+        (:func:`~lightning_modules.backbones.timm_blocks.block_points`); channels and stride from a
         dummy pass in eval mode."""
         points = block_points(self._full(net))
         modes = {m: m.training for m in net.modules()}

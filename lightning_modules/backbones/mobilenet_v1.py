@@ -12,15 +12,25 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from lightning_modules.backbones.base import BackboneAdapter, CutPointInfo, check_cut_init, device_of
+from lightning_modules.backbones.registry import register_backbone
 from lightning_modules.deploy.profiling import model_cost
-from lightning_modules.models.adapters.base import BackboneAdapter, CutPointInfo, check_cut_init, device_of
 from lightning_modules.models.layers import ClassifierHead, Compactor
-from lightning_modules.models.mobilenet_v1 import BLOCK_STRIDES, MobileNetV1, mobilenet_v1_channels
+from lightning_modules.models.mobilenet_v1 import (
+    BLOCK_STRIDES,
+    NUM_BLOCKS,
+    MobileNetV1,
+    mobilenet_v1_channels,
+)
 
 #: Hyper-parameters that are MobileNetV1 constructor arguments.
 ARCH_KEYS: tuple[str, ...] = tuple(inspect.signature(MobileNetV1).parameters)
+#: MobileNetV1 arguments with their defaults: another backbone takes none of them (timm's own go in
+#: ``backbone_kwargs``).
+MOBILENET_ONLY: dict[str, Any] = {"width_mult": 1.0, "channels": None, "stem_stride": 2, "num_blocks": NUM_BLOCKS,
+                                  "head_channels": (), "compactors": False}
 
 
 def tap_features(modules: Sequence[nn.Module], x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
@@ -94,11 +104,92 @@ def rebuild_mobilenet_v1(net: MobileNetV1) -> tuple[MobileNetV1, dict]:
     return new, arch
 
 
+# ------------------------------------------------------- ResRep compactors (Ding et al., ICCV 2021)
+def with_compactors(net: MobileNetV1) -> tuple[MobileNetV1, dict]:
+    """A MobileNetV1 with identity compactors carrying ``net``'s weights (the same function) and its
+    constructor arguments (``compactors=True``); on ``net``'s device, dtype and train/eval mode."""
+    if not isinstance(net, MobileNetV1):
+        raise TypeError(f"with_compactors places MobileNetV1's compactors, not {type(net).__name__}'s (other "
+                        "networks: lightning_modules.pruning.compactors, through their backbone adapter)")
+    arch = mobilenet_v1_arch_after_pruning(net)
+    if arch["compactors"]:
+        raise ValueError("the network already has compactors")
+    arch["compactors"] = True
+    param = next(net.parameters())
+    new = MobileNetV1(**arch).to(device=param.device, dtype=param.dtype)
+    missing, unexpected = new.load_state_dict(net.state_dict(), strict=False)
+    compactor_keys = {f"{name}.weight" for name, m in new.named_modules() if isinstance(m, Compactor)}
+    if unexpected or set(missing) != compactor_keys:
+        raise ValueError(f"weights do not map onto the network with compactors: missing "
+                         f"{sorted(set(missing) - compactor_keys)}, unexpected {unexpected}")
+    new.train(net.training)
+    return new, arch
+
+
+@torch.no_grad()
+def fold_compactor(conv: nn.Conv2d, bn: nn.BatchNorm2d, compactor: nn.Conv2d) -> tuple[Tensor, Tensor]:
+    """Weight and bias of the one convolution computing ``compactor(bn(conv(x)))`` with BN in eval mode:
+
+    ``W' = Q · diag(γ/σ) · W`` and ``b' = Q · (β − γ·μ/σ)`` with ``σ = sqrt(running_var + eps)``.
+    """
+    if conv.groups != 1:
+        raise ValueError("only a non-grouped convolution folds with its compactor")
+    dtype = conv.weight.dtype
+    q = compactor.weight.double().flatten(1)
+    std = (bn.running_var.double() + bn.eps).sqrt()
+    scale = bn.weight.double() / std
+    shift = bn.bias.double() - scale * bn.running_mean.double()
+    w = conv.weight.double()
+    weight = (q @ (scale[:, None] * w.flatten(1))).view_as(w)
+    return weight.to(dtype), (q @ shift).to(dtype)
+
+
+@torch.no_grad()
+def merge_compactors(net: MobileNetV1) -> tuple[MobileNetV1, dict]:
+    """A plain MobileNetV1 computing what ``net`` (with compactors) computes in eval mode, and its
+    constructor arguments (``compactors=False``).
+
+    Every ``conv → BN → compactor`` becomes ``conv' → BN'`` with ``conv'`` from :func:`fold_compactor` and an
+    identity BN' carrying the bias: ``γ = 1``, ``β = b'``, ``running_mean = 0``, ``running_var = 1 − eps``.
+    The network is on ``net``'s device and dtype and in its train/eval mode.
+    """
+    arch = mobilenet_v1_arch_after_pruning(net)
+    if not arch["compactors"]:
+        raise ValueError("the network has no compactors to merge")
+    arch["compactors"] = False
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    for name, block in net.named_modules():
+        if isinstance(block, nn.Sequential) and len(block) > 2 and isinstance(block[2], Compactor):
+            conv, bn, compactor = block[0], block[1], block[2]
+            weight, bias = fold_compactor(conv, bn, compactor)
+            state[f"{name}.0.weight"] = weight
+            state[f"{name}.1.weight"] = torch.ones_like(bn.weight)
+            state[f"{name}.1.bias"] = bias
+            state[f"{name}.1.running_mean"] = torch.zeros_like(bn.running_mean)
+            state[f"{name}.1.running_var"] = torch.full_like(bn.running_var, 1.0 - bn.eps)
+            del state[f"{name}.2.weight"]
+    param = next(net.parameters())
+    merged = MobileNetV1(**arch).to(device=param.device, dtype=param.dtype)
+    merged.load_state_dict(state)
+    merged.train(net.training)
+    return merged, arch
+
+
+@register_backbone("mobilenet_v1")
 class MobileNetV1Adapter(BackboneAdapter):
     """:class:`~lightning_modules.models.mobilenet_v1.MobileNetV1`, described by its constructor arguments."""
 
-    name = "mobilenet_v1"
     arch_keys = ARCH_KEYS
+    network_class = MobileNetV1
+    own_arguments = MOBILENET_ONLY
+
+    @classmethod
+    def check_arguments(cls, hparams: Mapping[str, Any]) -> None:
+        if hparams.get("structure"):
+            raise ValueError("structure describes timm networks; MobileNetV1 is described by its own arguments")
+        if hparams.get("backbone_kwargs"):
+            raise ValueError("backbone_kwargs are timm.create_model arguments; MobileNetV1 takes its own "
+                             "(--model.width_mult, --model.channels, ...)")
 
     def build(self, arch: Mapping[str, Any]) -> MobileNetV1:
         return MobileNetV1(**{k: v for k, v in arch.items() if k in ARCH_KEYS})
@@ -143,11 +234,7 @@ class MobileNetV1Adapter(BackboneAdapter):
     ) -> tuple[nn.Module, dict[str, Any]]:
         # Every prunable convolution gets one (ignored ones too, with nothing to remove): the
         # constructor's ``compactors`` switch.
-        from lightning_modules.pruning.resrep import with_compactors  # it reads this module's descriptions
-
         return with_compactors(net)
 
     def merge_compactors(self, net: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
-        from lightning_modules.pruning.resrep import merge_compactors
-
         return merge_compactors(net)

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from callbacks.epoch_seed import EpochSeed
 from datamodules import CIFAR10DataModule
 from lightning_modules.image_classifier import ImageClassifier
-from tests.fake_data import make_image_folder
+from tests.helpers.fake_data import make_image_folder
 
 NUM_CLASSES = 3
 

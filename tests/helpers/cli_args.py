@@ -1,0 +1,40 @@
+"""Command-line arguments of tiny real runs of the entry points."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def cli_args(folder: Path, out: Path, backbone: str) -> list[str]:
+    return [
+        "--data.root", str(folder), "--data.image_size", "32", "--data.batch_size", "8",
+        "--model.backbone", backbone, "--model.lr", "0.01",
+        "--trainer.logger.init_args.save_dir", str(out),
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--trainer.accelerator", "cpu",
+    ]
+
+
+STOP_AFTER = ["--trainer.callbacks+=tests.helpers.stop_after.StopAfterEpoch", "--trainer.callbacks.epoch"]
+
+
+def tiny_args(real_data_dir: Path, out: Path, train_subset: int = 256, eval_subset: int = 128) -> list[str]:
+    return [
+        "--data.root", str(real_data_dir / "cifar10-jpg.tar.gz"),
+        "--data.train_subset", str(train_subset),
+        "--data.eval_subset", str(eval_subset),
+        "--data.batch_size", "64",
+        "--model.width_mult", "0.25",
+        "--trainer.logger.init_args.save_dir", str(out),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+        "--trainer.accelerator", "cpu",
+    ]
+
+
+def base_args(data_root: Path | str, out: Path) -> list[str]:
+    return [
+        "--data.root", str(data_root), "--data.batch_size", "8", "--data.num_workers", "0", "--model.width_mult", "0.25",
+        "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(out),
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    ]

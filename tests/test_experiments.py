@@ -12,7 +12,7 @@ import torch
 from experiments import depth_prune, train
 from experiments.reports import results as report
 from lightning_modules.image_classifier import ImageClassifier
-from tests.helpers.cli_args import STOP_AFTER, tiny_args
+from tests.helpers.cli_args import STOP_AFTER, pipeline_args, tiny_args
 from tests.helpers.weights import assert_same_weights, load_weights
 
 
@@ -52,14 +52,6 @@ def test_resume_reproduces_uninterrupted_training(real_data_dir: Path, tmp_path:
         assert_same_weights(first_weights, load_weights(straight["last_checkpoint"]))
 
 
-def pipeline_args(real_data_dir: Path, out: Path) -> list[str]:
-    return [
-        *tiny_args(real_data_dir, out),
-        "--trainer.max_epochs", "4",
-        "--sweep.start_epoch", "1", "--sweep.epochs", "1",
-        "--prune.epoch", "2", "--prune.block", "6",
-        "--sweep.head", "[16, 8]",
-    ]
 
 
 def test_depth_pipeline_kill_after_cut_and_resume(real_data_dir: Path, tmp_path: Path) -> None:

@@ -17,9 +17,9 @@ from callbacks.depth_prune import DepthPrune
 from callbacks.one_shot_prune import OneShotPrune
 from experiments import depth_prune
 from lightning_modules.image_classifier import ImageClassifier, first_stage_epochs
-from tests.stop_after import StopAfterEpoch
-from tests.test_experiments import pipeline_args
-from tests.tiny_fit import tiny_datamodule, tiny_folder, tiny_module, tiny_trainer
+from tests.helpers.cli_args import pipeline_args
+from tests.helpers.stop_after import StopAfterEpoch
+from tests.helpers.tiny_fit import tiny_datamodule, tiny_folder, tiny_module, tiny_trainer
 
 LR = 0.05  # tiny_module's
 

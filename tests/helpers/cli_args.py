@@ -31,6 +31,15 @@ def tiny_args(real_data_dir: Path, out: Path, train_subset: int = 256, eval_subs
         "--trainer.accelerator", "cpu",
     ]
 
+def pipeline_args(real_data_dir: Path, out: Path) -> list[str]:
+    return [
+        *tiny_args(real_data_dir, out),
+        "--trainer.max_epochs", "4",
+        "--sweep.start_epoch", "1", "--sweep.epochs", "1",
+        "--prune.epoch", "2", "--prune.block", "6",
+        "--sweep.head", "[16, 8]",
+    ]
+
 
 def base_args(data_root: Path | str, out: Path) -> list[str]:
     return [

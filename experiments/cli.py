@@ -36,10 +36,17 @@ from callbacks.finite_loss import FiniteLoss, NonFiniteLossError
 from callbacks.last_checkpoint import LastCheckpoint
 from callbacks.pruning_base import PruningSettingsError
 from callbacks.stages import run_dir
+from callbacks.stop_conditions import (
+    IncompleteRunError,
+    StopConditions,
+    check_stages_done,
+    check_trains_something,
+)
 from callbacks.throughput import Throughput
 from datamodules import DatasetError
 from experiments.checkpoint_io import AtomicCheckpointIO, CheckpointError, check_checkpoint_file
 from experiments.checks import ExperimentError, check_output_dir, check_resolution
+from experiments.run_guard import ResumeHint, check_new_run, interrupted_exit
 from lightning_modules.deploy.profiling import tinyml_budget
 from lightning_modules.models.adapters import ArchitectureMismatch
 
@@ -51,7 +58,7 @@ DEFAULT_SAVE_DIR = "logs"
 #: Errors whose message says everything: reported as one line, without a traceback.
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (
     DatasetError, ExperimentError, CheckpointError, NonFiniteLossError, MisconfigurationException,
-    PruningSettingsError, ArchitectureMismatch,
+    PruningSettingsError, ArchitectureMismatch, IncompleteRunError,
 )
 
 Main = TypeVar("Main", bound=Callable[..., Any])
@@ -69,6 +76,11 @@ def exits_cleanly(main: Main) -> Main:
         except KNOWN_ERRORS as err:
             message = " ".join(str(err).split())  # one line, whatever the source wrote
             raise SystemExit(f"error: {message}") from err
+        except (SystemExit, KeyboardInterrupt) as err:  # SIGTERM / Ctrl-C: never status 0 or 1
+            signalled = interrupted_exit(err)
+            if signalled is None:
+                raise
+            raise signalled from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -218,7 +230,7 @@ def trainer_defaults(project: str = "tinyml-pruning") -> dict[str, Any]:
         },
         # Persistent callbacks (instances, added to whatever --trainer.callbacks lists).
         "callbacks": [RichProgressBar(), LearningRateMonitor(logging_interval="epoch"), EpochSeed(),
-                      LastCheckpoint(), Throughput(), FiniteLoss()],
+                      LastCheckpoint(), Throughput(), FiniteLoss(), ResumeHint()],
     }
 
 
@@ -288,6 +300,8 @@ def check_setup(cli: ExperimentCLI) -> None:
         check_checkpoint_file(cli.config.ckpt_path, "--ckpt_path")
     if not cli.trainer.fast_dev_run:
         check_output_dir(run_dir(cli.trainer).parent)
+    check_new_run(cli.trainer, cli.config.get("ckpt_path"))
+    check_trains_something(cli.trainer, getattr(cli.model, "hparams", {}).get("lr"))
     check_resolution(cli.model, cli.datamodule)
 
 
@@ -302,7 +316,10 @@ def fit_and_test(cli: ExperimentCLI) -> dict[str, str | None]:
     checkpointing is off). The fit's metrics stay in ``trainer.callback_metrics`` next to the test's.
     Returns the best and last checkpoint paths."""
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    if not any(isinstance(cb, StopConditions) for cb in trainer.callbacks):
+        trainer.callbacks.append(StopConditions())  # the step limit against the stages, before training
     trainer.fit(model, data, ckpt_path=cli.config.ckpt_path)
+    check_stages_done(trainer)  # no summary of a run whose stage never happened
     fit_metrics, checkpoints = dict(trainer.callback_metrics), checkpoint_paths(trainer)
     trainer.test(model, data, ckpt_path=checkpoints["best_checkpoint"])
     trainer.callback_metrics.update({k: v for k, v in fit_metrics.items() if k not in trainer.callback_metrics})

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from experiments.arguments import OneLineArgumentParser
+from experiments.cli import exits_cleanly
 from lightning_modules.deploy.export import export_onnx
 from lightning_modules.deploy.op_profile import onnx_op_profile, torch_op_profile
 from lightning_modules.deploy.profiling import count_macs, measure_latency_onnx, measure_latency_torch
@@ -69,7 +71,7 @@ def torch_columns(net: nn.Module, fused: bool) -> dict[str, tuple[nn.Module, boo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__)
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=10)
@@ -133,6 +135,7 @@ def format_op_shares(rows: list[dict[str, Any]], top: int = 6) -> str:
     return "\n".join(lines)
 
 
+@exits_cleanly
 def main(args: list[str] | None = None) -> list[dict[str, Any]]:
     """Measure every network; prints a table, writes ``--out`` (JSON) if given, returns the rows."""
     opts = build_parser().parse_args(args)

@@ -31,14 +31,16 @@ from typing import Any
 
 import torch
 
+from experiments.arguments import OneLineArgumentParser
 from experiments.bench_throughput import DEFAULT_ROOT, resolve_device
+from experiments.cli import exits_cleanly
 
 #: MobileNetV1's cut points: after the stem and after each of its 13 blocks.
 NUM_CUTS = 14
 
 
 def parse(args: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__)
     parser.add_argument("--root", default=DEFAULT_ROOT, help="CIFAR-10 folder or archive")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--image_size", type=int, default=32)
@@ -97,6 +99,7 @@ def time_stage(datamodule: Any, opts: argparse.Namespace, cut_points: list[int] 
     return {"seconds": seconds, "heads": len(model.aux_heads.cut_points), "steps": trainer.global_step}
 
 
+@exits_cleanly
 def main(args: list[str] | None = None) -> dict[str, Any]:
     opts = parse(args)
     command = shlex.join(["uv", "run", "experiments/bench_sweep.py", *(sys.argv[1:] if args is None else args)])

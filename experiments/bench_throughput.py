@@ -38,12 +38,15 @@ from typing import Any
 
 import torch
 
+from experiments.arguments import OneLineArgumentParser
+from experiments.cli import exits_cleanly
+
 DEFAULT_ROOT = "../shared/data/cifar10-jpg.tar.gz"
 REPLICATION_HEAD = (64, 32)
 
 
 def parse(args: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__)
     parser.add_argument("--root", default=DEFAULT_ROOT, help="CIFAR-10 folder or archive")
     parser.add_argument("--backbone", default="mobilenet_v1", help="mobilenet_v1 or a timm model name")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -238,6 +241,7 @@ def resolve_device(parser: argparse.ArgumentParser, opts: argparse.Namespace) ->
         parser.error("--device cuda: no CUDA device is available")
 
 
+@exits_cleanly
 def main(args: list[str] | None = None) -> dict[str, Any]:
     opts = parse(args)
     command = shlex.join(["uv", "run", "experiments/bench_throughput.py", *(sys.argv[1:] if args is None else args)])

@@ -48,6 +48,7 @@ from experiments.checkpoint_io import AtomicCheckpointIO, CheckpointError, check
 from experiments.checks import ExperimentError, check_output_dir, check_resolution
 from experiments.run_guard import ResumeHint, check_new_run, interrupted_exit
 from lightning_modules.deploy.profiling import tinyml_budget
+from lightning_modules.deploy.tflite import MissingDependency
 from lightning_modules.models.adapters import ArchitectureMismatch
 
 WANDB_HOST = "api.wandb.ai"
@@ -58,7 +59,7 @@ DEFAULT_SAVE_DIR = "logs"
 #: Errors whose message says everything: reported as one line, without a traceback.
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (
     DatasetError, ExperimentError, CheckpointError, NonFiniteLossError, MisconfigurationException,
-    PruningSettingsError, ArchitectureMismatch, IncompleteRunError,
+    PruningSettingsError, ArchitectureMismatch, IncompleteRunError, MissingDependency,
 )
 
 Main = TypeVar("Main", bound=Callable[..., Any])
@@ -76,6 +77,10 @@ def exits_cleanly(main: Main) -> Main:
         except KNOWN_ERRORS as err:
             message = " ".join(str(err).split())  # one line, whatever the source wrote
             raise SystemExit(f"error: {message}") from err
+        except OSError as err:  # a file or folder named on the command line: missing, unreadable, disk full
+            if err.filename is None:
+                raise
+            raise SystemExit(f"error: {err.filename}: {err.strerror or err}") from err
         except (SystemExit, KeyboardInterrupt) as err:  # SIGTERM / Ctrl-C: never status 0 or 1
             signalled = interrupted_exit(err)
             if signalled is None:

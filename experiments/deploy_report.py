@@ -23,8 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from experiments.arguments import OneLineArgumentParser
+from experiments.checkpoint_io import check_checkpoint_file
+from experiments.cli import exits_cleanly
 from lightning_modules.deploy.profiling import tinyml_budget
-from lightning_modules.deploy.tflite import export_int8_tflite
+from lightning_modules.deploy.tflite import export_int8_tflite, require_tflite
 from lightning_modules.deploy.tflm import model_structure, tflm_arena, tflm_predict
 from lightning_modules.deploy.tflm_estimate import estimate_tflm
 from lightning_modules.pruning.budget import KB
@@ -202,7 +205,7 @@ def deployment_sections(runs_dir: str | Path = "docs/runs") -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__)
     parser.add_argument("--net", action="append", required=True, metavar="NAME=CKPT",
                         help="a checkpoint to deploy (repeat)")
     parser.add_argument("--data_root", default=DEFAULT_DATA_ROOT, help="CIFAR-10 folder or archive")
@@ -214,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@exits_cleanly
 def main(args: list[str] | None = None) -> dict[str, Any]:
     import sys
 
@@ -221,7 +225,13 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     from lightning_modules.image_classifier import ImageClassifier
 
     opts = build_parser().parse_args(args)
+    bad = [item for item in opts.net if "=" not in item or not item.split("=", 1)[0]]
+    if bad:
+        raise SystemExit(f"error: --net {bad[0]}: expected NAME=CKPT, e.g. --net cut6=<run dir>/checkpoints/last.ckpt")
     nets = dict(item.split("=", 1) for item in opts.net)
+    for ckpt in nets.values():  # before any data is decoded
+        check_checkpoint_file(ckpt, "--net")
+    require_tflite()  # one line naming what is missing, not an import traceback half-way through
     data = CIFAR10DataModule(root=opts.data_root, image_size=opts.image_size, batch_size=100, num_workers=0,
                              train_subset=max(opts.calib_images, 10), eval_subset=opts.eval_images)
     data.setup("fit")

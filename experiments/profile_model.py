@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from experiments.arguments import OneLineArgumentParser
 from experiments.cli import exits_cleanly
 from lightning_modules.deploy.export import check_onnx, export_onnx, onnx_accuracy, quantize_int8
 from lightning_modules.deploy.profiling import tinyml_budget
@@ -36,7 +37,7 @@ DEFAULT_DATA_ROOT = "../shared/data/cifar10-jpg.tar.gz"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__)
     parser.add_argument("--ckpt", type=str, default=None, help="ImageClassifier checkpoint (overrides model args)")
     parser.add_argument("--backbone", type=str, default="mobilenet_v1",
                         help="mobilenet_v1 or a timm model name (timm arguments: --backbone_kwargs JSON)")

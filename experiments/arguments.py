@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import NoReturn
 
-__all__ = ["OneLineArgumentParser", "existing_file"]
+__all__ = ["OneLineArgumentParser", "existing_file", "non_negative_int", "positive_int"]
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -28,3 +28,19 @@ def existing_file(path: str | Path, option: str) -> Path:
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise SystemExit(f"error: {option} {path} {what}")
     return path
+
+
+def positive_int(text: str) -> int:
+    """An ``argparse`` type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An ``argparse`` type: an integer of at least 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from callbacks.throughput import FIRST_BATCH_ENV
-from experiments.arguments import OneLineArgumentParser
+from experiments.arguments import OneLineArgumentParser, positive_int
 from experiments.cli import exits_cleanly
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,7 +44,7 @@ ONE_STEP = ["--trainer.max_steps", "1", "--trainer.limit_val_batches", "1", "--t
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(description=__doc__)
     parser.add_argument("--script", default="experiments/train.py", help="entry point, relative to the repo")
-    parser.add_argument("--runs", type=int, default=5, help="timed runs per W&B mode")
+    parser.add_argument("--runs", type=positive_int, default=5, help="timed runs per W&B mode")
     parser.add_argument("--wandb", choices=[*MODES, "both"], default="both")
     parser.add_argument("--out", default=None, help="write the timings as JSON here")
     parser.add_argument("--profile_dir", default=None, help="one more run per mode under importtime + cProfile")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from experiments.arguments import OneLineArgumentParser
+from experiments.arguments import OneLineArgumentParser, positive_int
 from experiments.checkpoint_io import check_checkpoint_file
 from experiments.cli import exits_cleanly
 from lightning_modules.deploy.profiling import tinyml_budget
@@ -209,8 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--net", action="append", required=True, metavar="NAME=CKPT",
                         help="a checkpoint to deploy (repeat)")
     parser.add_argument("--data_root", default=DEFAULT_DATA_ROOT, help="CIFAR-10 folder or archive")
-    parser.add_argument("--image_size", type=int, default=32)
-    parser.add_argument("--calib_images", type=int, default=256, help="training images for int8 calibration")
+    parser.add_argument("--image_size", type=positive_int, default=32)
+    parser.add_argument("--calib_images", type=positive_int, default=256, help="training images for int8 calibration")
     parser.add_argument("--eval_images", type=int, default=None, help="test images (default: all)")
     parser.add_argument("--out_dir", default="outputs/deploy", help="where the .tflite files go")
     parser.add_argument("--out", default=None, help="write the rows as JSON here")

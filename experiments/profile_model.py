@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from experiments.arguments import OneLineArgumentParser
+from experiments.arguments import OneLineArgumentParser, non_negative_int, positive_int
 from experiments.cli import exits_cleanly
 from lightning_modules.deploy.export import check_onnx, export_onnx, onnx_accuracy, quantize_int8
 from lightning_modules.deploy.profiling import tinyml_budget
@@ -44,21 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbone_kwargs", type=json.loads, default=None, help='e.g. \'{"drop_rate": 0.1}\'')
     parser.add_argument("--width_mult", type=float, default=1.0)
     parser.add_argument("--channels", type=int, nargs="+", default=None, help="explicit stem + block widths")
-    parser.add_argument("--num_blocks", type=int, default=NUM_BLOCKS)
+    parser.add_argument("--num_blocks", type=positive_int, default=NUM_BLOCKS)
     parser.add_argument("--head_channels", type=int, nargs="*", default=[])
-    parser.add_argument("--num_classes", type=int, default=10)
+    parser.add_argument("--num_classes", type=positive_int, default=10)
     parser.add_argument("--stem_stride", type=int, default=2)
-    parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for the latency measurements")
+    parser.add_argument("--image_size", type=positive_int, default=224)
+    parser.add_argument("--threads", type=positive_int, default=1, help="CPU threads for the latency measurements")
     parser.add_argument("--latency", action="store_true", help="measure PyTorch and onnxruntime latency")
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--warmup", type=non_negative_int, default=10)
+    parser.add_argument("--runs", type=positive_int, default=50)
     parser.add_argument("--onnx", type=str, default=None, help="export here and check against PyTorch")
     parser.add_argument("--int8", action="store_true", help="int8-quantise the ONNX model and evaluate it")
     parser.add_argument("--data_root", type=str, default=DEFAULT_DATA_ROOT, help="CIFAR-10 folder or archive")
-    parser.add_argument("--calib_images", type=int, default=256, help="training images for calibration")
+    parser.add_argument("--calib_images", type=positive_int, default=256, help="training images for calibration")
     parser.add_argument("--eval_images", type=int, default=1000, help="test images for int8 accuracy")
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--batch_size", type=positive_int, default=64)
     parser.add_argument("--out", type=str, default=None, help="write the results as JSON here")
     return parser
 

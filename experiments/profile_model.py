@@ -74,7 +74,10 @@ def load_net(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     if args.backbone != "mobilenet_v1":
         arch = {"backbone": args.backbone, "backbone_kwargs": args.backbone_kwargs or {},
                 "num_classes": args.num_classes, "in_chans": 3, "dropout": 0.0, "structure": {}}
-        return build_net(arch).eval(), arch
+        try:
+            return build_net(arch).eval(), arch
+        except ValueError as err:  # an unknown name or arguments timm refuses: the message says which
+            raise SystemExit(f"error: --backbone {args.backbone}: {' '.join(str(err).split())}") from err
     arch = {
         "num_classes": args.num_classes,
         "width_mult": args.width_mult,

@@ -104,8 +104,11 @@ def test_a_stage_that_never_happened_fails_after_the_fit(data: Path, tmp_path: P
     assert list(tmp_path.rglob("last.ckpt"))  # what was trained is kept, to resume from
 
 
-def test_sigterm_mid_epoch_exits_143_with_the_checkpoint_intact(data: Path, tmp_path: Path) -> None:
-    """A real run of the CLI, killed by SIGTERM once it has written its first checkpoint."""
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_mid_epoch_exits_non_zero_with_the_checkpoint_intact(signum: int, status: int, data: Path,
+                                                                      tmp_path: Path) -> None:
+    """A real run of the CLI, stopped by SIGTERM (a scheduler, ``kill``) or SIGINT (Ctrl-C) once it has
+    written its first checkpoint."""
     out = tmp_path / "out"
     args = [*base_args(data, out), "--trainer.max_epochs", "100000", "--trainer.logger.init_args.id", "termed"]
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
@@ -116,14 +119,14 @@ def test_sigterm_mid_epoch_exits_143_with_the_checkpoint_intact(data: Path, tmp_
         while not last.is_file() and proc.poll() is None:
             time.sleep(0.2)
         assert proc.poll() is None, proc.communicate()[1]
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 143, err
+    assert proc.returncode == status, err
     line = one_error_line(err)
-    assert line.startswith("error: stopped by SIGTERM") and f"--ckpt_path {last}" in line, line
+    assert line.startswith(f"error: stopped by {signal.Signals(signum).name}") and f"--ckpt_path {last}" in line, line
     assert "--trainer.logger.init_args.id termed" in line
     state = torch.load(last, map_location="cpu", weights_only=True)  # a whole checkpoint, never a partial one
     assert state["epoch"] >= 0 and state["state_dict"]

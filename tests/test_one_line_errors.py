@@ -212,3 +212,34 @@ def test_a_real_process_exits_1_with_one_line(script: str, args: Args, world: Wo
     assert done.returncode == 1, done.stderr
     assert_one_line_failure(done.returncode, done.stderr, script)
     assert snapshot(world.guarded) == before
+
+
+def test_offline_pretrained_weights_fail_at_once_naming_the_cache(world: World, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # an empty hub cache
+    with pytest.raises(SystemExit) as exc:
+        train.main([*base_args(world.data, tmp_path / "run"), "--model.backbone", "resnet10t",
+                    "--model.backbone_kwargs", '{"pretrained": true}'])
+    line = assert_one_line_failure(exc.value.code, capsys.readouterr().err, "offline pretrained")
+    assert str(tmp_path / "hub" / "models--timm--resnet10t") in line and "nothing is downloaded" in line
+    assert not (tmp_path / "hub").exists()  # nothing was fetched or created
+
+
+def test_a_fixed_input_size_network_runs_at_its_size_or_is_refused(world: World, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from experiments.checks import ExperimentError, check_resolution
+    from lightning_modules.image_classifier import ImageClassifier
+
+    class Data:  # the only part of a datamodule the check reads
+        class hparams:  # noqa: N801
+            image_size = 32
+
+    fixed = ImageClassifier(backbone="vit_tiny_patch16_224", num_classes=3)
+    with pytest.raises(ExperimentError, match=r"--data.image_size 32 .*224x224 inputs only.*img_size") as exc:
+        check_resolution(fixed, Data())
+    assert "\n" not in str(exc.value)
+    check_resolution(ImageClassifier(backbone="vit_tiny_patch16_224", num_classes=3,
+                                     backbone_kwargs={"img_size": 32}), Data())  # built for 32 px: runs

@@ -9,7 +9,6 @@ first non-finite loss and a ``--ckpt_path`` argument. :func:`exits_cleanly` wrap
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -71,27 +70,6 @@ def exits_cleanly(main: Main) -> Main:
     the one-line message ``error: ...`` (printed on stderr, exit status 1); anything else keeps its
     traceback, since it is a bug to report."""
 
-    @functools.wraps(main)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return main(*args, **kwargs)
-        except BaseException:
-            finish_wandb_run()
-            raise
-
-    return _one_line(wrapper)  # type: ignore[return-value]
-
-
-def finish_wandb_run() -> None:
-    """End the W&B run a failed run leaves open (marked failed), so that a later run in the same process
-    starts its own instead of joining it."""
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        with contextlib.suppress(Exception):
-            wandb.finish(exit_code=1)
-
-
-def _one_line(main: Main) -> Main:
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:

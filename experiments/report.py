@@ -415,7 +415,7 @@ def main(args: list[str] | None = None) -> Path:
     found = [s for root in opts.runs if root.is_dir() for s in load_summaries(root)]
     summaries = list({Path(s["_path"]).parent.name: s for s in found}.values())  # one entry per run id
     if not summaries:
-        raise SystemExit(f"error: no summary.json of a finished run under {', '.join(map(str, opts.runs))}; run an experiment first")
+        raise SystemExit(f"error: no summary.json under {', '.join(map(str, opts.runs))}; run an experiment first")
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     archive_runs(summaries, opts.out.parent / "runs")
     opts.out.write_text(render(summaries, opts.out, opts.latency_runs))

@@ -46,7 +46,7 @@ from callbacks.throughput import Throughput
 from datamodules import DatasetError
 from experiments.checkpoint_io import AtomicCheckpointIO, CheckpointError, check_checkpoint_file
 from experiments.checks import ExperimentError, check_output_dir, check_resolution
-from experiments.run_guard import ResumeHint, check_new_run, interrupted_exit
+from experiments.run_guard import ResumeHint, check_new_run, forget_hint, interrupted_exit
 from lightning_modules.deploy.profiling import tinyml_budget
 from lightning_modules.deploy.tflite import MissingDependency
 from lightning_modules.models.adapters import ArchitectureMismatch
@@ -66,12 +66,15 @@ Main = TypeVar("Main", bound=Callable[..., Any])
 
 
 def exits_cleanly(main: Main) -> Main:
-    """Decorate an entry point's ``main``: a known error (:data:`KNOWN_ERRORS`) becomes ``SystemExit`` with
-    the one-line message ``error: ...`` (printed on stderr, exit status 1); anything else keeps its
-    traceback, since it is a bug to report."""
+    """Decorate an entry point's ``main``: a known error (:data:`KNOWN_ERRORS`), or an ``OSError`` about a
+    named file, becomes ``SystemExit`` with the one-line message ``error: ...`` (printed on stderr, exit
+    status 1); SIGTERM and Ctrl-C end with 143 / 130 and the resume line
+    (:func:`experiments.run_guard.interrupted_exit`); anything else keeps its traceback, since it is a bug
+    to report."""
 
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        forget_hint()
         try:
             return main(*args, **kwargs)
         except KNOWN_ERRORS as err:

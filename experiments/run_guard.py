@@ -22,7 +22,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from callbacks.stages import run_dir
 from experiments.checks import ExperimentError
 
-__all__ = ["ResumeHint", "check_new_run", "interrupted_exit", "run_files"]
+__all__ = ["ResumeHint", "check_new_run", "forget_hint", "interrupted_exit", "run_files"]
 
 #: Exit status of a process ended by a signal, as a shell reports it (128 + the signal's number).
 SIGNAL_STATUS: dict[str, int] = {"SIGTERM": 128 + signal.SIGTERM, "SIGINT": 128 + signal.SIGINT}
@@ -65,6 +65,11 @@ def check_new_run(trainer: L.Trainer, ckpt_path: str | None) -> None:
 
 #: The hint of the latest fit interrupted in this process (read by :func:`interrupted_exit`).
 _LAST_HINT: dict[str, Any] = {}
+
+
+def forget_hint() -> None:
+    """Start an entry point with no hint (one left by an earlier run in this process would misname the run)."""
+    _LAST_HINT.clear()
 
 
 class ResumeHint(L.Callback):

@@ -1,8 +1,8 @@
 """Dataset roots: folders or ``.tar``/``.tar.gz``/``.tgz`` archives extracted once into a cache.
 
 An archive is never extracted next to itself (its folder may be read-only). It is unpacked into
-``<cache root>/<archive name>-<hash>/data``, where the hash covers the archive's absolute path, size,
-modification time and the bytes of its first and last MiB, so an archive that changes (rewritten,
+``<cache root>/<archive name>-<hash>/data``, where the hash is the SHA-256 of the archive's bytes (not its
+path: every copy or spelling of the same archive shares one entry), so an archive that changes (rewritten,
 truncated, replaced by another of the same size) gets a fresh cache entry and is read again. Extraction
 goes to a temporary folder that is renamed to ``data`` only once complete (the tar's end-of-archive
 marker reached): a killed or failed extraction never looks finished and leaves nothing behind.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import errno
 import gzip
 import hashlib
 import lzma
@@ -32,6 +33,7 @@ __all__ = [
     "CACHE_ENV_VAR",
     "cache_entry",
     "cache_root",
+    "cache_write_error",
     "content_key",
     "extract_archive",
     "is_archive",
@@ -43,8 +45,8 @@ ARCHIVE_SUFFIXES: tuple[str, ...] = (".tar.gz", ".tgz", ".tar")
 CACHE_ENV_VAR: str = "TINYML_CACHE_DIR"
 DEFAULT_CACHE_ROOT: str = "~/.cache/tinyml-pruning/datasets"
 EXTRACTED_DIRNAME: str = "data"
-#: Bytes read from each end of an archive for its cache key.
-KEY_SAMPLE_BYTES: int = 1 << 20
+#: Archives at least this large remember their content hash (see :func:`content_key`).
+MEMO_MIN_BYTES: int = 1 << 30
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -74,13 +76,12 @@ def _archive_stem(path: Path) -> str:
 def cache_entry(path: str | Path = "", cache_dir: str | Path | None = None) -> Path:
     """Return the cache folder that belongs to a dataset archive or folder (not created here).
 
-    Archives are keyed by :func:`content_key`; folders by absolute path (the decoded-tensor files inside
-    are keyed by the images' sizes and times themselves).
+    Archives are keyed by :func:`content_key` (their bytes alone); folders by absolute path (the
+    decoded-tensor files inside are keyed by the images' sizes and times themselves).
     """
     path = Path(path).expanduser().absolute()
     if path.is_file():
-        key = f"{path}|{content_key(path)}"
-        stem = _archive_stem(path)
+        key, stem = content_key(path), _archive_stem(path)
     else:
         key, stem = str(path), path.name or "root"
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -88,19 +89,38 @@ def cache_entry(path: str | Path = "", cache_dir: str | Path | None = None) -> P
 
 
 def content_key(path: str | Path = "") -> str:
-    """Size, modification time and a SHA-256 of the first and last :data:`KEY_SAMPLE_BYTES` of a file.
-
-    Reading both ends keeps this instant on multi-GB archives while still changing when the file is
-    truncated, appended to or replaced (a full hash would cost a full read at every start).
-    """
-    path = Path(path)
+    """SHA-256 of a file's bytes (about 0.1 s per 50 MB). Files over :data:`MEMO_MIN_BYTES` remember their
+    hash in :func:`cache_root`'s ``.keys`` folder under their path, size, inode and change times, so a
+    multi-GB archive is read in full only once (any rewrite changes its change time)."""
+    path = Path(path).absolute()
     stat = path.stat()
-    digest = hashlib.sha256(f"{stat.st_size}|{stat.st_mtime_ns}".encode())
+    memo = None
+    if stat.st_size >= MEMO_MIN_BYTES:
+        identity = f"{path}|{stat.st_size}|{stat.st_ino}|{stat.st_mtime_ns}|{stat.st_ctime_ns}"
+        memo = cache_root() / ".keys" / hashlib.sha256(identity.encode()).hexdigest()[:24]
+        if memo.is_file():
+            return memo.read_text().strip()
+    digest = hashlib.sha256()
     with path.open("rb") as f:
-        digest.update(f.read(KEY_SAMPLE_BYTES))
-        f.seek(max(stat.st_size - KEY_SAMPLE_BYTES, 0))
-        digest.update(f.read(KEY_SAMPLE_BYTES))
-    return digest.hexdigest()[:16]
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    key = digest.hexdigest()
+    if memo is not None:
+        with contextlib.suppress(OSError):  # a memo that cannot be written costs a re-read next time
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            memo.write_text(key + "\n")
+    return key
+
+
+def cache_write_error(err: OSError, folder: Path) -> DatasetError:
+    """The one-line error for a cache that cannot be written (not a folder, read-only, full disk), naming
+    the folder and where its location came from."""
+    source = (f"{CACHE_ENV_VAR}={os.environ[CACHE_ENV_VAR]}" if os.environ.get(CACHE_ENV_VAR)
+              else f"the default {DEFAULT_CACHE_ROOT}")
+    return DatasetError(
+        f"cannot write the dataset cache in {folder}: {err.strerror or err} (cache root from {source}); "
+        f"point {CACHE_ENV_VAR} (or --data.cache_dir) at a writable folder with free space"
+    )
 
 
 _DECOMPRESSORS = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open), (b"\xfd7zXZ", lzma.open))
@@ -165,8 +185,11 @@ def extract_archive(archive: str | Path = "", target: str | Path = "") -> Path:
     """
     archive, target = Path(archive), Path(target)
     entry_existed = target.parent.is_dir()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    except OSError as err:
+        raise cache_write_error(err, target.parent) from err
 
     def clean_up() -> None:
         shutil.rmtree(partial, ignore_errors=True)
@@ -184,7 +207,15 @@ def extract_archive(archive: str | Path = "", target: str | Path = "") -> Path:
             f"the archive tries to write outside its folder or holds links/devices, so it is not a dataset "
             f"archive to trust. Nothing was extracted; use an archive from the dataset's official source"
         ) from err
-    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as err:
+    except OSError as err:
+        clean_up()
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+            raise cache_write_error(err, target.parent) from err
+        raise DatasetError(
+            f"cannot extract archive {archive}: {err}. The file is truncated or corrupt; download or copy it "
+            f"again, or pass root=<folder> with the extracted dataset"
+        ) from err
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as err:
         clean_up()
         raise DatasetError(
             f"cannot extract archive {archive}: {err}. The file is truncated or corrupt (or the disk is "

@@ -1,10 +1,16 @@
-"""Decoding image files into one uint8 tensor, cached as a ``.pt`` file so later runs load it in seconds."""
+"""Decoding image files into one uint8 tensor, cached as a ``.pt`` file so later runs load it in seconds.
+
+The file carries the SHA-256 of its images' bytes, checked at every load: a cache corrupted on disk is
+decoded again (with a one-line notice), never trained on.
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pickle
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -15,12 +21,13 @@ import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image
 
+from datamodules.archive import cache_write_error
 from datamodules.errors import DatasetError
 from datamodules.folder import Split
 
 __all__ = ["cache_file_for", "decode_images", "fingerprint", "fit_square", "load_or_decode", "read_image"]
 
-CACHE_FORMAT_VERSION: int = 1
+CACHE_FORMAT_VERSION: int = 2
 
 
 def read_image(path: str | Path = "") -> Tensor:
@@ -79,15 +86,24 @@ def fingerprint(split: Split, resize_to: int = 32, crop_to: int = 32) -> str:
     return digest.hexdigest()[:16]
 
 
+def images_digest(images: Tensor) -> str:
+    """SHA-256 of a uint8 image tensor's bytes (C order)."""
+    return hashlib.sha256(images.contiguous().numpy()).hexdigest()
+
+
 def _save_atomic(payload: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
+    tmp = ""
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        os.close(fd)
         torch.save(payload, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
+        oserror = err if isinstance(err, OSError) else OSError(errno.ENOSPC, str(err).splitlines()[0])
+        raise cache_write_error(oserror, path.parent) from err
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.remove(tmp)
 
 
@@ -112,17 +128,32 @@ def load_or_decode(
 ) -> Tensor:
     """Return the split's images as a uint8 tensor, loaded from ``cache_file`` or decoded and saved there.
 
-    The file is written to a temporary name then renamed, so an interrupted save leaves no bad cache;
-    an unreadable cache file is decoded again and overwritten.
+    The file is written to a temporary name then renamed, so an interrupted save leaves no bad cache; a
+    cache file that is unreadable, of another shape or fails its checksum is decoded again and replaced,
+    with a one-line notice on stderr.
     """
     cache_file = Path(cache_file)
     if cache_file.is_file():
-        try:
-            payload = torch.load(cache_file, map_location="cpu", weights_only=True)
-            if payload["images"].shape == (len(split), 3, crop_to, crop_to):
-                return payload["images"]
-        except (RuntimeError, OSError, EOFError, KeyError, AttributeError, pickle.UnpicklingError):
-            pass  # unreadable cache: decode again and overwrite it
+        cached, problem = read_cache(cache_file, (len(split), 3, crop_to, crop_to))
+        if cached is not None:
+            return cached
+        print(f"notice: the decoded-image cache {cache_file} {problem}; decoding the images again",
+              file=sys.stderr)
     images = decode_images(split.paths, resize_to, crop_to, description)
-    _save_atomic({"images": images, "labels": split.labels}, cache_file)
+    _save_atomic({"images": images, "labels": split.labels, "sha256": images_digest(images)}, cache_file)
     return images
+
+
+def read_cache(cache_file: Path, shape: tuple[int, ...]) -> tuple[Tensor | None, str | None]:
+    """The images of a decoded-image cache file that is whole and holds ``shape``, else ``None`` and what
+    is wrong with it."""
+    try:
+        payload = torch.load(cache_file, map_location="cpu", weights_only=True)
+        images = payload["images"]
+    except (RuntimeError, OSError, EOFError, KeyError, AttributeError, TypeError, pickle.UnpicklingError) as err:
+        return None, f"is unreadable ({type(err).__name__})"
+    if tuple(images.shape) != shape:
+        return None, f"holds images of shape {tuple(images.shape)}, not {shape}"
+    if payload.get("sha256") != images_digest(images):
+        return None, "fails its checksum (its content changed on disk)"
+    return images, None

@@ -52,9 +52,12 @@ def test_extraction_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_changed_archive_gets_a_new_cache_entry(tmp_path: Path) -> None:
+    """The key is the archive's bytes: a new time stamp keeps the entry, new bytes get another."""
     packed = fake_data.make_archive(fake_data.make_image_folder(tmp_path / "d"), tmp_path / "d.tgz")
     first = cache_entry(packed, tmp_path / "cache")
     os.utime(packed, ns=(1_000_000_000, 1_000_000_000))
+    assert cache_entry(packed, tmp_path / "cache") == first
+    packed.write_bytes(packed.read_bytes() + b"\0" * 512)
     assert cache_entry(packed, tmp_path / "cache") != first
 
 

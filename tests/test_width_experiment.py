@@ -80,9 +80,12 @@ def test_killed_mid_method_and_resumed_equals_uninterrupted(row: str, real_data_
                                                             tmp_path: Path) -> None:
     config = CONFIGS / "width" / "cifar10_32" / f"{row}.yaml"
     straight = run_row(config, real_data_dir, tmp_path / "a", baseline_ckpt)
-    killed = run_row(config, real_data_dir, tmp_path / "b", baseline_ckpt, *STOP_AFTER, "1")
-    assert killed["epochs"] == 2
-    resumed = run_row(config, real_data_dir, tmp_path / "b", baseline_ckpt, "--ckpt_path", killed["last_checkpoint"])
+    with pytest.raises(SystemExit, match="no summary was written"):  # stopped before its prune: not a result
+        run_row(config, real_data_dir, tmp_path / "b", baseline_ckpt, *STOP_AFTER, "1")
+    assert not list((tmp_path / "b").rglob("summary.json"))
+    last = str(next((tmp_path / "b").rglob("last.ckpt")))
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 1
+    resumed = run_row(config, real_data_dir, tmp_path / "b", baseline_ckpt, "--ckpt_path", last)
     assert resumed["arch"] == straight["arch"]
     assert_same_weights(load_weights(straight["last_checkpoint"]), load_weights(resumed["last_checkpoint"]))
     assert resumed["acc_after"] == pytest.approx(straight["acc_after"])

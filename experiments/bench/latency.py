@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from experiments.run.arguments import OneLineArgumentParser, non_negative_int, positive_int
+from experiments.run.cli import exits_cleanly
 from lightning_modules.deploy.export import export_onnx
 from lightning_modules.deploy.op_profile import onnx_op_profile, torch_op_profile
 from lightning_modules.deploy.profiling import count_macs, measure_latency_onnx, measure_latency_torch
@@ -69,12 +71,12 @@ def torch_columns(net: nn.Module, fused: bool) -> dict[str, tuple[nn.Module, boo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--num_classes", type=int, default=1000)
+    parser = OneLineArgumentParser(description=__doc__)
+    parser.add_argument("--image_size", type=positive_int, default=224)
+    parser.add_argument("--threads", type=positive_int, default=1)
+    parser.add_argument("--warmup", type=non_negative_int, default=10)
+    parser.add_argument("--runs", type=positive_int, default=50)
+    parser.add_argument("--num_classes", type=positive_int, default=1000)
     parser.add_argument("--target", type=float, default=0.8, help="wanted speed-up / MAC ratio")
     parser.add_argument("--no_onnx", action="store_true", help="measure PyTorch only")
     parser.add_argument("--out", type=str, default=None, help="write the rows as JSON here")
@@ -133,6 +135,7 @@ def format_op_shares(rows: list[dict[str, Any]], top: int = 6) -> str:
     return "\n".join(lines)
 
 
+@exits_cleanly
 def main(args: list[str] | None = None) -> list[dict[str, Any]]:
     """Measure every network; prints a table, writes ``--out`` (JSON) if given, returns the rows."""
     opts = build_parser().parse_args(args)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from experiments.run.arguments import OneLineArgumentParser, non_negative_int, positive_int
 from experiments.run.cli import exits_cleanly
 from lightning_modules.backbones import build_net
 from lightning_modules.deploy.export import check_onnx, export_onnx, onnx_accuracy, quantize_int8
@@ -36,28 +37,28 @@ DEFAULT_DATA_ROOT = "../shared/data/cifar10-jpg.tar.gz"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__)
     parser.add_argument("--ckpt", type=str, default=None, help="ImageClassifier checkpoint (overrides model args)")
     parser.add_argument("--backbone", type=str, default="mobilenet_v1",
                         help="mobilenet_v1 or a timm model name (timm arguments: --backbone_kwargs JSON)")
     parser.add_argument("--backbone_kwargs", type=json.loads, default=None, help='e.g. \'{"drop_rate": 0.1}\'')
     parser.add_argument("--width_mult", type=float, default=1.0)
     parser.add_argument("--channels", type=int, nargs="+", default=None, help="explicit stem + block widths")
-    parser.add_argument("--num_blocks", type=int, default=NUM_BLOCKS)
+    parser.add_argument("--num_blocks", type=positive_int, default=NUM_BLOCKS)
     parser.add_argument("--head_channels", type=int, nargs="*", default=[])
-    parser.add_argument("--num_classes", type=int, default=10)
+    parser.add_argument("--num_classes", type=positive_int, default=10)
     parser.add_argument("--stem_stride", type=int, default=2)
-    parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for the latency measurements")
+    parser.add_argument("--image_size", type=positive_int, default=224)
+    parser.add_argument("--threads", type=positive_int, default=1, help="CPU threads for the latency measurements")
     parser.add_argument("--latency", action="store_true", help="measure PyTorch and onnxruntime latency")
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--warmup", type=non_negative_int, default=10)
+    parser.add_argument("--runs", type=positive_int, default=50)
     parser.add_argument("--onnx", type=str, default=None, help="export here and check against PyTorch")
     parser.add_argument("--int8", action="store_true", help="int8-quantise the ONNX model and evaluate it")
     parser.add_argument("--data_root", type=str, default=DEFAULT_DATA_ROOT, help="CIFAR-10 folder or archive")
-    parser.add_argument("--calib_images", type=int, default=256, help="training images for calibration")
+    parser.add_argument("--calib_images", type=positive_int, default=256, help="training images for calibration")
     parser.add_argument("--eval_images", type=int, default=1000, help="test images for int8 accuracy")
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--batch_size", type=positive_int, default=64)
     parser.add_argument("--out", type=str, default=None, help="write the results as JSON here")
     return parser
 
@@ -73,7 +74,10 @@ def load_net(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     if args.backbone != "mobilenet_v1":
         arch = {"backbone": args.backbone, "backbone_kwargs": args.backbone_kwargs or {},
                 "num_classes": args.num_classes, "in_chans": 3, "dropout": 0.0, "structure": {}}
-        return build_net(arch).eval(), arch
+        try:
+            return build_net(arch).eval(), arch
+        except ValueError as err:  # an unknown name or arguments timm refuses: the message says which
+            raise SystemExit(f"error: --backbone {args.backbone}: {' '.join(str(err).split())}") from err
     arch = {
         "num_classes": args.num_classes,
         "width_mult": args.width_mult,

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from callbacks.throughput import FIRST_BATCH_ENV
+from experiments.run.arguments import OneLineArgumentParser, positive_int
+from experiments.run.cli import exits_cleanly
 
 REPO = Path(__file__).resolve().parents[2]
 MODES = ("off", "offline")
@@ -40,9 +42,9 @@ ONE_STEP = ["--trainer.max_steps", "1", "--trainer.limit_val_batches", "1", "--t
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__)
     parser.add_argument("--script", default="experiments/train.py", help="entry point, relative to the repo")
-    parser.add_argument("--runs", type=int, default=5, help="timed runs per W&B mode")
+    parser.add_argument("--runs", type=positive_int, default=5, help="timed runs per W&B mode")
     parser.add_argument("--wandb", choices=[*MODES, "both"], default="both")
     parser.add_argument("--out", default=None, help="write the timings as JSON here")
     parser.add_argument("--profile_dir", default=None, help="one more run per mode under importtime + cProfile")
@@ -132,6 +134,7 @@ def profile(script: str, modes: list[str], cli_args: list[str], folder: Path) ->
             print(f"  import {name:<50} {seconds:6.2f} s")
 
 
+@exits_cleanly
 def main(args: list[str] | None = None) -> dict[str, Any]:
     """Time the runs; prints the table, writes ``--out`` if given, returns the timings and summary."""
     own, cli_args = split_args(sys.argv[1:] if args is None else args)

@@ -32,24 +32,26 @@ from typing import Any
 import torch
 
 from experiments.bench.throughput import DEFAULT_ROOT, resolve_device
+from experiments.run.arguments import OneLineArgumentParser, positive_int
+from experiments.run.cli import exits_cleanly
 
 #: MobileNetV1's cut points: after the stem and after each of its 13 blocks.
 NUM_CUTS = 14
 
 
 def parse(args: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__)
     parser.add_argument("--root", default=DEFAULT_ROOT, help="CIFAR-10 folder or archive")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--image_size", type=int, default=32)
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=1, help="interleaved (sweep, one head) rounds")
+    parser.add_argument("--image_size", type=positive_int, default=32)
+    parser.add_argument("--batch_size", type=positive_int, default=128)
+    parser.add_argument("--epochs", type=positive_int, default=1)
+    parser.add_argument("--rounds", type=positive_int, default=1, help="interleaved (sweep, one head) rounds")
     parser.add_argument("--cut", nargs="+", default=["6", "13"],
                         help="cut points of the single-head runs (0 = after the stem), or 'all' (0..13)")
     parser.add_argument("--head", default="replication", help="head preset: replication, paper or linear")
-    parser.add_argument("--train_subset", type=int, default=None, help="training images (all by default)")
-    parser.add_argument("--eval_subset", type=int, default=None, help="validation images (all by default)")
+    parser.add_argument("--train_subset", type=positive_int, default=None, help="training images (all by default)")
+    parser.add_argument("--eval_subset", type=positive_int, default=None, help="validation images (all by default)")
     parser.add_argument("--baseline_ckpt", default=None, help="backbone weights (timing does not depend on them)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     opts = parser.parse_args(args)
@@ -97,6 +99,7 @@ def time_stage(datamodule: Any, opts: argparse.Namespace, cut_points: list[int] 
     return {"seconds": seconds, "heads": len(model.aux_heads.cut_points), "steps": trainer.global_step}
 
 
+@exits_cleanly
 def main(args: list[str] | None = None) -> dict[str, Any]:
     opts = parse(args)
     command = shlex.join(["uv", "run", "experiments/bench/sweep.py", *(sys.argv[1:] if args is None else args)])

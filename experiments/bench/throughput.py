@@ -38,20 +38,23 @@ from typing import Any
 
 import torch
 
+from experiments.run.arguments import OneLineArgumentParser, non_negative_int, positive_int
+from experiments.run.cli import exits_cleanly
+
 DEFAULT_ROOT = "../shared/data/cifar10-jpg.tar.gz"
 REPLICATION_HEAD = (64, 32)
 
 
 def parse(args: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__)
     parser.add_argument("--root", default=DEFAULT_ROOT, help="CIFAR-10 folder or archive")
     parser.add_argument("--backbone", default="mobilenet_v1", help="mobilenet_v1 or a timm model name")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--image_size", type=int, default=None, help="default: 32 on the CPU, 224 on a GPU")
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=60, help="timed steps per run")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of all pipelines")
+    parser.add_argument("--image_size", type=positive_int, default=None, help="default: 32 on the CPU, 224 on a GPU")
+    parser.add_argument("--batch_size", type=positive_int, default=128)
+    parser.add_argument("--steps", type=positive_int, default=60, help="timed steps per run")
+    parser.add_argument("--warmup", type=non_negative_int, default=5, help="untimed steps before them")
+    parser.add_argument("--rounds", type=positive_int, default=2, help="interleaved rounds of all pipelines")
     parser.add_argument("--heads", default="both", choices=["off", "on", "both"],
                         help="time a sweep epoch (14 heads, frozen backbone) too ('both'), only ('on') or not")
     parser.add_argument("--compile", action="store_true",
@@ -59,8 +62,8 @@ def parse(args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nchw", action="store_true",
                         help="time ours with --model.channels_last false too (NCHW, the pre-NHWC default)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain loop")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--train_subset", type=int, default=None, help="training images used (all by default)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--train_subset", type=positive_int, default=None, help="training images used (all by default)")
     parser.add_argument("--matmul_size", type=int, default=None, help="side of the peak matmul")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     opts = parser.parse_args(args)
@@ -238,6 +241,7 @@ def resolve_device(parser: argparse.ArgumentParser, opts: argparse.Namespace) ->
         parser.error("--device cuda: no CUDA device is available")
 
 
+@exits_cleanly
 def main(args: list[str] | None = None) -> dict[str, Any]:
     opts = parse(args)
     command = shlex.join(["uv", "run", "experiments/bench/throughput.py", *(sys.argv[1:] if args is None else args)])

@@ -24,8 +24,11 @@ from torch import nn
 
 from datamodules.batches import float_batches
 from experiments.reports.format import kb
+from experiments.run.arguments import OneLineArgumentParser, positive_int
+from experiments.run.checkpoint_io import check_checkpoint_file
+from experiments.run.cli import exits_cleanly
 from lightning_modules.deploy.profiling import tinyml_budget
-from lightning_modules.deploy.tflite import export_int8_tflite
+from lightning_modules.deploy.tflite import export_int8_tflite, require_tflite
 from lightning_modules.deploy.tflm import model_structure, tflm_arena, tflm_predict
 from lightning_modules.deploy.tflm_estimate import estimate_tflm
 from lightning_modules.pruning.budget import KB
@@ -184,18 +187,19 @@ def deployment_sections(runs_dir: str | Path = "docs/runs") -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__)
     parser.add_argument("--net", action="append", required=True, metavar="NAME=CKPT",
                         help="a checkpoint to deploy (repeat)")
     parser.add_argument("--data_root", default=DEFAULT_DATA_ROOT, help="CIFAR-10 folder or archive")
-    parser.add_argument("--image_size", type=int, default=32)
-    parser.add_argument("--calib_images", type=int, default=256, help="training images for int8 calibration")
+    parser.add_argument("--image_size", type=positive_int, default=32)
+    parser.add_argument("--calib_images", type=positive_int, default=256, help="training images for int8 calibration")
     parser.add_argument("--eval_images", type=int, default=None, help="test images (default: all)")
     parser.add_argument("--out_dir", default="outputs/deploy", help="where the .tflite files go")
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
     return parser
 
 
+@exits_cleanly
 def main(args: list[str] | None = None) -> dict[str, Any]:
     import sys
 
@@ -203,7 +207,13 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     from lightning_modules.image_classifier import ImageClassifier
 
     opts = build_parser().parse_args(args)
+    bad = [item for item in opts.net if "=" not in item or not item.split("=", 1)[0]]
+    if bad:
+        raise SystemExit(f"error: --net {bad[0]}: expected NAME=CKPT, e.g. --net cut6=<run dir>/checkpoints/last.ckpt")
     nets = dict(item.split("=", 1) for item in opts.net)
+    for ckpt in nets.values():  # before any data is decoded
+        check_checkpoint_file(ckpt, "--net")
+    require_tflite()  # one line naming what is missing, not an import traceback half-way through
     data = CIFAR10DataModule(root=opts.data_root, image_size=opts.image_size, batch_size=100, num_workers=0,
                              train_subset=max(opts.calib_images, 10), eval_subset=opts.eval_images)
     data.setup("fit")

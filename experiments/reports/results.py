@@ -9,9 +9,9 @@ replication of de Leon & Atienza (arXiv:2204.10546) stand beside them, labelled 
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,9 @@ from experiments.reports.reproduce import (
 )
 from experiments.reports.speed import speed_section
 from experiments.reports.width import plot_width_rows, width_rows, width_table
+from experiments.run.arguments import OneLineArgumentParser
+from experiments.run.cli import exits_cleanly
+from experiments.run.summary_check import incomplete_reason, read_summary
 from lightning_modules.backbones import build_net
 from lightning_modules.deploy.profiling import measure_latency_torch, tinyml_budget
 from lightning_modules.pruning.depth_cut import Baseline, CutPoint, choose_cut
@@ -43,10 +46,14 @@ REFERENCE_DEPTH = {
 
 
 def load_summaries(root: Path) -> list[dict[str, Any]]:
-    """All ``summary.json`` under ``root`` (newest last), each with its path under ``_path``."""
+    """All ``summary.json`` under ``root`` of runs that did their work (newest last), each with its path
+    under ``_path``; incomplete ones are skipped with a notice (:func:`incomplete_reason`)."""
     found = []
     for path in sorted(root.rglob("summary.json"), key=lambda p: p.stat().st_mtime):
-        summary = json.loads(path.read_text())
+        summary = read_summary(path)
+        if (reason := incomplete_reason(summary)) is not None:  # never shown as a result
+            print(f"notice: skipping {path}: {reason}", file=sys.stderr)
+            continue
         summary["_path"] = path
         found.append(summary)
     return found
@@ -388,8 +395,9 @@ def archive_runs(summaries: list[dict], archive: Path) -> None:
         make_portable(target)
 
 
+@exits_cleanly
 def main(args: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=Path, nargs="+", default=[Path("logs"), Path("docs/runs")],
                         help="folders searched for summary.json (a run found twice counts once)")
     parser.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"))

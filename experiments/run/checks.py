@@ -56,10 +56,29 @@ def check_resolution(model: L.LightningModule, datamodule: Any) -> None:
     net, size = getattr(model, "net", None), getattr(datamodule.hparams, "image_size", None)
     if net is None or size is None or not hasattr(net, "forward_features"):
         return
-    stride = total_stride(net, int(model.hparams.get("in_chans", 3)))
+    in_chans = int(model.hparams.get("in_chans", 3))
+    try:
+        stride = total_stride(net, in_chans)
+    except (AssertionError, RuntimeError, ValueError) as err:  # a network with a fixed input size (e.g. ViT)
+        stride = stride_at_own_size(net, in_chans, int(size), err)
     if int(size) < stride:
         raise ExperimentError(
             f"--data.image_size {size} is smaller than the network's total stride ({stride} px): its last "
             f"layers would see padding only; use --data.image_size {stride} or more (or --model.stem_stride 1 "
             f"to halve the stride)"
         )
+
+
+def stride_at_own_size(net: torch.nn.Module, in_chans: int, size: int, err: BaseException) -> int:
+    """The stride probe at ``size`` for a network that refused the 256-px probe (a fixed input size, as
+    timm's ViTs have); :class:`ExperimentError` with the reason when it refuses ``size`` too."""
+    try:
+        return total_stride(net, in_chans, probe=size)
+    except (AssertionError, RuntimeError, ValueError) as again:
+        fixed = (getattr(net, "pretrained_cfg", None) or {}).get("input_size")
+        hint = (f"it takes {fixed[-2]}x{fixed[-1]} inputs only: use --data.image_size {fixed[-1]}, or build it for "
+                f"{size} px (timm: --model.backbone_kwargs '{{\"img_size\": {size}}}')") if fixed else \
+            "use a --data.image_size it accepts"
+        first = str(again).splitlines()[0] if str(again) else type(again).__name__
+        raise ExperimentError(f"the network does not run on --data.image_size {size} images ({first}); "
+                              f"{hint}") from err

@@ -37,12 +37,20 @@ from callbacks.last_checkpoint import LastCheckpoint
 from callbacks.progress import progress_bar
 from callbacks.pruning_base import PruningSettingsError
 from callbacks.stages import run_dir
+from callbacks.stop_conditions import (
+    IncompleteRunError,
+    StopConditions,
+    check_stages_done,
+    check_trains_something,
+)
 from callbacks.throughput import Throughput
 from datamodules import DatasetError
 from experiments.run.checkpoint_io import AtomicCheckpointIO, CheckpointError, check_checkpoint_file
 from experiments.run.checks import ExperimentError, check_output_dir, check_resolution
+from experiments.run.run_guard import ResumeHint, check_new_run, forget_hint, interrupted_exit
 from lightning_modules.backbones import ArchitectureMismatch
 from lightning_modules.deploy.profiling import tinyml_budget
+from lightning_modules.deploy.tflite import MissingDependency
 
 WANDB_HOST = "api.wandb.ai"
 #: The logger's default ``save_dir``; ``--trainer.default_root_dir`` replaces it when given.
@@ -52,24 +60,36 @@ DEFAULT_SAVE_DIR = "logs"
 #: Errors whose message says everything: reported as one line, without a traceback.
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (
     DatasetError, ExperimentError, CheckpointError, NonFiniteLossError, MisconfigurationException,
-    PruningSettingsError, ArchitectureMismatch,
+    PruningSettingsError, ArchitectureMismatch, IncompleteRunError, MissingDependency,
 )
 
 Main = TypeVar("Main", bound=Callable[..., Any])
 
 
 def exits_cleanly(main: Main) -> Main:
-    """Decorate an entry point's ``main``: a known error (:data:`KNOWN_ERRORS`) becomes ``SystemExit`` with
-    the one-line message ``error: ...`` (printed on stderr, exit status 1); anything else keeps its
-    traceback, since it is a bug to report."""
+    """Decorate an entry point's ``main``: a known error (:data:`KNOWN_ERRORS`), or an ``OSError`` about a
+    named file, becomes ``SystemExit`` with the one-line message ``error: ...`` (printed on stderr, exit
+    status 1); SIGTERM and Ctrl-C end with 143 / 130 and the resume line
+    (:func:`experiments.run.run_guard.interrupted_exit`); anything else keeps its traceback, since it is a bug
+    to report."""
 
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        forget_hint()
         try:
             return main(*args, **kwargs)
         except KNOWN_ERRORS as err:
             message = " ".join(str(err).split())  # one line, whatever the source wrote
             raise SystemExit(f"error: {message}") from err
+        except OSError as err:  # a file or folder named on the command line: missing, unreadable, disk full
+            if err.filename is None:
+                raise
+            raise SystemExit(f"error: {err.filename}: {err.strerror or err}") from err
+        except (SystemExit, KeyboardInterrupt) as err:  # SIGTERM / Ctrl-C: never status 0 or 1
+            signalled = interrupted_exit(err)
+            if signalled is None:
+                raise
+            raise signalled from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -219,7 +239,7 @@ def trainer_defaults(project: str = "tinyml-pruning") -> dict[str, Any]:
         },
         # Persistent callbacks (instances, added to whatever --trainer.callbacks lists).
         "callbacks": [progress_bar(), LearningRateMonitor(logging_interval="epoch"), EpochSeed(),
-                      LastCheckpoint(), Throughput(), FiniteLoss()],
+                      LastCheckpoint(), Throughput(), FiniteLoss(), ResumeHint()],
     }
 
 
@@ -289,6 +309,8 @@ def check_setup(cli: ExperimentCLI) -> None:
         check_checkpoint_file(cli.config.ckpt_path, "--ckpt_path")
     if not cli.trainer.fast_dev_run:
         check_output_dir(run_dir(cli.trainer).parent)
+    check_new_run(cli.trainer, cli.config.get("ckpt_path"))
+    check_trains_something(cli.trainer, getattr(cli.model, "hparams", {}).get("lr"))
     check_resolution(cli.model, cli.datamodule)
 
 
@@ -303,7 +325,10 @@ def fit_and_test(cli: ExperimentCLI) -> dict[str, str | None]:
     checkpointing is off). The fit's metrics stay in ``trainer.callback_metrics`` next to the test's.
     Returns the best and last checkpoint paths."""
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    if not any(isinstance(cb, StopConditions) for cb in trainer.callbacks):
+        trainer.callbacks.append(StopConditions())  # the step limit against the stages, before training
     trainer.fit(model, data, ckpt_path=cli.config.ckpt_path)
+    check_stages_done(trainer)  # no summary of a run whose stage never happened
     fit_metrics, checkpoints = dict(trainer.callback_metrics), checkpoint_paths(trainer)
     trainer.test(model, data, ckpt_path=checkpoints["best_checkpoint"])
     trainer.callback_metrics.update({k: v for k, v in fit_metrics.items() if k not in trainer.callback_metrics})

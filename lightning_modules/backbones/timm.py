@@ -43,6 +43,7 @@ from lightning_modules.backbones.timm_blocks import (
     resolve_cut,
     truncate_stage,
 )
+from lightning_modules.backbones.timm_weights import local_weights
 from lightning_modules.deploy.profiling import model_cost
 from lightning_modules.models.layers import ClassifierHead
 from lightning_modules.pruning.compactors import (
@@ -183,7 +184,7 @@ class TimmAdapter(BackboneAdapter):
 
     # ------------------------------------------------------------------------------------- building
     def _create(self) -> nn.Module:
-        kwargs = {"pretrained": False, **self.kwargs}
+        kwargs = local_weights(self.name, {"pretrained": False, **self.kwargs})  # never a download
         if self.dropout > 0:
             kwargs.setdefault("drop_rate", self.dropout)
         return timm.create_model(self.name, num_classes=self.num_classes, in_chans=self.in_chans, **kwargs)

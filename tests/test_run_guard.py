@@ -1,0 +1,143 @@
+"""A run does what it was asked or fails with one line: a reused id never replaces an earlier run, a
+signal never ends a run with status 0, and a run whose stage never happened exits != 0 without a summary."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments import depth_prune, train, width_prune
+from tests.helpers import fake_data
+from tests.helpers.cli_args import base_args
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and "wandb" not in p.parts}
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fake_data.make_image_folder(tmp_path_factory.mktemp("guard") / "d", {"train": 6, "test": 2})
+
+
+def test_a_reused_run_id_is_refused_and_the_earlier_run_untouched(data: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    args = [*base_args(data, tmp_path / "out"), "--trainer.logger.init_args.id", "myrun"]
+    summary = train.main(args)
+    folder = summary.parent
+    before = digests(folder)
+    assert "summary.json" in before and "checkpoints/last.ckpt" in before
+    with pytest.raises(SystemExit) as exc:
+        train.main([*args, "--trainer.max_epochs", "2"])
+    message = str(exc.value.code)
+    assert message.startswith("error: ") and "\n" not in message
+    assert "myrun" in message and f"--ckpt_path {folder / 'checkpoints' / 'last.ckpt'}" in message
+    assert "another id" in message
+    assert digests(folder) == before
+    # resuming it is the way in: the same id with --ckpt_path continues the run
+    resumed = train.main([*args, "--trainer.max_epochs", "2", "--ckpt_path", str(folder / "checkpoints" / "last.ckpt")])
+    assert resumed == summary and '"epochs": 2' in resumed.read_text()
+
+
+@pytest.mark.parametrize("option, value", [("--model.lr", "0"), ("--model.lr", "-0.1"), ("--trainer.max_epochs", "0"),
+                                           ("--trainer.max_steps", "0"), ("--trainer.limit_train_batches", "0")])
+def test_a_run_that_would_train_nothing_is_refused(option: str, value: str, data: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        train.main([*base_args(data, tmp_path / "out"), option, value])
+    message = str(exc.value.code)
+    assert message.startswith("error: ") and option in message and "train nothing" in message, message
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("summary.json"))
+
+
+DEPTH = ["--trainer.max_epochs", "4", "--sweep.start_epoch", "2", "--sweep.epochs", "1", "--prune.epoch", "3",
+         "--sweep.head", "[16, 8]"]
+
+
+def test_a_step_limit_before_the_cut_is_refused_before_training(data: Path, tmp_path: Path) -> None:
+    # 18 images, batch 8: 3 steps per epoch; the cut's epoch 3 ends at step 12
+    with pytest.raises(SystemExit) as exc:
+        depth_prune.main([*base_args(data, tmp_path / "out"), *DEPTH, "--trainer.max_steps", "10"])
+    message = str(exc.value.code)
+    assert message.startswith("error: --trainer.max_steps 10") and "DepthPrune" in message, message
+    assert "--trainer.max_steps 12" in message
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("summary.json"))
+
+
+def test_a_width_prune_cut_short_writes_no_summary(data: Path, tmp_path: Path) -> None:
+    baseline = train.main(base_args(data, tmp_path / "base"))
+    ckpt = str(baseline.parent / "checkpoints" / "last.ckpt")
+    with pytest.raises(SystemExit) as exc:
+        width_prune.main([*base_args(data, tmp_path / "out"), "--baseline_ckpt", ckpt, "--trainer.max_epochs", "3",
+                          "--trainer.callbacks+=callbacks.OneShotPrune", "--trainer.callbacks.epoch", "2",
+                          "--trainer.max_steps", "5"])
+    assert "OneShotPrune" in str(exc.value.code) and "--trainer.max_steps 9" in str(exc.value.code)
+    assert not list((tmp_path / "out").rglob("summary.json"))
+
+
+def test_a_stage_that_never_happened_fails_after_the_fit(data: Path, tmp_path: Path) -> None:
+    """Early stopping (here a callback that ends the fit after epoch 0) before the cut: exit != 0, no summary."""
+    with pytest.raises(SystemExit) as exc:
+        depth_prune.main([*base_args(data, tmp_path / "out"), *DEPTH,
+                          "--trainer.callbacks+=tests.helpers.stop_after.StopAfterEpoch", "--trainer.callbacks.epoch", "0"])
+    message = str(exc.value.code)
+    assert message.startswith("error: the fit stopped at epoch 1") and "DepthPrune" in message, message
+    assert "no summary was written" in message and "--ckpt_path" in message
+    assert not list(tmp_path.rglob("summary.json"))
+    assert list(tmp_path.rglob("last.ckpt"))  # what was trained is kept, to resume from
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_mid_epoch_exits_non_zero_with_the_checkpoint_intact(signum: int, status: int, data: Path,
+                                                                      tmp_path: Path) -> None:
+    """A real run of the CLI, stopped by SIGTERM (a scheduler, ``kill``) or SIGINT (Ctrl-C) once it has
+    written its first checkpoint."""
+    out = tmp_path / "out"
+    args = [*base_args(data, out), "--trainer.max_epochs", "100000", "--trainer.logger.init_args.id", "termed"]
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.Popen([sys.executable, "experiments/train.py", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    last = out / "tinyml-pruning" / "termed" / "checkpoints" / "last.ckpt"
+    try:
+        while not last.is_file() and proc.poll() is None:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[1]
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == status, err
+    line = one_error_line(err)
+    assert line.startswith(f"error: stopped by {signal.Signals(signum).name}") and f"--ckpt_path {last}" in line, line
+    assert "--trainer.logger.init_args.id termed" in line
+    state = torch.load(last, map_location="cpu", weights_only=True)  # a whole checkpoint, never a partial one
+    assert state["epoch"] >= 0 and state["state_dict"]
+    assert not (last.parent.parent / "summary.json").exists()
+
+
+def test_a_failed_run_leaves_no_wandb_run_for_the_next_one_to_join(data: Path, tmp_path: Path) -> None:
+    """A run that fails inside the fit leaves its W&B run open; the next run in the process starts its own,
+    under its own id (Lightning's logger would join the open one and write into that run's folder)."""
+    with pytest.raises(SystemExit):
+        depth_prune.main([*base_args(data, tmp_path / "a"), *DEPTH,
+                          "--trainer.callbacks+=tests.helpers.stop_after.StopAfterEpoch", "--trainer.callbacks.epoch", "0"])
+    summary = train.main([*base_args(data, tmp_path / "b"), "--trainer.logger.init_args.id", "next"])
+    assert summary == tmp_path / "b" / "tinyml-pruning" / "next" / "summary.json"

@@ -131,13 +131,3 @@ def test_a_signal_mid_epoch_exits_non_zero_with_the_checkpoint_intact(signum: in
     state = torch.load(last, map_location="cpu", weights_only=True)  # a whole checkpoint, never a partial one
     assert state["epoch"] >= 0 and state["state_dict"]
     assert not (last.parent.parent / "summary.json").exists()
-
-
-def test_a_failed_run_leaves_no_wandb_run_for_the_next_one_to_join(data: Path, tmp_path: Path) -> None:
-    """A run that fails inside the fit leaves its W&B run open; the next run in the process starts its own,
-    under its own id (Lightning's logger would join the open one and write into that run's folder)."""
-    with pytest.raises(SystemExit):
-        depth_prune.main([*base_args(data, tmp_path / "a"), *DEPTH,
-                          "--trainer.callbacks+=tests.helpers.stop_after.StopAfterEpoch", "--trainer.callbacks.epoch", "0"])
-    summary = train.main([*base_args(data, tmp_path / "b"), "--trainer.logger.init_args.id", "next"])
-    assert summary == tmp_path / "b" / "tinyml-pruning" / "next" / "summary.json"

@@ -52,17 +52,6 @@ class WandbStartError(ExperimentError):
     """``wandb.init`` failed in the background."""
 
 
-def finish_stale_run(run_id: str | None) -> None:
-    """Finish a W&B run of this process that is not ``run_id`` (one a failed run left open). Lightning's
-    ``WandbLogger`` would otherwise join it, and the new run would log, and write its checkpoints, under
-    the earlier run's id."""
-    import wandb
-
-    stale = wandb.run
-    if stale is not None and stale.id != run_id:
-        stale.finish(exit_code=1)
-
-
 def new_run_id(length: int = 8) -> str:
     """A fresh run id in W&B's format (``wandb.util.generate_id``'s alphabet and length), drawn without
     importing wandb and without touching any seeded random stream."""
@@ -124,7 +113,6 @@ class BackgroundWandbLogger(WandbLogger):
 
     def _run_init(self) -> None:
         try:
-            finish_stale_run(self._id)
             WandbLogger.experiment.fget(self)  # type: ignore[attr-defined]  # wandb.init + define_metric
         except BaseException as err:  # noqa: BLE001  raised in the main thread by wait_for_run
             self._start_error = err

@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--ckpt", help="an ImageClassifier checkpoint: exported fully int8 first")
     parser.add_argument("--out", required=True, help="the bundle folder (replaced)")
     parser.add_argument("--image", default=None, help="test image: a .npy of one normalised float image "
-                        "(CHW or HWC); default: the first test image with --ckpt, else seeded N(0,1) values")
+                        "(CHW or HWC); default: the first test image with --ckpt, else seeded uniform values over "
+                        "the int8 input's range")
     parser.add_argument("--arena_margin", type=float, default=ARENA_MARGIN,
                         help="fraction added to TFLM's planned arena for kTensorArenaSize")
     parser.add_argument("--data_root", default=DEFAULT_DATA_ROOT, help="with --ckpt: CIFAR-10 folder or archive")

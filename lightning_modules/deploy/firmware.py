@@ -90,11 +90,16 @@ def arena_with_margin(plan_bytes: int, margin: float = ARENA_MARGIN, align: int 
 
 
 def input_image(details: dict[str, Any], image: np.ndarray | None = None, seed: int = 0) -> tuple[np.ndarray, str]:
-    """A normalised float NHWC image of the model's input shape: ``image`` (NCHW, CHW or HWC) or, when
-    ``None``, standard-normal values from ``seed`` (the normalised range of a real image)."""
+    """A float NHWC image of the model's input shape: ``image`` (normalised as the net expects; NCHW, CHW
+    or HWC) or, when ``None``, values drawn uniformly (``seed``) from the float range the int8 input
+    represents (the calibrated input range, whatever the net's normalisation)."""
     shape = tuple(int(s) for s in details["shape"])  # (1, H, W, C)
     if image is None:
-        return np.random.default_rng(seed).standard_normal(shape).astype(np.float32), f"synthetic N(0,1), seed {seed}"
+        quant = details["quantization_parameters"]
+        scale, zero = float(quant["scales"][0]), int(quant["zero_points"][0])
+        low, high = (-128 - zero) * scale, (127 - zero) * scale
+        values = np.random.default_rng(seed).uniform(low, high, shape).astype(np.float32)
+        return values, f"synthetic: uniform over the input's range [{low:.4g}, {high:.4g}], seed {seed}"
     array = np.asarray(image, dtype=np.float32)
     if array.ndim == 4:
         array = array[0]

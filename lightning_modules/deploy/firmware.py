@@ -170,10 +170,15 @@ def write_bundle(model: bytes | str | Path, out_dir: str | Path, image: np.ndarr
     if structure["input_dtype"] != "INT8" or structure["output_dtype"] != "INT8":
         raise FirmwareError(f"the bundle needs an int8 input and output, the model has "
                             f"{structure['input_dtype']} / {structure['output_dtype']}")
-    details = interpreter(data).get_input_details(0)
-    float_image, source = input_image(details, image, seed)
-    int8_image = quantize_input(float_image, details)
-    expected = host_output(data, int8_image)
+    try:  # the host interpreter registers every TFLM op: a model it cannot run has no firmware either
+        details = interpreter(data).get_input_details(0)
+        float_image, source = input_image(details, image, seed)
+        int8_image = quantize_input(float_image, details)
+        expected = host_output(data, int8_image)
+    except (RuntimeError, ValueError) as err:
+        if isinstance(err, FirmwareError):
+            raise
+        raise FirmwareError(f"the host TFLite Micro interpreter cannot run the model: {err}") from err
     plan = tflm_arena(data)
     arena_size = arena_with_margin(plan["arena_bytes"], margin)
     quant = details["quantization_parameters"]

@@ -43,9 +43,11 @@ unsigned long tinyml_stack_used_bytes(void) {
     return (unsigned long)((const char *)&_estack - (const char *)p);
 }
 
-/* The C runtime's constructor hooks: empty, as -nostartfiles drops crti/crtn. */
+/* What -nostartfiles drops with crti/crtn/crtbegin: the constructor hooks (empty) and the handle that
+ * registers static destructors (one image, no shared objects). */
 void _init(void) {}
 void _fini(void) {}
+void *__dso_handle = 0;
 
 void Reset_Handler(void) {
     for (uint32_t *src = &_sidata, *dst = &_sdata; dst < &_edata;) *dst++ = *src++;

@@ -114,6 +114,21 @@ def tflm_accuracy(model: bytes | str | Path, batches: Iterable[tuple[Any, Any]])
     return top1_accuracy(lambda images: tflm_predict(data, images), batches, "tflm_accuracy")
 
 
+def parse_model(model: bytes | str | Path) -> Any:
+    """The ``.tflite`` flatbuffer as TFLM's Python schema objects (``ModelT``)."""
+    return _runtime().convert_bytearray_to_object(bytearray(read_model(model)))
+
+
+def builtin_names(graph: Any, subgraph: int = 0) -> list[str]:
+    """The builtin name (``CONV_2D``, …) of every operator of a parsed model's subgraph, in order."""
+    runtime = _runtime()
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    return [names[runtime.get_builtin_code_from_operator_code(graph.operatorCodes[op.opcodeIndex])]
+            for op in graph.subgraphs[subgraph].operators]
+
+
 def model_structure(model: bytes | str | Path) -> dict[str, Any]:
     """Ops, tensors and quantisation of a ``.tflite``: op counts by name, tensor count, input/output
     dtypes, and whether every conv/depthwise/FC weight is int8 with one scale per output channel."""

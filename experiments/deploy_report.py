@@ -25,7 +25,7 @@ from torch import nn
 
 from lightning_modules.deploy.profiling import tinyml_budget
 from lightning_modules.deploy.tflite import export_int8_tflite
-from lightning_modules.deploy.tflm import model_structure, tflm_arena, tflm_predict
+from lightning_modules.deploy.tflm import TflmProcess, model_structure
 from lightning_modules.deploy.tflm_estimate import estimate_tflm
 from lightning_modules.pruning.budget import KB
 
@@ -56,16 +56,17 @@ def deploy_net(net: nn.Module, data: Any, tflite_path: str | Path, calib_images:
     calibration = np.concatenate([x.numpy() for x, _ in eval_batches(data, "train", calib_images)])
     path = export_int8_tflite(net, tflite_path, calibration, size)
     correct_fp32 = correct_int8 = agree = total = 0
-    for images, labels in eval_batches(data, "test", eval_images):
-        with torch.no_grad():
-            fp32 = net(images).argmax(1).numpy()
-        int8 = tflm_predict(path, images).argmax(1)
-        y = labels.numpy()
-        correct_fp32 += int((fp32 == y).sum())
-        correct_int8 += int((int8 == y).sum())
-        agree += int((fp32 == int8).sum())
-        total += len(y)
-    arena = tflm_arena(path)
+    with TflmProcess(path) as tflm:  # an interpreter abort ends the child, not this run
+        arena = tflm.arena()
+        for images, labels in eval_batches(data, "test", eval_images):
+            with torch.no_grad():
+                fp32 = net(images).argmax(1).numpy()
+            int8 = tflm.predict(images).argmax(1)
+            y = labels.numpy()
+            correct_fp32 += int((fp32 == y).sum())
+            correct_int8 += int((int8 == y).sum())
+            agree += int((fp32 == int8).sum())
+            total += len(y)
     estimate = estimate_tflm(net, size)
     old = tinyml_budget(net, size)
     row = {

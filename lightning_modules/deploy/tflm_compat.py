@@ -165,11 +165,11 @@ def interpreter_ops() -> frozenset[str]:
     from lightning_modules.deploy.tflite import require_tflite
 
     require_tflite(("tflite_micro",))
-    import tflite_micro.python.tflite_micro as package
+    from tflite_micro.python.tflite_micro import runtime
 
-    libs = sorted(Path(package.__file__).parent.glob("_runtime*.so"))
+    libs = sorted(Path(runtime.__file__).parent.glob("_runtime*.so"))
     if not libs:
-        raise NotDeployable(f"no TFLM runtime library next to {package.__file__}")
+        raise NotDeployable(f"no TFLM runtime library next to {runtime.__file__}")
     found = set(re.findall(rb"Register_([A-Z][A-Z0-9_]*)Ev", libs[0].read_bytes()))
     return frozenset(name.decode() for name in found)
 
@@ -200,7 +200,9 @@ def _layer_of(kind: str, nth: int, tensor: str, layers: dict[str, list[str]]) ->
 def _module_path(onnx_name: str) -> str:
     """``/blocks/blocks.0/blocks.0.0/se/gate/HardSigmoid`` → ``blocks.0.0.se.gate``."""
     parts = [p for p in onnx_name.split("/") if p][:-1]
-    return parts[-1] if parts else onnx_name
+    dotted = [i for i, p in enumerate(parts) if "." in p]
+    start = dotted[-1] if dotted else 0
+    return ".".join(parts[start:]) if parts else onnx_name
 
 
 def bad_scales(scales: Iterable[float]) -> list[float]:

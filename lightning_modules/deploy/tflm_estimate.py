@@ -213,7 +213,13 @@ def _map_node(b: _Builder, node: Any) -> None:
         b.op("FULLY_CONNECTED", [src], out, shape, layer, per_channel=False)
     elif kind in ("Add", "Mul"):
         if len(acts) == 1:
-            b.const(1, 1, channels=1)
+            constant = next(v for v in node.input if v not in acts)
+            if kind == "Add" and _fusable(b, src, acts[0], ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")):
+                b.tensor[out] = src  # a constant added to a convolution's output folds into its bias
+                return
+            value = b.init.get(constant)
+            key = ("scalar", float(value.reshape(-1)[0])) if value is not None and value.size == 1 else None
+            b.const(1, 1 if key else int(value.size), channels=1, shared=key)  # equal scalars share a tensor
         b.op(kind.upper(), [b.tensor[a] for a in acts], out, shape, layer)
     elif kind in ("HardSwish", "Sigmoid", "Relu", "Clip"):
         name = {"HardSwish": "HARD_SWISH", "Sigmoid": "LOGISTIC", "Relu": "RELU", "Clip": "RELU6"}[kind]
@@ -222,11 +228,11 @@ def _map_node(b: _Builder, node: Any) -> None:
         raise ValueError(f"no TFLite mapping for ONNX op {kind} (layer {layer})")
 
 
-def _fusable(b: _Builder, src: int, value: str) -> bool:
-    """Whether an activation on ``src`` fuses into the op that wrote it (that op can carry a fused
-    activation, and nothing else reads its output)."""
+def _fusable(b: _Builder, src: int, value: str, kinds: frozenset[str] | tuple[str, ...] = _FUSABLE) -> bool:
+    """Whether an op on ``src`` (ONNX value ``value``) fuses into the op that wrote it: that op is one of
+    ``kinds`` (default: those that carry a fused activation) and nothing else reads its output."""
     op = b.producer.get(src)
-    return op is not None and b.ops[op].kind in _FUSABLE and b.readers.get(value, 0) == 1
+    return op is not None and b.ops[op].kind in kinds and b.readers.get(value, 0) == 1
 
 
 def _conv(b: _Builder, node: Any, src: int, shape: list[int]) -> None:

@@ -49,6 +49,23 @@ OP_DATA_BYTES: dict[str, dict[int, int]] = {
     "RESHAPE": {64: 0, 32: 0},               # no op data
 }
 
+#: ``sizeof`` of the builtin options TFLM parses from the flatbuffer into the persistent arena per op
+#: (``MicroBuiltinDataAllocator``, 4-byte aligned; core/api/flatbuffer_conversions.cc, c/builtin_op_data.h).
+#: Ops absent here (PAD, LOGISTIC, HARD_SWISH, RELU, …) parse no options. 32-bit: ARM EABI, where enums
+#: take the smallest integer type that holds them.
+BUILTIN_DATA_BYTES: dict[str, dict[int, int]] = {
+    "CONV_2D": {64: 28, 32: 28},             # TfLiteConvParams
+    "DEPTHWISE_CONV_2D": {64: 28, 32: 28},   # TfLiteDepthwiseConvParams
+    "FULLY_CONNECTED": {64: 16, 32: 5},      # TfLiteFullyConnectedParams
+    "ADD": {64: 8, 32: 2},                   # TfLiteAddParams
+    "MUL": {64: 4, 32: 1},                   # TfLiteMulParams
+    "MEAN": {64: 1, 32: 1},                  # TfLiteReducerParams
+    "SUM": {64: 1, 32: 1},
+    "MAX_POOL_2D": {64: 40, 32: 40},         # TfLitePoolParams
+    "AVERAGE_POOL_2D": {64: 40, 32: 40},
+    "RESHAPE": {64: 36, 32: 36},             # TfLiteReshapeParams
+}
+
 #: Interpreter structs, by target pointer width (c/common.h, micro_allocator.h).
 STRUCT_BYTES: dict[str, dict[int, int]] = {
     "eval_tensor": {64: 24, 32: 12},         # TfLiteEvalTensor, one per tensor of the subgraph
@@ -61,7 +78,7 @@ STRUCT_BYTES: dict[str, dict[int, int]] = {
 #: bookkeeping), by target pointer width. 64-bit: the tail of the host interpreter's allocation report
 #: less every per-tensor / per-op item above, for one MobileNetV1 (``tests/test_tflm_plan.py`` holds it
 #: to other networks); 32-bit: see :data:`ARENA_32BIT_NOTE`.
-FIXED_BYTES: dict[int, int] = {64: 1400, 32: 1400}
+FIXED_BYTES: dict[int, int] = {64: 624, 32: 624}
 
 #: Ops whose kernel stores a requantisation multiplier and shift (int32 each) per output channel.
 PER_CHANNEL_OPS: frozenset[str] = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D"})
@@ -203,16 +220,17 @@ def op_persistent_bytes(op: OpNode, target_bits: int = 64) -> int:
 
 def persistent_bytes(graph: TfliteGraphPlan, target_bits: int = 64) -> int:
     """The arena's tail: the fixed interpreter structs, a ``TfLiteEvalTensor`` per tensor, a
-    ``NodeAndRegistration`` per op, every kernel's persistent data, the persistent input/output tensors
-    and a handle per scratch buffer."""
+    ``NodeAndRegistration`` per op, the parsed builtin options of every op (one block), every kernel's
+    persistent data, the persistent input/output tensors and a handle per scratch buffer."""
     if target_bits not in (32, 64):
         raise ValueError(f"target_bits must be 32 or 64, got {target_bits}")
     s = {k: v[target_bits] for k, v in STRUCT_BYTES.items()}
     scratch = sum(len([b for b in scratch_requests(op) if b > 0]) for op in graph.ops)
-    return (FIXED_BYTES[target_bits] + s["eval_tensor"] * len(graph.tensor_bytes)
+    builtin = sum(align(BUILTIN_DATA_BYTES.get(op.kind, {}).get(target_bits, 0), 4) for op in graph.ops)
+    return (FIXED_BYTES[target_bits] + s["eval_tensor"] * len(graph.tensor_bytes) + align(builtin)
             + s["node"] * len(graph.ops) + s["io_tensor"] * (len(graph.inputs) + len(graph.outputs))
             + sum(op_persistent_bytes(op, target_bits) for op in graph.ops)
-            + (align(s["scratch_handle"] * scratch) if scratch else 0))
+            + s["scratch_handle"] * scratch)
 
 
 def arena(graph: TfliteGraphPlan, target_bits: int = 64) -> dict[str, int]:

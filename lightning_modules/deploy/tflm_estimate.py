@@ -21,6 +21,7 @@ export, seconds), and the ONNX graph is mapped onto the TFLite graph onnx2tf + t
 
 from __future__ import annotations
 
+import copy
 import math
 import tempfile
 from dataclasses import dataclass, field
@@ -143,15 +144,11 @@ def predict_graph(onnx_path: str | Path) -> PredictedGraph:
     then each op's output), and the constants. Raises ``ValueError`` naming the ONNX node of an op with
     no mapping here."""
     import onnx
-    from onnx import numpy_helper, shape_inference
+    from onnx import numpy_helper
 
-    model = shape_inference.infer_shapes(onnx.load(str(onnx_path)))
+    model = onnx.load(str(onnx_path))
     g = model.graph
-
-    def dims(info: Any) -> list[int]:
-        return [d.dim_value if d.dim_value > 0 else 1 for d in info.type.tensor_type.shape.dim]
-
-    shapes = {v.name: dims(v) for v in (*g.input, *g.value_info, *g.output)}
+    shapes = _value_shapes(model)
     inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     for node in g.node:
         if node.op_type == "Constant":
@@ -169,7 +166,76 @@ def predict_graph(onnx_path: str | Path) -> PredictedGraph:
     plan.inputs = [b.tensor[x]]
     plan.outputs = [b.tensor[g.output[0].name]]
     b.graph.layers = b.layers
+    _shortcut_first(b.graph)
     return b.graph
+
+
+def _value_shapes(model: Any) -> dict[str, list[int]]:
+    """The shape of every value of the graph at batch 1, from one onnxruntime run on zeros (ONNX shape
+    inference loses them behind the shape arithmetic PyTorch writes for a padding)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    model = copy.deepcopy(model)
+    g = model.graph
+    known = {o.name for o in g.output}
+    names = [v for node in g.node for v in node.output if v and v not in known]
+    g.output.extend(onnx.ValueInfoProto(name=v) for v in names)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    dims = [d.dim_value if d.dim_value > 0 else 1 for d in g.input[0].type.tensor_type.shape.dim]
+    outs = session.run(None, {g.input[0].name: np.zeros(dims, np.float32)})
+    shapes = {o.name: list(v.shape) for o, v in zip(session.get_outputs(), outs, strict=True)}
+    shapes[g.input[0].name] = dims
+    return shapes
+
+
+def _chain(plan: TfliteGraphPlan, tensor: int, producer: dict[int, int], readers: dict[int, int]) -> list[int]:
+    """The ops that lead to ``tensor`` one after the other (each reading only the previous one's output,
+    which nothing else reads), back to the tensor where the branch forks off."""
+    ops: list[int] = []
+    while tensor in producer:
+        op = producer[tensor]
+        node = plan.ops[op]
+        ops.append(op)
+        if len(node.inputs) != 1:
+            return []
+        tensor = node.inputs[0]
+        if readers.get(tensor, 0) > 1:
+            return ops[::-1]
+    return []
+
+
+def _shortcut_first(graph: PredictedGraph) -> None:
+    """Reorder two branches that fork from one tensor and meet in an ``ADD`` (a residual block with a
+    downsampling shortcut) as the converter does: the shorter branch runs first; renumber the tensors
+    in the new execution order (the converter numbers activations in that order)."""
+    plan = graph.plan
+    producer = {t: i for i, op in enumerate(plan.ops) for t in op.outputs}
+    readers: dict[int, int] = {}
+    for op in plan.ops:
+        for t in op.inputs:
+            readers[t] = readers.get(t, 0) + 1
+    order = list(range(len(plan.ops)))
+    for i, op in enumerate(plan.ops):
+        if op.kind != "ADD" or len(op.inputs) != 2:
+            continue
+        a, b = (_chain(plan, t, producer, readers) for t in op.inputs)
+        if a and b and len(b) < len(a) and plan.ops[a[0]].inputs[0] == plan.ops[b[0]].inputs[0]:
+            at = order.index(min(a[0], b[0]))
+            moved = [k for k in order if k not in a and k not in b]
+            order = moved[:at] + b + a + moved[at:]
+    if order == list(range(len(plan.ops))):
+        return
+    renumber = {t: n for n, t in enumerate([*plan.inputs, *(t for k in order for t in plan.ops[k].outputs)])}
+    plan.tensor_bytes = [plan.tensor_bytes[t] for t in sorted(renumber, key=renumber.get)]
+    plan.ops = [plan.ops[k] for k in order]
+    graph.layers = [graph.layers[k] for k in order]
+    for op in plan.ops:
+        op.inputs = [renumber[t] for t in op.inputs]
+        op.outputs = [renumber[t] for t in op.outputs]
+    plan.inputs = [renumber[t] for t in plan.inputs]
+    plan.outputs = [renumber[t] for t in plan.outputs]
 
 
 def _attr(node: Any, name: str, default: Any = None) -> Any:
@@ -202,7 +268,8 @@ def _map_node(b: _Builder, node: Any) -> None:
     elif kind in ("MaxPool", "AveragePool"):
         _pool(b, node, src, shape)
     elif kind == "Pad":
-        b.const(1, 32, shared=("pad", tuple(b.shapes[acts[0]])))
+        before = b.shapes[acts[0]]
+        b.const(1, 32, shared=("pad", shape[2] - before[2], shape[3] - before[3]))  # equal paddings share one
         b.op("PAD", [src], out, shape, layer)
     elif kind in ("GlobalAveragePool", "ReduceMean"):
         b.const(1, 8, shared=("mean_axes",))
@@ -246,7 +313,7 @@ def _conv(b: _Builder, node: Any, src: int, shape: list[int]) -> None:
     dilation = tuple(_attr(node, "dilations", [1, 1]))
     if explicit_pad(pads, (in_shape[2], in_shape[3]), kernel, stride, dilation):
         padded = [in_shape[0], in_shape[1], in_shape[2] + pads[0] + pads[2], in_shape[3] + pads[1] + pads[3]]
-        b.const(1, 32, shared=("pad", tuple(pads)))
+        b.const(1, 32, shared=("pad", pads[0] + pads[2], pads[1] + pads[3]))
         src = b.op("PAD", [src], node.name + ":pad", padded, node.name)
     channels = shape[1]
     b.const(2, w.size + 4 * channels, channels=2 * channels)
@@ -260,7 +327,7 @@ def _pool(b: _Builder, node: Any, src: int, shape: list[int]) -> None:
     stride = tuple(_attr(node, "strides", [1, 1]))
     if explicit_pad(pads, (in_shape[2], in_shape[3]), kernel, stride, (1, 1)):
         padded = [in_shape[0], in_shape[1], in_shape[2] + pads[0] + pads[2], in_shape[3] + pads[1] + pads[3]]
-        b.const(1, 32, shared=("pad", tuple(pads)))
+        b.const(1, 32, shared=("pad", pads[0] + pads[2], pads[1] + pads[3]))
         src = b.op("PADV2" if node.op_type == "MaxPool" else "PAD", [src], node.name + ":pad", padded, node.name)
     b.op("MAX_POOL_2D" if node.op_type == "MaxPool" else "AVERAGE_POOL_2D", [src], node.output[0], shape,
          node.name)

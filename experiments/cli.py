@@ -40,6 +40,7 @@ from callbacks.throughput import Throughput
 from datamodules import DatasetError
 from experiments.checkpoint_io import AtomicCheckpointIO, CheckpointError, check_checkpoint_file
 from experiments.checks import ExperimentError, check_output_dir, check_resolution
+from lightning_modules.deploy.errors import DeploymentError
 from lightning_modules.deploy.profiling import tinyml_budget
 from lightning_modules.models.adapters import ArchitectureMismatch
 
@@ -51,7 +52,7 @@ DEFAULT_SAVE_DIR = "logs"
 #: Errors whose message says everything: reported as one line, without a traceback.
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (
     DatasetError, ExperimentError, CheckpointError, NonFiniteLossError, MisconfigurationException,
-    PruningSettingsError, ArchitectureMismatch,
+    PruningSettingsError, ArchitectureMismatch, DeploymentError,
 )
 
 Main = TypeVar("Main", bound=Callable[..., Any])

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from lightning_modules.deploy.errors import DeploymentError
 from lightning_modules.deploy.profiling import tinyml_budget
-from lightning_modules.deploy.tflite import export_int8_tflite
+from lightning_modules.deploy.tflite import MissingDependency, export_int8_tflite, require_tflite
 from lightning_modules.deploy.tflm import TflmProcess, model_structure
 from lightning_modules.deploy.tflm_estimate import estimate_tflm
 from lightning_modules.pruning.budget import KB
@@ -222,6 +223,10 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     from lightning_modules.image_classifier import ImageClassifier
 
     opts = build_parser().parse_args(args)
+    try:
+        require_tflite()  # before any data or checkpoint is loaded
+    except MissingDependency as err:
+        raise SystemExit(f"error: {err}") from err
     nets = dict(item.split("=", 1) for item in opts.net)
     data = CIFAR10DataModule(root=opts.data_root, image_size=opts.image_size, batch_size=100, num_workers=0,
                              train_subset=max(opts.calib_images, 10), eval_subset=opts.eval_images)
@@ -230,9 +235,12 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     rows = {}
     for name, ckpt in nets.items():
         module = ImageClassifier.load_from_checkpoint(ckpt, map_location="cpu")
-        rows[name] = {"checkpoint": ckpt, "arch": module.arch,
-                      **deploy_net(module.net, data, Path(opts.out_dir) / f"{name}.tflite", opts.calib_images,
-                                   opts.eval_images)}
+        try:
+            row = deploy_net(module.net, data, Path(opts.out_dir) / f"{name}.tflite", opts.calib_images,
+                             opts.eval_images)
+        except DeploymentError as err:  # an unsupported op, a broken scale, an interpreter crash
+            raise SystemExit(f"error: {name}: {' '.join(str(err).split())}") from err
+        rows[name] = {"checkpoint": ckpt, "arch": module.arch, **row}
         r = rows[name]
         print(f"{name}: fp32 {r['fp32_acc']:.4f} int8 {r['int8_acc']:.4f} | arena {r['arena_bytes']:,} "
               f"est {r['est_arena_bytes']:,} ({r['arena_error']:+.1%}) | flash {r['flash_bytes']:,} "

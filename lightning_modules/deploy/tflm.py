@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lightning_modules.deploy.errors import DeploymentError
 from lightning_modules.deploy.export import top1_accuracy
 from lightning_modules.deploy.tflite import require_tflite, to_nhwc
 
@@ -62,7 +63,7 @@ def default_arena_size(data: bytes) -> int:
     return 10 * len(data) + 65536
 
 
-class InterpreterCrashed(RuntimeError):
+class InterpreterCrashed(DeploymentError):
     """The TFLM interpreter failed or aborted; the message names the op and layer when TFLM said which."""
 
 

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_modules.deploy.errors import DeploymentError
+
 #: Largest quantisation scale a calibrated int8 tensor may have: an activation range of ±2^20 (a range
 #: beyond that means calibration saw an infinity or a sentinel such as −FLT_MAX, not data).
 MAX_SANE_SCALE: float = 2.0**20 / 127
@@ -60,7 +62,7 @@ ONNX_SOURCES: dict[str, tuple[str, ...]] = {
 }
 
 
-class NotDeployable(RuntimeError):
+class NotDeployable(DeploymentError):
     """The converted model cannot run in TFLite Micro; the message names the op and the layer."""
 
 

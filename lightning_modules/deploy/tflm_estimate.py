@@ -217,7 +217,7 @@ def _shortcut_first(graph: PredictedGraph) -> None:
         for t in op.inputs:
             readers[t] = readers.get(t, 0) + 1
     order = list(range(len(plan.ops)))
-    for i, op in enumerate(plan.ops):
+    for op in plan.ops:
         if op.kind != "ADD" or len(op.inputs) != 2:
             continue
         a, b = (_chain(plan, t, producer, readers) for t in op.inputs)

@@ -10,6 +10,7 @@ two random images. A representative subset runs in CI; the whole grid is marked 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -87,8 +88,11 @@ CI_CASES = ("mnv1_1block_w0.25_32px", "mnv1_w0.35_64px", "mnv1_odd_channels_45px
 
 @pytest.fixture(scope="session")
 def converted(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], dict]:
-    """Convert a grid case once per test session: its net, size, ``.tflite`` path and TFLM's arena."""
+    """Convert a grid case once per test session: its net, size, ``.tflite`` path and TFLM's arena.
+    ``TFLM_GRID_CACHE=DIR`` keeps the conversions in DIR across local runs (``<case>.tflite``; empty the
+    folder after changing the export)."""
     cache: dict[str, dict] = {}
+    keep = os.environ.get("TFLM_GRID_CACHE")
 
     def get(case: str) -> dict:
         if case not in cache:
@@ -98,8 +102,11 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], dict]
             build, size = GRID[case]
             torch.manual_seed(0)
             net = trained_like(build())
-            calibration = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
-            path = export_int8_tflite(net, tmp_path_factory.mktemp("grid") / f"{case}.tflite", calibration, size)
+            folder = Path(keep) if keep else tmp_path_factory.mktemp("grid")
+            path = folder / f"{case}.tflite"
+            if not path.is_file():
+                calibration = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
+                export_int8_tflite(net, path, calibration, size)
             cache[case] = {"net": net, "size": size, "path": path, "tflm": tflm_arena(path)}
         return cache[case]
 

@@ -175,8 +175,9 @@ class TflmProcess:
             layer = _first_layer(self.data, op)
             where = f" in op {op}" + (f" (layer {layer})" if layer else "")
         message = _last_message(log)
-        if not op:  # TFLM named nothing (an abort prints no message): say what the static checks find
-            message = f"{message}; {_static_diagnosis(self.data)}"
+        diagnosis = _static_diagnosis(self.data)  # an abort prints nothing: say what the static checks find
+        if not op or not diagnosis.startswith("every op"):
+            message = f"{message}; {diagnosis}"
         return InterpreterCrashed(f"TFLite Micro interpreter failed while {doing}{where} ({how}): {message}")
 
     def _send(self, header: dict[str, Any], payload: np.ndarray | None = None) -> None:

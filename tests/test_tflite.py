@@ -84,11 +84,11 @@ def test_arena_and_flash_are_what_the_report_writes(deployed: dict, tmp_path: Pa
     assert row["eval_images"] == 12 and 0.0 <= row["int8_acc"] <= 1.0
 
 
-def test_estimates_within_ten_percent_of_tflm(deployed: dict) -> None:
+def test_estimates_within_one_percent_of_tflm(deployed: dict) -> None:
     row = deployed["row"]
-    assert abs(row["arena_error"]) < 0.10, row
-    assert abs(row["flash_error"]) < 0.10, row
-    assert row["est_arena_head_bytes"] == row["arena_head_bytes"]  # the planner model is exact here
+    assert abs(row["arena_error"]) <= 0.01, row
+    assert abs(row["flash_error"]) <= 0.01, row
+    assert row["est_arena_head_bytes"] == row["arena_head_bytes"]  # the planner model is exact
 
 
 # ------------------------------------------------------------------------------------ estimator maths
@@ -110,10 +110,12 @@ def test_greedy_plan_reuses_dead_buffers() -> None:
 def test_estimate_of_a_chain_counts_the_pad_buffer() -> None:
     net = MobileNetV1(num_classes=10, width_mult=0.25, num_blocks=1)
     # int8 buffers: input 3072, its padded copy 3×34×34 = 3468 (→ 3472), stem 8×16×16 = 2048,
-    # depthwise 2048, pointwise 16×16×16 = 4096. Largest first: pw@0, pad@0, input@3472, stem@3472,
-    # depthwise clashes with pw [0, 4096) and stem [3472, 5520) → @5520: head 7568 (the optimum, 6544,
-    # is not what TFLM's greedy planner finds)
-    assert estimate_tflm(net, 32)["arena_head_bytes"] == 7568
+    # depthwise 2048, pointwise 16×16×16 = 4096, then the MEAN's scratch. Largest first: pw@0, pad@0,
+    # input@3472; stem and depthwise tie at 2048 and TFLM places the later one (depthwise) first: it
+    # clashes with pw [0, 4096) → @4096; the stem clashes with pad [0, 3472), input [3472, 6544) and
+    # depthwise [4096, 6144) → @6144: head 8192, what TFLM reports (tests/test_tflm_plan.py holds this
+    # net to the interpreter).
+    assert estimate_tflm(net, 32)["arena_head_bytes"] == 8192
 
 
 # ------------------------------------------------------------------------------------- budget search

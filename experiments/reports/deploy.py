@@ -27,9 +27,10 @@ from experiments.reports.format import kb
 from experiments.run.arguments import OneLineArgumentParser, positive_int
 from experiments.run.checkpoint_io import check_checkpoint_file
 from experiments.run.cli import exits_cleanly
+from lightning_modules.deploy.errors import DeploymentError
 from lightning_modules.deploy.profiling import tinyml_budget
 from lightning_modules.deploy.tflite import export_int8_tflite, require_tflite
-from lightning_modules.deploy.tflm import model_structure, tflm_arena, tflm_predict
+from lightning_modules.deploy.tflm import TflmProcess, model_structure
 from lightning_modules.deploy.tflm_estimate import estimate_tflm
 from lightning_modules.pruning.budget import KB
 
@@ -45,16 +46,17 @@ def deploy_net(net: nn.Module, data: Any, tflite_path: str | Path, calib_images:
     calibration = np.concatenate([x.numpy() for x, _ in float_batches(data, "train", calib_images)])
     path = export_int8_tflite(net, tflite_path, calibration, size)
     correct_fp32 = correct_int8 = agree = total = 0
-    for images, labels in float_batches(data, "test", eval_images):
-        with torch.no_grad():
-            fp32 = net(images).argmax(1).numpy()
-        int8 = tflm_predict(path, images).argmax(1)
-        y = labels.numpy()
-        correct_fp32 += int((fp32 == y).sum())
-        correct_int8 += int((int8 == y).sum())
-        agree += int((fp32 == int8).sum())
-        total += len(y)
-    arena = tflm_arena(path)
+    with TflmProcess(path) as tflm:  # an interpreter abort ends the child, not this run
+        arena = tflm.arena()
+        for images, labels in float_batches(data, "test", eval_images):
+            with torch.no_grad():
+                fp32 = net(images).argmax(1).numpy()
+            int8 = tflm.predict(images).argmax(1)
+            y = labels.numpy()
+            correct_fp32 += int((fp32 == y).sum())
+            correct_int8 += int((int8 == y).sum())
+            agree += int((fp32 == int8).sum())
+            total += len(y)
     estimate = estimate_tflm(net, size)
     old = tinyml_budget(net, size)
     row = {
@@ -221,9 +223,12 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     rows = {}
     for name, ckpt in nets.items():
         module = ImageClassifier.load_from_checkpoint(ckpt, map_location="cpu")
-        rows[name] = {"checkpoint": ckpt, "arch": module.arch,
-                      **deploy_net(module.net, data, Path(opts.out_dir) / f"{name}.tflite", opts.calib_images,
-                                   opts.eval_images)}
+        try:
+            row = deploy_net(module.net, data, Path(opts.out_dir) / f"{name}.tflite", opts.calib_images,
+                             opts.eval_images)
+        except DeploymentError as err:  # an unsupported op, a broken scale, an interpreter crash
+            raise SystemExit(f"error: {name}: {' '.join(str(err).split())}") from err
+        rows[name] = {"checkpoint": ckpt, "arch": module.arch, **row}
         r = rows[name]
         print(f"{name}: fp32 {r['fp32_acc']:.4f} int8 {r['int8_acc']:.4f} | arena {r['arena_bytes']:,} "
               f"est {r['est_arena_bytes']:,} ({r['arena_error']:+.1%}) | flash {r['flash_bytes']:,} "

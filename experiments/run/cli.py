@@ -49,6 +49,7 @@ from experiments.run.checkpoint_io import AtomicCheckpointIO, CheckpointError, c
 from experiments.run.checks import ExperimentError, check_output_dir, check_resolution
 from experiments.run.run_guard import ResumeHint, check_new_run, forget_hint, interrupted_exit
 from lightning_modules.backbones import ArchitectureMismatch
+from lightning_modules.deploy.errors import DeploymentError
 from lightning_modules.deploy.profiling import tinyml_budget
 from lightning_modules.deploy.tflite import MissingDependency
 
@@ -61,6 +62,7 @@ DEFAULT_SAVE_DIR = "logs"
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (
     DatasetError, ExperimentError, CheckpointError, NonFiniteLossError, MisconfigurationException,
     PruningSettingsError, ArchitectureMismatch, IncompleteRunError, MissingDependency,
+    DeploymentError,
 )
 
 Main = TypeVar("Main", bound=Callable[..., Any])

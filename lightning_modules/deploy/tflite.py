@@ -124,13 +124,43 @@ def _convert(onnx_file: str, out_file: str, calibration_file: str) -> None:
     Path(out_file).write_bytes(converter.convert())
 
 
+def fold_constants(onnx_path: str | Path) -> Path:
+    """Fold every subgraph of ``onnx_path`` computed from constants alone into initializers, in place
+    (onnx-graphsurgeon's ``fold_constants``). PyTorch's exporter writes an ``F.pad`` as a chain of shape
+    ops feeding ``Pad``; onnx2tf would transpose those pads as if they were NCHW data and pad the wrong
+    axes. Folded, the ``Pad`` has constant pads onnx2tf converts correctly."""
+    import onnx
+    import onnx_graphsurgeon as gs
+
+    graph = gs.import_onnx(onnx.load(str(onnx_path)))
+    graph.fold_constants().cleanup()
+    onnx.save(gs.export_onnx(graph), str(onnx_path))
+    return Path(onnx_path)
+
+
 def export_int8_tflite(model: nn.Module, out_path: str | Path, calibration: np.ndarray,
-                       image_size: int, in_chans: int = 3) -> Path:
-    """Export ``model`` (eval mode, BatchNorm folded by the ONNX export) to a fully-int8 ``.tflite``."""
+                       image_size: int, in_chans: int = 3, check: bool = True) -> Path:
+    """Export ``model`` (eval mode, BatchNorm folded by the ONNX export) to a fully-int8 ``.tflite``.
+
+    The export works on :func:`~lightning_modules.deploy.tflm_compat.tflm_friendly`'s copy (hard-sigmoid
+    and padded max-pool rewritten into equal forms TFLM runs). With ``check`` the result passes
+    :func:`~lightning_modules.deploy.tflm_compat.preflight` (every op has a TFLM kernel, every scale is
+    sane) or raises :class:`~lightning_modules.deploy.tflm_compat.NotDeployable` naming the op and layer,
+    leaving no ``.tflite`` behind."""
+    from lightning_modules.deploy.tflm_compat import preflight, tflm_friendly
+
     require_tflite(("onnx2tf",))
+    net, _ = tflm_friendly(model, image_size, in_chans)
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = export_onnx(model, Path(tmp) / "model.onnx", image_size, in_chans=in_chans)
-        return onnx_to_int8_tflite(onnx_path, out_path, calibration)
+        onnx_path = fold_constants(export_onnx(net, Path(tmp) / "model.onnx", image_size, in_chans=in_chans))
+        path = onnx_to_int8_tflite(onnx_path, out_path, calibration)
+        if check:
+            try:
+                preflight(path, onnx_path)
+            except Exception:
+                path.unlink(missing_ok=True)
+                raise
+        return path
 
 
 if __name__ == "__main__":

@@ -1,72 +1,63 @@
 """Predict TFLite Micro's tensor arena and the int8 ``.tflite`` size of a PyTorch network without
-converting it (the budget search needs them for dozens of candidates; a conversion takes minutes).
+converting it (the budget search sizes dozens of candidates; one conversion takes minutes).
 
-Hand-written: no library predicts TFLM's memory from a PyTorch module. The model follows what TFLM
-and the TFLite converter do with the graph our ONNX export → onnx2tf produces:
+Hand-written: no library predicts TFLM's memory from a network. The network goes through the same
+export as the deployment (:func:`~lightning_modules.deploy.tflm_compat.tflm_friendly`, then the ONNX
+export, seconds), and the ONNX graph is mapped onto the TFLite graph onnx2tf + the TFLite converter emit
+(:func:`predict_graph`), whose arena :mod:`~lightning_modules.deploy.tflm_plan` computes as TFLM does:
 
-* **graph**: BatchNorm and ReLU fuse into the convolution; a convolution whose PyTorch padding is not
-  TensorFlow's ``SAME``/``VALID`` padding (a stride-2 3×3 conv with padding 1 on an even input: PyTorch
-  pads 1 + 1, ``SAME`` 0 + 1) gets an explicit ``PAD`` op, whose output is an activation buffer of its own;
-  global average pooling is a ``MEAN``; ``flatten`` is free.
-* **arena head**: TFLM's ``GreedyMemoryPlanner`` (tensorflow/lite/micro/memory_planner/
-  greedy_memory_planner.cc): int8 buffers, sizes rounded up to 16 bytes, each live from the op writing it
-  to its last reader (the input from the first op, the output to the end), placed largest first at the
-  lowest offset that does not overlap a placed buffer alive at the same time; head = highest end.
-* **arena tail** (persistent, 64-bit host build): one ``TfLiteEvalTensor`` (24 B) per tensor, one
-  ``NodeAndRegistration`` (64 B) per op, kernel op data (conv/depthwise: two int32 per output channel,
-  the requantisation multiplier and shift, plus a struct), I/O tensor structs; constants in
-  :data:`TAIL_BYTES` measured on the interpreter's own allocation report.
+* **ops**: ``Conv`` → ``CONV_2D`` / ``DEPTHWISE_CONV_2D`` with BatchNorm folded and ReLU/ReLU6 fused,
+  plus an explicit ``PAD`` (a buffer of its own) where PyTorch's symmetric padding is not TensorFlow's
+  ``SAME``; ``HardSwish`` → ``HARD_SWISH``; ``Sigmoid`` → ``LOGISTIC``; ``Mul``/``Add`` of two
+  activations → ``MUL``/``ADD``; global average pooling → ``MEAN`` (dropped on a 1×1 map); ``Gemm`` →
+  ``FULLY_CONNECTED``; pools → ``MAX_POOL_2D``/``AVERAGE_POOL_2D``; ``Pad`` → ``PAD``; reshapes are free.
+* **arena**: :func:`~lightning_modules.deploy.tflm_plan.arena` — TFLM's greedy planner on the int8
+  activation buffers in the converter's tensor order (input, activations in execution order) plus the
+  kernels' scratch buffers, and the persistent structs and kernel data.
 * **flash**: int8 weights, int32 biases, per-channel quantisation parameters as stored in the flatbuffer
   (float32 scale + int64 zero point per channel, for the weight *and* the bias tensor), plus a
-  per-tensor, per-op and fixed flatbuffer overhead (:data:`FLASH_BYTES`, fitted on converted models).
+  per-tensor, per-op and fixed flatbuffer overhead (:data:`FLASH_BYTES`).
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from lightning_modules.deploy.profiling import ActivationTrace, _Tracer, run_traced
+from lightning_modules.deploy.tflm_plan import (
+    ALIGN,
+    OpNode,
+    TfliteGraphPlan,
+    arena,
+    greedy_plan,
+)
 
-#: TFLM aligns every arena buffer to this many bytes (MicroArenaBufferAlignment()).
-ALIGN: int = 16
-
-#: Persistent arena bytes (tail), per item (64-bit host build of TFLM).
-TAIL_BYTES: dict[str, int] = {
-    "eval_tensor": 24,       # TfLiteEvalTensor per tensor (activations and constants)
-    "node": 64,              # NodeAndRegistration per op
-    "io_tensor": 96,         # persistent TfLiteTensor (64) + quantisation data (32) per graph input/output
-    "per_channel": 8,        # int32 output multiplier + int32 shift per output channel of a conv/depthwise
-    "op_data": 109,          # the rest of each op's persistent data (OpData structs, planner bookkeeping)
-    "fixed": 357,            # interpreter and subgraph bookkeeping
-}
+__all__ = ["ALIGN", "FLASH_BYTES", "PredictedGraph", "estimate_tflm", "greedy_plan", "needs_explicit_pad",
+           "predict_graph", "same_padding"]
 
 #: Flatbuffer bytes beyond the stored numbers.
 FLASH_BYTES: dict[str, float] = {
     "per_channel": 12,       # float32 scale + int64 zero point per channel of a quantised tensor
-    "tensor": 167.0,         # Tensor table, shape vector, name (the converter's names are long), buffer entry
-    "op": 91.0,              # Operator table, input/output index vectors, options, operator code
-    "fixed": 0.0,            # model header, signature, metadata (fitted: about 0 beside the above)
+    "tensor": 182.89,        # Tensor table, shape vector, buffer entry and name (the converter's names
+                             # join the TensorFlow ops fused into the tensor: 45-90 characters)
+    "op": 0.0,               # Operator table, index vectors, options: not separable from the tensors above
+    "fixed": 482.95,         # model header, operator codes, signature, metadata
 }
+# "tensor" and "fixed": least squares on the overhead (file bytes − constants − quantisation parameters)
+# of four converted networks outside the test grid (MobileNetV1-0.75 with 2 blocks at 40 px and full at
+# 48 px, mobilenetv3_small_075 and resnet14t at 48 px); residuals ±900 B, from the tensor names. Below
+# ~64 KB of .tflite the names are a large part of the file and the estimate can miss by a few per cent.
 
-# The per-op, per-tensor and fixed constants were fitted (least squares) on the allocation reports and
-# file sizes of four converted MobileNetV1s (width 0.25/0.5 full depth, a width-0.5 cut at block 6 with
-# the (64, 32) head, a 4-block net with irregular widths) at 32 px; the per-item struct sizes are TFLM's.
-
-
-@dataclass
-class TfliteGraph:
-    """Activation buffers (bytes, int8) with their ops in execution order, and the constants."""
-
-    trace: ActivationTrace
-    op_kinds: list[str]                      # TFLite op per trace op (CONV_2D, PAD, …; "" = no op)
-    const_tensors: int = 0                   # constant tensors (weights, biases, pad/axis parameters)
-    const_bytes: int = 0                     # their stored bytes
-    quant_channels: int = 0                  # per-channel quantisation entries (weights and biases)
-    conv_channels: list[int] = field(default_factory=list)  # output channels of each convolution
+#: ONNX ops that are free in the TFLite graph (views, or folded away by the converter).
+_FREE = frozenset({"Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Dropout"})
+#: Activations the converter fuses into the op producing their input.
+_FUSABLE = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL"})
 
 
 def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
@@ -77,141 +68,311 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tupl
     return total // 2, total - total // 2
 
 
+def explicit_pad(pads: list[int], size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
+                 dilation: tuple[int, int]) -> bool:
+    """Whether onnx2tf puts a ``PAD`` op before a convolution/pool with ONNX ``pads`` (top, left, bottom,
+    right): the padding is neither none (``VALID``) nor TensorFlow's ``SAME`` on this input."""
+    if not any(pads):
+        return False
+    same = [same_padding(size[d], kernel[d], stride[d], dilation[d]) for d in (0, 1)]
+    return same != [(pads[0], pads[2]), (pads[1], pads[3])]
+
+
 def needs_explicit_pad(conv: nn.Conv2d, height: int, width: int) -> bool:
-    """Whether onnx2tf must put a ``PAD`` op before ``conv``: its symmetric PyTorch padding is neither
-    ``VALID`` (none) nor TensorFlow's ``SAME`` on this input."""
+    """:func:`explicit_pad` for a PyTorch convolution on a ``height`` × ``width`` input."""
     pad_h, pad_w = conv.padding if isinstance(conv.padding, tuple) else (conv.padding, conv.padding)
     if isinstance(pad_h, str):
         return False
-    if pad_h == 0 and pad_w == 0:
-        return False
-    same_h = same_padding(height, conv.kernel_size[0], conv.stride[0], conv.dilation[0])
-    same_w = same_padding(width, conv.kernel_size[1], conv.stride[1], conv.dilation[1])
-    return same_h != (pad_h, pad_h) or same_w != (pad_w, pad_w)
+    return explicit_pad([pad_h, pad_w, pad_h, pad_w], (height, width), conv.kernel_size, conv.stride,
+                        conv.dilation)
 
 
-class _GraphTracer(_Tracer):
-    """The activation tracer, plus the TFLite op of every traced op and an explicit PAD buffer where
-    onnx2tf inserts one."""
+@dataclass
+class PredictedGraph:
+    """The TFLite graph predicted for a network, and its constants (for the flatbuffer's size)."""
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(model)
-        self.graph = TfliteGraph(self.trace, [])
-        self.next_id = -1
-        self.pad_params: set[tuple] = set()
+    plan: TfliteGraphPlan
+    const_tensors: int = 0
+    const_bytes: int = 0
+    quant_channels: int = 0
+    layers: list[str] = field(default_factory=list)  # the ONNX node (layer) behind each op
 
-    def hook(self, module: nn.Module, args: Any, output: Any) -> None:
-        before = len(self.trace.ops)
-        super().hook(module, args, output)
-        if len(self.trace.ops) == before:
-            return
-        kind = {nn.Conv2d: "CONV_2D", nn.Linear: "FULLY_CONNECTED", nn.AdaptiveAvgPool2d: "MEAN",
-                nn.ZeroPad2d: "PAD"}.get(type(module), "")
-        g = self.graph
-        if isinstance(module, nn.Conv2d):
-            depthwise = module.groups > 1 and module.groups == module.in_channels
-            kind = "DEPTHWISE_CONV_2D" if depthwise else "CONV_2D"
-            self._weights(module.weight.numel(), module.out_channels)
-            x = args[0]
-            if needs_explicit_pad(module, x.shape[-2], x.shape[-1]):
-                name, ins, outs = self.trace.ops.pop()
-                pad = self.next_id
-                self.next_id -= 1
-                ph, pw = module.padding
-                self.trace.sizes[pad] = x.shape[1] * (x.shape[-2] + 2 * ph) * (x.shape[-1] + 2 * pw)
-                self.trace.ops += [("PAD", ins, [pad]), (name, [pad], outs)]
-                g.op_kinds.append("PAD")
-                if (ph, pw) not in self.pad_params:  # identical paddings share one constant tensor
-                    self.pad_params.add((ph, pw))
-                    g.const_tensors += 1
-                    g.const_bytes += 32
-        elif isinstance(module, nn.Linear):
-            self._weights(module.weight.numel(), module.out_features, per_channel=False)
-        elif isinstance(module, nn.AdaptiveAvgPool2d):
-            if args[0].shape[-2:].numel() == 1:  # pooling a 1×1 map is the identity: the converter drops it
-                name, ins, outs = self.trace.ops[-1]
-                self.alias[outs[0]] = ins[0]
-                self.trace.sizes.pop(outs[0], None)
-                self.trace.ops[-1] = (name, ins, ins)
-                kind = ""
-            else:
-                g.const_tensors += 1
-                g.const_bytes += 8
-        g.op_kinds.append(kind)
 
-    def _weights(self, elements: int, channels: int, per_channel: bool = True) -> None:
-        g = self.graph
-        g.const_tensors += 2                       # weight and (folded) bias
-        g.const_bytes += elements + 4 * channels   # int8 weights, int32 bias
-        g.quant_channels += 2 * channels if per_channel else channels + 1
-        if per_channel:
-            g.conv_channels.append(channels)
+class _Builder:
+    """Accumulates predicted TFLite ops over ONNX nodes (see :func:`predict_graph`)."""
 
-    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        before = len(self.trace.ops)
-        out = super().__torch_function__(func, types, args, kwargs)
-        if len(self.trace.ops) > before:
-            name = getattr(func, "__name__", str(func))
-            self.graph.op_kinds.append({"add": "ADD", "__add__": "ADD", "mean": "MEAN",
-                                        "adaptive_avg_pool2d": "MEAN"}.get(name, ""))
+    def __init__(self, shapes: dict[str, list[int]], initializers: dict[str, Any]) -> None:
+        self.shapes = shapes
+        self.init = initializers
+        self.tensor: dict[str, int] = {}       # ONNX value → activation tensor id
+        self.bytes: list[int] = []
+        self.ops: list[OpNode] = []
+        self.layers: list[str] = []
+        self.producer: dict[int, int] = {}     # tensor → op index writing it
+        self.readers: dict[str, int] = {}      # ONNX value → number of nodes reading it
+        self.shared_consts: set[tuple] = set()
+        self.zero_biases: dict[int, int] = {}  # conv output tensor → channels, where the bias is all zeros
+        self.graph = PredictedGraph(TfliteGraphPlan([], [], []))
+
+    def new_tensor(self, value: str, shape: list[int]) -> int:
+        self.bytes.append(math.prod(shape))
+        self.tensor[value] = len(self.bytes) - 1
+        return self.tensor[value]
+
+    def const(self, count: int, nbytes: int, channels: int = 0, shared: tuple | None = None) -> None:
+        if shared is not None:
+            if shared in self.shared_consts:
+                return
+            self.shared_consts.add(shared)
+        self.graph.const_tensors += count
+        self.graph.const_bytes += nbytes
+        self.graph.quant_channels += channels
+
+    def op(self, kind: str, inputs: list[int], value: str, shape: list[int], layer: str, **kw: Any) -> int:
+        out = self.new_tensor(value, shape)
+        node = OpNode(kind, inputs, [out], channels=shape[-1] if kind == "FULLY_CONNECTED" else shape[1],
+                      out_elements=math.prod(shape), in_rank=4, **kw)
+        self.ops.append(node)
+        self.layers.append(layer)
+        self.producer[out] = len(self.ops) - 1
         return out
 
-
-def tflite_graph(model: nn.Module, image_size: int, in_chans: int = 3) -> TfliteGraph:
-    """Trace ``model`` at batch 1 into the int8 TFLite graph the export produces."""
-    return run_traced(model, _GraphTracer(model), image_size, in_chans).graph
+    def is_activation(self, value: str) -> bool:
+        return value in self.tensor
 
 
-def _align(n: int) -> int:
-    return (n + ALIGN - 1) // ALIGN * ALIGN
+def predict_graph(onnx_path: str | Path) -> PredictedGraph:
+    """The int8 TFLite graph onnx2tf + the TFLite converter produce from an exported classifier (batch 1,
+    NCHW input): ops in execution order, activation tensor bytes in the converter's order (input first,
+    then each op's output), and the constants. Raises ``ValueError`` naming the ONNX node of an op with
+    no mapping here."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    g = model.graph
+    shapes = _value_shapes(model)
+    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    for node in g.node:
+        if node.op_type == "Constant":
+            inits[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    b = _Builder(shapes, inits)
+    for node in g.node:
+        for name in node.input:
+            b.readers[name] = b.readers.get(name, 0) + 1
+    x = g.input[0].name
+    b.new_tensor(x, shapes[x])
+    for node in g.node:
+        _map_node(b, node)
+    b.graph.const_bytes += sum(4 * c for c in set(b.zero_biases.values()))
+    plan = b.graph.plan
+    plan.tensor_bytes, plan.ops = b.bytes, b.ops
+    plan.inputs = [b.tensor[x]]
+    plan.outputs = [b.tensor[g.output[0].name]]
+    b.graph.layers = b.layers
+    _shortcut_first(b.graph)
+    return b.graph
 
 
-def lifetimes(trace: ActivationTrace, kinds: list[str]) -> dict[int, tuple[int, int]]:
-    """First and last op index of every activation buffer that is a TFLite tensor (fused ops — BN,
-    in-place ReLU, views — write no new buffer; ops with no TFLite counterpart pass their input on)."""
-    n = len(trace.ops)
-    span: dict[int, list[int]] = {k: [0, 0] for k in trace.inputs}
-    for i, (_, ins, outs) in enumerate(trace.ops):
-        for k in (*ins, *outs):
-            span.setdefault(k, [i, i])[1] = i
-    for k in trace.outputs:
-        span[k][1] = max(n - 1, 0)
-    return {k: (a, b) for k, (a, b) in span.items()}
+def _value_shapes(model: Any) -> dict[str, list[int]]:
+    """The shape of every value of the graph at batch 1, from one onnxruntime run on zeros (ONNX shape
+    inference loses them behind the shape arithmetic PyTorch writes for a padding)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    model = copy.deepcopy(model)
+    g = model.graph
+    known = {o.name for o in g.output}
+    names = [v for node in g.node for v in node.output if v and v not in known]
+    g.output.extend(onnx.ValueInfoProto(name=v) for v in names)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    dims = [d.dim_value if d.dim_value > 0 else 1 for d in g.input[0].type.tensor_type.shape.dim]
+    outs = session.run(None, {g.input[0].name: np.zeros(dims, np.float32)})
+    shapes = {o.name: list(v.shape) for o, v in zip(session.get_outputs(), outs, strict=True)}
+    shapes[g.input[0].name] = dims
+    return shapes
 
 
-def greedy_plan(buffers: list[tuple[int, int, int]]) -> int:
-    """Arena bytes TFLM's greedy planner needs for ``(size, first_op, last_op)`` buffers: largest first,
-    each at the lowest offset clear of every placed buffer whose lifetime overlaps its own."""
-    placed: list[tuple[int, int, int, int]] = []  # offset, size, first, last
-    order = sorted(range(len(buffers)), key=lambda i: (-buffers[i][0], i))
-    for i in order:
-        size, first, last = buffers[i]
-        size = _align(size)
-        clashes = sorted((o, s) for o, s, f, la in placed if f <= last and first <= la)
-        offset = 0
-        for o, s in clashes:
-            if o - offset >= size:
-                break
-            offset = max(offset, o + s)
-        placed.append((offset, size, first, last))
-    return max((o + s for o, s, _, _ in placed), default=0)
+def _chain(plan: TfliteGraphPlan, tensor: int, producer: dict[int, int], readers: dict[int, int]) -> list[int]:
+    """The ops that lead to ``tensor`` one after the other (each reading only the previous one's output,
+    which nothing else reads), back to the tensor where the branch forks off."""
+    ops: list[int] = []
+    while tensor in producer:
+        op = producer[tensor]
+        node = plan.ops[op]
+        ops.append(op)
+        if len(node.inputs) != 1:
+            return []
+        tensor = node.inputs[0]
+        if readers.get(tensor, 0) > 1:
+            return ops[::-1]
+    return []
 
 
-def estimate_tflm(model: nn.Module, image_size: int, in_chans: int = 3) -> dict[str, int]:
-    """Predicted TFLM arena (head + tail) and ``.tflite`` bytes of ``model`` exported fully int8:
-    ``{"arena_bytes", "arena_head_bytes", "arena_tail_bytes", "flash_bytes", "ops", "tensors"}``."""
-    graph = tflite_graph(model, image_size, in_chans)
-    trace = graph.trace
-    spans = lifetimes(trace, graph.op_kinds)
-    head = greedy_plan([(trace.sizes[k], a, b) for k, (a, b) in spans.items()])
-    ops = sum(1 for kind in graph.op_kinds if kind)
-    tensors = len(spans) + graph.const_tensors
-    t = TAIL_BYTES
-    tail = (t["eval_tensor"] * tensors + t["node"] * ops + t["io_tensor"] * 2 + t["op_data"] * ops
-            + t["per_channel"] * sum(graph.conv_channels) + t["fixed"])
+def _shortcut_first(graph: PredictedGraph) -> None:
+    """Reorder two branches that fork from one tensor and meet in an ``ADD`` (a residual block with a
+    downsampling shortcut) as the converter does: the shorter branch runs first; renumber the tensors
+    in the new execution order (the converter numbers activations in that order)."""
+    plan = graph.plan
+    producer = {t: i for i, op in enumerate(plan.ops) for t in op.outputs}
+    readers: dict[int, int] = {}
+    for op in plan.ops:
+        for t in op.inputs:
+            readers[t] = readers.get(t, 0) + 1
+    order = list(range(len(plan.ops)))
+    for op in plan.ops:
+        if op.kind != "ADD" or len(op.inputs) != 2:
+            continue
+        a, b = (_chain(plan, t, producer, readers) for t in op.inputs)
+        if a and b and len(b) < len(a) and plan.ops[a[0]].inputs[0] == plan.ops[b[0]].inputs[0]:
+            at = order.index(min(a[0], b[0]))
+            moved = [k for k in order if k not in a and k not in b]
+            order = moved[:at] + b + a + moved[at:]
+    if order == list(range(len(plan.ops))):
+        return
+    renumber = {t: n for n, t in enumerate([*plan.inputs, *(t for k in order for t in plan.ops[k].outputs)])}
+    plan.tensor_bytes = [plan.tensor_bytes[t] for t in sorted(renumber, key=renumber.get)]
+    plan.ops = [plan.ops[k] for k in order]
+    graph.layers = [graph.layers[k] for k in order]
+    for op in plan.ops:
+        op.inputs = [renumber[t] for t in op.inputs]
+        op.outputs = [renumber[t] for t in op.outputs]
+    plan.inputs = [renumber[t] for t in plan.inputs]
+    plan.outputs = [renumber[t] for t in plan.outputs]
+
+
+def _attr(node: Any, name: str, default: Any = None) -> Any:
+    import onnx
+
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _map_node(b: _Builder, node: Any) -> None:
+    """Add the TFLite ops the converter emits for one ONNX node (nothing for constant-only nodes)."""
+    acts = [v for v in node.input if b.is_activation(v)]
+    if not acts:
+        if node.op_type == "Identity":  # the exporter stores equal initializers once, aliased by Identity
+            b.init[node.output[0]] = b.init.get(node.input[0])
+        elif node.op_type != "Constant":
+            b.init[node.output[0]] = None  # computed from constants only: folded by the converter
+        return
+    kind, out, layer = node.op_type, node.output[0], node.name
+    shape = b.shapes.get(out)
+    src = b.tensor[acts[0]]
+    if kind in _FREE or (kind in ("GlobalAveragePool", "ReduceMean") and math.prod(b.shapes[acts[0]][2:]) == 1):
+        b.tensor[out] = src  # a view, or pooling a 1×1 map (the converter drops it)
+        return
+    if kind in ("Relu", "Clip") and _fusable(b, src, acts[0]):
+        b.tensor[out] = src
+        return
+    if kind == "Conv":
+        _conv(b, node, src, shape)
+    elif kind in ("MaxPool", "AveragePool"):
+        _pool(b, node, src, shape)
+    elif kind == "Pad":
+        before = b.shapes[acts[0]]
+        b.const(1, 32, shared=("pad", shape[2] - before[2], shape[3] - before[3]))  # equal paddings share one
+        b.op("PAD", [src], out, shape, layer)
+    elif kind in ("GlobalAveragePool", "ReduceMean"):
+        b.const(1, 8, shared=("mean_axes",))
+        b.op("MEAN", [src], out, shape, layer, axes=2)
+    elif kind == "Gemm":
+        w = b.init[node.input[1]]
+        b.const(2, w.size + 4 * w.shape[0], channels=w.shape[0] + 1)
+        b.op("FULLY_CONNECTED", [src], out, shape, layer, per_channel=False)
+    elif kind in ("Add", "Mul"):
+        if len(acts) == 1:
+            constant = next(v for v in node.input if v not in acts)
+            if kind == "Add" and _fusable(b, src, acts[0], ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")):
+                b.tensor[out] = src  # a constant added to a convolution's output folds into its bias
+                if src in b.zero_biases:  # which is then no longer all zeros
+                    b.graph.const_bytes += 4 * b.zero_biases.pop(src)
+                return
+            value = b.init.get(constant)
+            key = ("scalar", float(value.reshape(-1)[0])) if value is not None and value.size == 1 else None
+            b.const(1, 1 if key else int(value.size), channels=1, shared=key)  # equal scalars share a tensor
+        b.op(kind.upper(), [b.tensor[a] for a in acts], out, shape, layer)
+    elif kind in ("HardSwish", "Sigmoid", "Relu", "Clip"):
+        name = {"HardSwish": "HARD_SWISH", "Sigmoid": "LOGISTIC", "Relu": "RELU", "Clip": "RELU6"}[kind]
+        b.op(name, [src], out, shape, layer)
+    else:
+        raise ValueError(f"no TFLite mapping for ONNX op {kind} (layer {layer})")
+
+
+def _fusable(b: _Builder, src: int, value: str, kinds: frozenset[str] | tuple[str, ...] = _FUSABLE) -> bool:
+    """Whether an op on ``src`` (ONNX value ``value``) fuses into the op that wrote it: that op is one of
+    ``kinds`` (default: those that carry a fused activation) and nothing else reads its output."""
+    op = b.producer.get(src)
+    return op is not None and b.ops[op].kind in kinds and b.readers.get(value, 0) == 1
+
+
+def _conv(b: _Builder, node: Any, src: int, shape: list[int]) -> None:
+    in_shape = b.shapes[node.input[0]]
+    w = b.init[node.input[1]]
+    group = int(_attr(node, "group", 1))
+    depthwise = group > 1 and group == in_shape[1]
+    kernel = tuple(w.shape[2:])
+    pads = list(_attr(node, "pads", [0, 0, 0, 0]))
+    stride = tuple(_attr(node, "strides", [1, 1]))
+    dilation = tuple(_attr(node, "dilations", [1, 1]))
+    if explicit_pad(pads, (in_shape[2], in_shape[3]), kernel, stride, dilation):
+        padded = [in_shape[0], in_shape[1], in_shape[2] + pads[0] + pads[2], in_shape[3] + pads[1] + pads[3]]
+        b.const(1, 32, shared=("pad", pads[0] + pads[2], pads[1] + pads[3]))
+        src = b.op("PAD", [src], node.name + ":pad", padded, node.name)
+    channels = shape[1]
+    bias = b.init.get(node.input[2]) if len(node.input) > 2 else None
+    zero_bias = bias is not None and not bias.any()
+    b.const(2, w.size + (0 if zero_bias else 4 * channels), channels=2 * channels)
+    out = b.op("DEPTHWISE_CONV_2D" if depthwise else "CONV_2D", [src], node.output[0], shape, node.name)
+    if zero_bias:  # the flatbuffer stores equal buffers once: all-zero biases of one length share a buffer
+        b.zero_biases[out] = channels
+
+
+def _pool(b: _Builder, node: Any, src: int, shape: list[int]) -> None:
+    in_shape = b.shapes[node.input[0]]
+    kernel = tuple(_attr(node, "kernel_shape"))
+    pads = list(_attr(node, "pads", [0, 0, 0, 0]))
+    stride = tuple(_attr(node, "strides", [1, 1]))
+    floor = [(in_shape[2 + d] + pads[d] + pads[d + 2] - kernel[d]) // stride[d] + 1 for d in (0, 1)]
+    if _attr(node, "ceil_mode", 0) and floor != shape[2:]:
+        raise ValueError(f"{node.name}: a ceil-mode pool whose output is larger than floor mode's; onnx2tf "
+                         "emulates it with slices and concatenations, which this estimate does not model")
+    if explicit_pad(pads, (in_shape[2], in_shape[3]), kernel, stride, (1, 1)):
+        padded = [in_shape[0], in_shape[1], in_shape[2] + pads[0] + pads[2], in_shape[3] + pads[1] + pads[3]]
+        b.const(1, 32, shared=("pad", pads[0] + pads[2], pads[1] + pads[3]))
+        src = b.op("PADV2" if node.op_type == "MaxPool" else "PAD", [src], node.name + ":pad", padded, node.name)
+    b.op("MAX_POOL_2D" if node.op_type == "MaxPool" else "AVERAGE_POOL_2D", [src], node.output[0], shape,
+         node.name)
+
+
+def predicted_flash(graph: PredictedGraph) -> int:
+    """The ``.tflite``'s bytes: constants, per-channel parameters and the flatbuffer's tables."""
     f = FLASH_BYTES
-    flash = (graph.const_bytes + f["per_channel"] * (graph.quant_channels + len(spans))
-             + f["tensor"] * tensors + f["op"] * ops + f["fixed"])
-    return {"arena_bytes": int(head + tail), "arena_head_bytes": int(head), "arena_tail_bytes": int(tail),
-            "flash_bytes": int(round(flash)), "ops": ops, "tensors": tensors}
+    activations = len(graph.plan.tensor_bytes)
+    tensors = activations + graph.const_tensors
+    return int(round(graph.const_bytes + f["per_channel"] * (graph.quant_channels + activations)
+                     + f["tensor"] * tensors + f["op"] * len(graph.plan.ops) + f["fixed"]))
 
+
+def estimate_tflm(model: nn.Module, image_size: int, in_chans: int = 3, target_bits: int = 64) -> dict[str, int]:
+    """Predicted TFLM arena (head + tail) and ``.tflite`` bytes of ``model`` exported fully int8:
+    ``{"arena_bytes", "arena_head_bytes", "arena_tail_bytes", "flash_bytes", "ops", "tensors"}``.
+
+    ``target_bits``: 64 = the host interpreter the ``tflite-micro`` package runs; 32 = a 32-bit
+    microcontroller build (smaller persistent structs; see :mod:`~lightning_modules.deploy.tflm_plan`)."""
+    from lightning_modules.deploy.export import export_onnx
+    from lightning_modules.deploy.tflm_compat import tflm_friendly
+
+    net, _ = tflm_friendly(model, image_size, in_chans)
+    with tempfile.TemporaryDirectory() as tmp:
+        graph = predict_graph(export_onnx(net, Path(tmp) / "model.onnx", image_size, in_chans=in_chans))
+    flash = predicted_flash(graph)
+    plan = graph.plan
+    plan.tensor_bytes += [0] * graph.const_tensors  # constants: a struct each, no arena buffer
+    memory = arena(plan, target_bits)
+    return {**memory, "flash_bytes": flash, "ops": len(plan.ops),
+            "tensors": len(plan.tensor_bytes)}

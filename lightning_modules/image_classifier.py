@@ -282,7 +282,8 @@ class ImageClassifier(L.LightningModule):
         # An example input: Lightning's model summary counts the network's FLOPs on it (about 1 s at start-up).
         size = int(getattr(getattr(datamodule, "hparams", None), "image_size", 0) or 224)
         self.example_input_array = torch.zeros(1, int(self.hparams.in_chans), size, size)
-        if stage == "fit" and self.stage_epochs is None and self.hparams.get("schedule_span", "fit") == "stage":
+        if stage == "fit" and self._trainer is not None and self.stage_epochs is None \
+                and self.hparams.get("schedule_span", "fit") == "stage":
             self.stage_epochs = first_stage_epochs(self.trainer.callbacks)  # a resumed run's comes from its checkpoint
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:

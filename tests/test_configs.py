@@ -32,7 +32,7 @@ def instantiate(config: Path, tmp_path: Path) -> ExperimentCLI:
 def test_config_instantiates(config: Path, tmp_path: Path) -> None:
     cli = instantiate(config, tmp_path)
     size = cli.datamodule.hparams.image_size
-    assert size == (32 if "_32" in config.stem else 224)
+    assert size == (32 if "_32" in config.stem else 128 if "_128" in config.stem else 224)
     assert cli.model.hparams.num_classes == (1000 if config.stem == "baseline_imagenet" else 10)
     if config.name.startswith("depth_"):
         sweep = next(cb for cb in cli.trainer.callbacks if isinstance(cb, depth_prune.AuxiliarySweep))

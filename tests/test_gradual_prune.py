@@ -106,9 +106,10 @@ def test_widths_follow_the_schedule_in_one_lr_stage_reload_and_resume(folder: Pa
     assert 0.2 < callback.result["total_flops_preserve_rate"] < 0.35
     assert all(s["flops_preserve_rate"] < 1.0 for s in callback.result["steps"])
     assert all(0.0 < s["after"]["params"] < s["before"]["params"] for s in callback.result["steps"])
-    # the first prune starts an LR stage over the rest of the fit; the later ones keep its position
+    # the unpruned epoch is a stage of its own (it ends at the first prune); the first prune starts an LR
+    # stage over the rest of the fit; the later ones keep its position
     steps_per_epoch = 3  # 48 images in batches of 16
-    assert probe.stage[0] == (0, None)
+    assert probe.stage[0] == (0, 1)
     assert probe.stage[1] == probe.stage[2] == probe.stage[3] == (steps_per_epoch, 3)
     cosine = [0.05 * 0.5 * (1 + math.cos(math.pi * k / 9)) for k in range(9)]  # 3 epochs of 3 steps
     assert probe.lr == pytest.approx({0: 0.05, 1: cosine[0], 2: cosine[3], 3: cosine[6]})

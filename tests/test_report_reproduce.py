@@ -49,8 +49,9 @@ def test_memory_format_of_a_run(tmp_path: Path) -> None:
         (run / "config.yaml").write_text(yaml.safe_dump({"model": model}))
         assert memory_format_of({"_path": str(run / "summary.json")}) == expected
     assert memory_format_of({"_path": str(tmp_path / "missing" / "summary.json")}) == "NCHW"
-    rows = [{"channels_last": False}, {"channels_last": True}]
-    assert [report.layout_note(r) for r in rows] == [", NCHW", ""]
+    rows = [{"channels_last": False, "schedule_span": "stage"}, {"channels_last": True, "schedule_span": "stage"},
+            {"channels_last": True, "schedule_span": "fit"}]
+    assert [report.layout_note(r) for r in rows] == [", NCHW", "", ", whole-fit"]
 
 
 def test_seed_spread() -> None:

@@ -29,7 +29,7 @@ def schedule_span(summary: dict) -> str:
     """``stage`` (per-stage LR schedules) or ``fit`` (one schedule over the fit, the archived protocol)."""
     if summary.get("schedule_span"):
         return str(summary["schedule_span"])
-    model = run_config(summary).get("model")
+    model = run_config(summary).get("model") if "_path" in summary else None
     return str(model.get("schedule_span", "fit")) if isinstance(model, dict) else "fit"
 
 

@@ -283,7 +283,8 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
     baselines = [s for s in summaries if s.get("stage") == "baseline"]
     # one key per run, computed once (the layout may come from the run's saved config)
     keys = {id(s): (s.get("dataset"), s.get("image_size"), s.get("init"), s.get("chosen_cut"),
-                    s.get("baseline_ckpt") is None, len(s.get("stages", [])) > 1, memory_format_of(s)) for s in depth}
+                    s.get("baseline_ckpt") is None, len(s.get("stages", [])) > 1, memory_format_of(s),
+                    schedule_span(s)) for s in depth}
 
     def depth_key(s: dict) -> tuple:
         return keys[id(s)]

@@ -110,11 +110,12 @@ def test_a_signal_mid_epoch_exits_non_zero_with_the_checkpoint_intact(signum: in
     """A real run of the CLI, stopped by SIGTERM (a scheduler, ``kill``) or SIGINT (Ctrl-C) once it has
     written its first checkpoint."""
     out = tmp_path / "out"
-    args = [*base_args(data, out), "--trainer.max_epochs", "100000", "--trainer.logger.init_args.id", "termed"]
+    run_id = f"termed{status}"  # W&B's offline service of the other case's killed run may still hold its id
+    args = [*base_args(data, out), "--trainer.max_epochs", "100000", "--trainer.logger.init_args.id", run_id]
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     proc = subprocess.Popen([sys.executable, "experiments/train.py", *args], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    last = out / "tinyml-pruning" / "termed" / "checkpoints" / "last.ckpt"
+    last = out / "tinyml-pruning" / run_id / "checkpoints" / "last.ckpt"
     try:
         while not last.is_file() and proc.poll() is None:
             time.sleep(0.2)
@@ -127,7 +128,7 @@ def test_a_signal_mid_epoch_exits_non_zero_with_the_checkpoint_intact(signum: in
     assert proc.returncode == status, err
     line = one_error_line(err)
     assert line.startswith(f"error: stopped by {signal.Signals(signum).name}") and f"--ckpt_path {last}" in line, line
-    assert "--trainer.logger.init_args.id termed" in line
+    assert f"--trainer.logger.init_args.id {run_id}" in line
     state = torch.load(last, map_location="cpu", weights_only=True)  # a whole checkpoint, never a partial one
     assert state["epoch"] >= 0 and state["state_dict"]
     assert not (last.parent.parent / "summary.json").exists()

@@ -60,7 +60,7 @@ def mnv1(width: float = 1.0, blocks: int = 13, **kw) -> Callable[[], nn.Module]:
 
 def timm_net(name: str, cut: int | None = None) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
-        from lightning_modules.models.adapters.timm import TimmAdapter
+        from lightning_modules.backbones.timm import TimmAdapter
 
         adapter = TimmAdapter(name, None, 10)
         net = adapter.build({})

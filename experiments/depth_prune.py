@@ -19,8 +19,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from lightning.pytorch.accelerators import CPUAccelerator
-
 from callbacks.auxiliary_sweep import AuxiliarySweep
 from callbacks.depth_prune import DepthPrune
 from callbacks.pruning_base import PruningSettingsError, check_pruning, pruning_callbacks, width_pruners
@@ -120,8 +118,7 @@ def baseline_test_accuracy(path: str | None, data, trainer) -> float | None:
     or cut), on the split the pruned net is tested on; logged as ``baseline/test_acc``."""
     if not path:
         return None
-    accelerator = "cpu" if isinstance(trainer.accelerator, CPUAccelerator) else "auto"
-    acc = split_accuracy(read_module(ImageClassifier, path, "the baseline checkpoint"), data, "test", accelerator)
+    acc = split_accuracy(read_module(ImageClassifier, path, "the baseline checkpoint"), data, "test", trainer)
     if acc is not None and trainer.logger is not None and trainer.is_global_zero:
         trainer.logger.log_metrics({"baseline/test_acc": acc}, step=trainer.global_step)
     return acc

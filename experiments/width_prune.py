@@ -23,8 +23,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from lightning.pytorch.accelerators import CPUAccelerator
-
 from callbacks.distillation import Distillation
 from callbacks.one_shot_prune import OneShotPrune
 from callbacks.pruning_base import check_pruning, width_pruners
@@ -66,13 +64,12 @@ def main(args: list[str] | None = None) -> Path:
                          "`python experiments/train.py` (its checkpoints are in <run dir>/checkpoints/)")
     acc_before, test_before, baseline_cost = None, None, {}
     if baseline_ckpt:
-        accelerator = "cpu" if isinstance(trainer.accelerator, CPUAccelerator) else "auto"
         baseline = (read_module(ImageClassifier, baseline_ckpt) if cli.config.ckpt_path  # resuming
                     else load_baseline(model, baseline_ckpt))
     check_pruning(trainer, model.net, int(data.hparams.image_size))  # before any data is decoded
     if baseline_ckpt:
-        acc_before = split_accuracy(baseline, data, "val", accelerator)
-        test_before = split_accuracy(baseline, data, "test", accelerator)  # beside the pruned net's test/acc
+        acc_before = split_accuracy(baseline, data, "val", trainer)
+        test_before = split_accuracy(baseline, data, "test", trainer)  # beside the pruned net's test/acc
         baseline_cost = model_cost(baseline.net, int(data.hparams.image_size))
     checkpoints = fit_and_test(cli)
     width = pruners[0].describe()

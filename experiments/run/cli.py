@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import lightning as L
 import torch
 from jsonargparse import ArgumentError
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
@@ -418,9 +419,11 @@ def load_baseline(model: L.LightningModule, path: str) -> L.LightningModule:
 
 
 def split_accuracy(model: L.LightningModule, datamodule: L.LightningDataModule, split: str = "val",
-                   accelerator: str = "auto", precision: Any = None) -> float | None:
+                   like: L.Trainer | None = None, precision: Any = None) -> float | None:
     """``<split>/acc`` of ``model`` on ``datamodule``'s ``val`` or ``test`` split, by a bare Trainer that
-    logs and saves nothing (e.g. the accuracy of a baseline before it is pruned)."""
+    logs and saves nothing (e.g. the accuracy of a baseline before it is pruned); on the CPU when the run's
+    trainer ``like`` is on the CPU, else on Lightning's choice of device."""
+    accelerator = "cpu" if like is not None and isinstance(like.accelerator, CPUAccelerator) else "auto"
     trainer = L.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, precision=precision)
     run = trainer.validate if split == "val" else trainer.test

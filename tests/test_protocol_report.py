@@ -69,3 +69,15 @@ def test_results_page_shows_the_paired_table_and_findings(runs: Path, tmp_path: 
     # a loss of 1.33 ± 0.58 points against a 1-point bound: two standard errors span it either way
     assert "| Δ -1.33 ± 0.58 (-2.00 to -1.00, 3 seeds) pp at 32 px | cannot tell |" in text
     assert ", whole-fit" in text  # the archived protocol's row is marked
+
+
+def test_a_column_whose_seeds_disagree_is_named_with_its_lowest_run(runs: Path) -> None:
+    from experiments.reports.protocol import spread_warnings
+
+    summaries = report.load_summaries(runs)
+    assert spread_warnings(paired_runs(summaries, "CIFAR10", 32)) == []  # every column within 3 points
+    write_run(runs, "c3", control(3, 0.70))
+    write_run(runs, "s3", depth(3, 0.81, 0.80))
+    warnings = spread_warnings(paired_runs(report.load_summaries(runs), "CIFAR10", 32))
+    assert len(warnings) == 1
+    assert "same-budget control ranges over 13.00 points" in warnings[0] and "run `c3`" in warnings[0]

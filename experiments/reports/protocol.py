@@ -154,6 +154,33 @@ def paired_table(seeds: dict[int, dict[str, Any]]) -> list[str]:
     return lines
 
 
+#: Seed-to-seed range (max − min) of one accuracy column above which the report says so in words.
+UNSTABLE_RANGE: float = 0.03
+
+_COLUMN_RUNS = {"baseline_test": ("baseline", "original"), "original": ("cut@6 original", "original"),
+                "random": ("cut@6 random", "random"), "control": ("same-budget control", "control")}
+
+
+def spread_warnings(seeds: dict[int, dict[str, Any]], limit: float = UNSTABLE_RANGE) -> list[str]:
+    """A sentence for every accuracy column whose seeds differ by more than ``limit``: the paired
+    differences it enters are then dominated by the training recipe's seed variance."""
+    cols = columns(seeds)
+    lines = []
+    for key, (label, role) in _COLUMN_RUNS.items():
+        pairs = [(v, runs.get(role)) for v, runs in zip(cols[key], seeds.values(), strict=True) if v is not None]
+        if len(pairs) < 2:
+            continue
+        values = [v for v, _ in pairs]
+        if max(values) - min(values) > limit + 1e-9:  # 0.81 - 0.78 is 0.0300…03 in floats
+            low = min(pairs, key=lambda p: p[0])
+            run = Path(low[1]["_path"]).parent.name if low[1] else "?"
+            lines.append(f"**Seed spread:** the {label} ranges over {100 * (max(values) - min(values)):.2f} points "
+                         f"between seeds ({100 * min(values):.2f}–{100 * max(values):.2f} %; lowest: run `{run}`, "
+                         "whose per-epoch validation curve is in its W&B run). Differences that include this "
+                         "column measure the recipe's seed variance as much as pruning.")
+    return lines
+
+
 def schedule_text(seeds: dict[int, dict[str, Any]]) -> str:
     """The schedule the runs followed, read from the first seed's configs."""
     runs = next(iter(seeds.values()), {})
@@ -188,6 +215,9 @@ def protocol_section(summaries: list[dict]) -> list[str]:
                   "split; the baseline is the checkpoint the sweep starts from (its schedule ended there). "
                   "\"baseline val\" is the figure the tolerance rule compares the sweep's heads with.", "",
                   *paired_table(seeds), ""]
+        warnings = spread_warnings(seeds)
+        if warnings:
+            lines += [*warnings, ""]
         if ref:
             lines += [f"Published (224 px, the replication's 50 + 50 epochs): baseline {ref['baseline']:.2f} % → "
                       f"cut@6 original {ref['original']:.2f} % ({ref['original'] - ref['baseline']:+.2f} pp), "

@@ -21,7 +21,7 @@ from callbacks.pruning_base import (
     settings_error,
 )
 from callbacks.stages import data_image_size, log_scalars, restart_optimization
-from callbacks.width_stage import ignored_modules, prune_width
+from callbacks.width_stage import prune_width
 from lightning_modules.deploy.profiling import model_cost
 from lightning_modules.models.layers import Compactor
 from lightning_modules.models.mobilenet_v1 import MobileNetV1
@@ -38,7 +38,7 @@ from lightning_modules.pruning.resrep import (
     resrep_gradients,
     update_masks,
 )
-from lightning_modules.pruning.width import flops_preserve_rate
+from lightning_modules.pruning.width import flops_preserve_rate, ignored_modules
 
 
 def backbone_name(net: torch.nn.Module) -> str:

@@ -35,6 +35,7 @@ from lightning_modules.pruning.width import (
     apply_plan,
     channel_scores,
     flops_preserve_rate,
+    ignored_modules,
     plan_pruning,
     prunable_groups,
 )
@@ -50,16 +51,6 @@ def statistics_batches(trainer: L.Trainer, num_batches: int, device: torch.devic
     """Up to ``num_batches`` evaluation-transformed training images on ``device`` (HRank's statistics)."""
     for images, _labels in itertools.islice(float_batches(trainer.datamodule, "train", device=device), num_batches):
         yield images
-
-
-def ignored_modules(net: torch.nn.Module, names: Sequence[str]) -> list[torch.nn.Module]:
-    """Modules of ``net`` named in ``names`` (unknown names are an error that lists the valid ones)."""
-    modules = dict(net.named_modules())
-    unknown = [n for n in names if n not in modules]
-    if unknown:
-        convs = [n for n, m in modules.items() if isinstance(m, torch.nn.Conv2d)]
-        raise ValueError(f"ignore names no module of the network: {unknown}; convolutions: {convs}")
-    return [modules[n] for n in names]
 
 
 def module_groups(

@@ -23,17 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from lightning_modules.deploy.cortexm import (
-    FirmwareRunError,
-    ToolchainMissing,
-    build_firmware,
-    firmware_figures,
-    run_firmware,
-    tflm_library,
-)
+from lightning_modules.deploy.cortexm import FirmwareRunError, ToolchainMissing, require_toolchain
 from lightning_modules.deploy.firmware import ARENA_MARGIN, FirmwareError, write_bundle
-from lightning_modules.deploy.mcu_latency import MLPERF_TINY_VWW, latency_ms
+from lightning_modules.deploy.mcu_latency import MLPERF_TINY_VWW
 from lightning_modules.deploy.tflite import MissingDependency
+from lightning_modules.deploy.verify import run_on_target
 
 DEFAULT_DATA_ROOT = "../shared/data/cifar10-jpg.tar.gz"
 
@@ -64,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _from_checkpoint(opts: argparse.Namespace) -> tuple[Path, np.ndarray]:
     """Export the checkpoint's net fully int8 into the bundle's parent folder; its first test image."""
     from datamodules import CIFAR10DataModule
-    from experiments.deploy_report import eval_batches
+    from datamodules.batches import float_batches
     from lightning_modules.deploy.tflite import export_int8_tflite
     from lightning_modules.image_classifier import ImageClassifier
 
@@ -73,29 +67,11 @@ def _from_checkpoint(opts: argparse.Namespace) -> tuple[Path, np.ndarray]:
     data.setup("fit")
     data.setup("test")
     net = ImageClassifier.load_from_checkpoint(opts.ckpt, map_location="cpu").net.eval()
-    calibration = np.concatenate([x.numpy() for x, _ in eval_batches(data, "train", opts.calib_images)])
-    image = next(eval_batches(data, "test", 1))[0].numpy()
+    calibration = np.concatenate([x.numpy() for x, _ in float_batches(data, "train", opts.calib_images)])
+    image = next(float_batches(data, "test", 1))[0].numpy()
     out = Path(opts.out)
     path = export_int8_tflite(net, out.parent / f"{out.name}.tflite", calibration, opts.image_size)
     return path, image
-
-
-def run_checks(bundle: Path, record: dict[str, Any], opts: argparse.Namespace) -> dict[str, Any]:
-    """Build, emulate ``opts.repeat`` times, hold the output to the host's and the count to itself."""
-    library = tflm_library(opts.arch)
-    firmware = build_firmware(bundle, library)
-    runs = [run_firmware(firmware, opts.arch, timeout_s=opts.timeout_s) for _ in range(opts.repeat)]
-    first = runs[0]
-    if first["outputs"] != record["expected_output"]:
-        raise FirmwareRunError(f"the firmware's int8 output {first['outputs']} differs from the host TFLM "
-                               f"interpreter's {record['expected_output']}")
-    counts = [r["instructions"] for r in runs]
-    if len(set(counts)) != 1:
-        raise FirmwareRunError(f"instruction counts differ between identical runs: {counts}")
-    figures = firmware_figures(firmware, first)
-    return {"arch": opts.arch, **figures, "runs": len(runs), "clock_mhz": opts.clock_mhz,
-            "latency_ms_estimate": latency_ms(first["instructions"], opts.clock_mhz),
-            "calibration": MLPERF_TINY_VWW.as_dict(), "library_bundle_sha256": library.bundle_sha256}
 
 
 def main(args: list[str] | None = None) -> dict[str, Any]:
@@ -105,6 +81,8 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     try:
         if opts.repeat < 1:
             raise FirmwareError(f"--repeat must be at least 1, got {opts.repeat}")
+        if opts.run:
+            require_toolchain()  # before any export: one line naming the missing programs
         image = np.load(opts.image) if opts.image else None
         if opts.ckpt:
             model, first_test = _from_checkpoint(opts)
@@ -115,7 +93,8 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
                 raise FirmwareError(f"--tflite {model}: no such file")
         record = write_bundle(model, out, image=image, margin=opts.arena_margin)
         if opts.run:
-            record["target"] = run_checks(out, record, opts)
+            record["target"] = run_on_target(out, record["expected_output"], opts.arch, opts.repeat,
+                                             opts.clock_mhz, opts.timeout_s)
     except (FirmwareError, FirmwareRunError, ToolchainMissing, MissingDependency, OSError, ValueError) as err:
         text = str(err)
         if "\n" in text:

@@ -40,7 +40,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A tiny width-pruned, cut MobileNetV1 exported fully int8 from a fake CIFAR folder and run in TFLM."""
     tflite_installed()
     from datamodules import CIFAR10DataModule
-    from experiments.reports.deploy import deploy_net
+    from lightning_modules.deploy.verify import deploy_net
 
     tmp = tmp_path_factory.mktemp("tflite")
     root = fake_data.make_image_folder(tmp / "cifar", {"train": 8, "test": 4})

@@ -18,71 +18,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from torch import nn
-
-from datamodules.batches import float_batches
 from experiments.reports.format import kb
 from experiments.run.arguments import OneLineArgumentParser, positive_int
 from experiments.run.checkpoint_io import check_checkpoint_file
 from experiments.run.cli import exits_cleanly
 from lightning_modules.deploy.errors import DeploymentError
-from lightning_modules.deploy.profiling import tinyml_budget
-from lightning_modules.deploy.tflite import export_int8_tflite, require_tflite
-from lightning_modules.deploy.tflm import TflmProcess, model_structure
-from lightning_modules.deploy.tflm_estimate import estimate_tflm
+from lightning_modules.deploy.tflite import require_tflite
+from lightning_modules.deploy.verify import deploy_net
 from lightning_modules.pruning.budget import KB
 
 DEFAULT_DATA_ROOT = "../shared/data/cifar10-jpg.tar.gz"
-
-
-def deploy_net(net: nn.Module, data: Any, tflite_path: str | Path, calib_images: int = 256,
-               eval_images: int | None = None) -> dict[str, Any]:
-    """Export ``net`` fully int8 (calibrated on the first ``calib_images`` training images), run it in
-    TFLM on ``eval_images`` test images (all: ``None``) and return measured and estimated figures."""
-    net = net.eval().cpu()
-    size = int(data.hparams.image_size)
-    calibration = np.concatenate([x.numpy() for x, _ in float_batches(data, "train", calib_images)])
-    path = export_int8_tflite(net, tflite_path, calibration, size)
-    correct_fp32 = correct_int8 = agree = total = 0
-    with TflmProcess(path) as tflm:  # an interpreter abort ends the child, not this run
-        arena = tflm.arena()
-        for images, labels in float_batches(data, "test", eval_images):
-            with torch.no_grad():
-                fp32 = net(images).argmax(1).numpy()
-            int8 = tflm.predict(images).argmax(1)
-            y = labels.numpy()
-            correct_fp32 += int((fp32 == y).sum())
-            correct_int8 += int((int8 == y).sum())
-            agree += int((fp32 == int8).sum())
-            total += len(y)
-    estimate = estimate_tflm(net, size)
-    old = tinyml_budget(net, size)
-    row = {
-        "tflite_path": str(path),
-        "image_size": size,
-        "calib_images": len(calibration),
-        "eval_images": total,
-        "fp32_acc": correct_fp32 / max(total, 1),
-        "int8_acc": correct_int8 / max(total, 1),
-        "argmax_agreement": agree / max(total, 1),
-        **{k: arena[k] for k in ("arena_bytes", "arena_head_bytes", "arena_tail_bytes")},
-        "flash_bytes": path.stat().st_size,
-        "est_arena_bytes": estimate["arena_bytes"],
-        "est_arena_head_bytes": estimate["arena_head_bytes"],
-        "est_flash_bytes": estimate["flash_bytes"],
-        "old_est_peak_ram_int8": old["peak_ram_int8"],
-        "old_est_flash_int8": old["flash_int8"],
-        "params": old["params"],
-        "macs": old["macs"],
-        "structure": model_structure(path),
-    }
-    row["arena_error"] = row["est_arena_bytes"] / row["arena_bytes"] - 1
-    row["flash_error"] = row["est_flash_bytes"] / row["flash_bytes"] - 1
-    row["old_arena_error"] = row["old_est_peak_ram_int8"] / row["arena_bytes"] - 1
-    row["old_flash_error"] = row["old_est_flash_int8"] / row["flash_bytes"] - 1
-    return row
 
 
 # ------------------------------------------------------------------------------------------ plotting

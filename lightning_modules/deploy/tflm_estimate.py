@@ -112,6 +112,7 @@ class _Builder:
         self.readers: dict[str, int] = {}      # ONNX value → number of nodes reading it
         self.shared_consts: set[tuple] = set()
         self.zero_biases: dict[int, int] = {}  # conv output tensor → channels, where the bias is all zeros
+        self.trained = False                   # no bias is all zeros (see predict_graph)
         self.graph = PredictedGraph(TfliteGraphPlan([], [], []))
 
     def new_tensor(self, value: str, shape: list[int]) -> int:
@@ -141,11 +142,14 @@ class _Builder:
         return value in self.tensor
 
 
-def predict_graph(onnx_path: str | Path) -> PredictedGraph:
+def predict_graph(onnx_path: str | Path, trained: bool = False) -> PredictedGraph:
     """The int8 TFLite graph onnx2tf + the TFLite converter produce from an exported classifier (batch 1,
     NCHW input): ops in execution order, activation tensor bytes in the converter's order (input first,
     then each op's output), and the constants. Raises ``ValueError`` naming the ONNX node of an op with
-    no mapping here."""
+    no mapping here.
+
+    ``trained``: predict for the network once trained, whose BatchNorm never folds into an all-zero bias
+    (an untrained one does, and the flatbuffer stores equal all-zero biases once)."""
     import onnx
     from onnx import numpy_helper
 
@@ -157,6 +161,7 @@ def predict_graph(onnx_path: str | Path) -> PredictedGraph:
         if node.op_type == "Constant":
             inits[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     b = _Builder(shapes, inits)
+    b.trained = trained
     for node in g.node:
         for name in node.input:
             b.readers[name] = b.readers.get(name, 0) + 1
@@ -325,7 +330,7 @@ def _conv(b: _Builder, node: Any, src: int, shape: list[int]) -> None:
         src = b.op("PAD", [src], node.name + ":pad", padded, node.name)
     channels = shape[1]
     bias = b.init.get(node.input[2]) if len(node.input) > 2 else None
-    zero_bias = bias is not None and not bias.any()
+    zero_bias = bias is not None and not bias.any() and not b.trained
     b.const(2, w.size + (0 if zero_bias else 4 * channels), channels=2 * channels)
     out = b.op("DEPTHWISE_CONV_2D" if depthwise else "CONV_2D", [src], node.output[0], shape, node.name)
     if zero_bias:  # the flatbuffer stores equal buffers once: all-zero biases of one length share a buffer
@@ -358,18 +363,21 @@ def predicted_flash(graph: PredictedGraph) -> int:
                      + f["tensor"] * tensors + f["op"] * len(graph.plan.ops) + f["fixed"]))
 
 
-def estimate_tflm(model: nn.Module, image_size: int, in_chans: int = 3, target_bits: int = 64) -> dict[str, int]:
+def estimate_tflm(model: nn.Module, image_size: int, in_chans: int = 3, target_bits: int = 64,
+                  trained: bool = False) -> dict[str, int]:
     """Predicted TFLM arena (head + tail) and ``.tflite`` bytes of ``model`` exported fully int8:
     ``{"arena_bytes", "arena_head_bytes", "arena_tail_bytes", "flash_bytes", "ops", "tensors"}``.
 
     ``target_bits``: 64 = the host interpreter the ``tflite-micro`` package runs; 32 = a 32-bit
-    microcontroller build (smaller persistent structs; see :mod:`~lightning_modules.deploy.tflm_plan`)."""
+    microcontroller build (smaller persistent structs; see :mod:`~lightning_modules.deploy.tflm_plan`).
+    ``trained``: size ``model`` as it will be once trained (a budget search sizes candidates before any
+    training; see :func:`predict_graph`)."""
     from lightning_modules.deploy.export import export_onnx
     from lightning_modules.deploy.tflm_compat import tflm_friendly
 
     net, _ = tflm_friendly(model, image_size, in_chans)
     with tempfile.TemporaryDirectory() as tmp:
-        graph = predict_graph(export_onnx(net, Path(tmp) / "model.onnx", image_size, in_chans=in_chans))
+        graph = predict_graph(export_onnx(net, Path(tmp) / "model.onnx", image_size, in_chans=in_chans), trained)
     flash = predicted_flash(graph)
     plan = graph.plan
     plan.tensor_bytes += [0] * graph.const_tensors  # constants: a struct each, no arena buffer

@@ -1,9 +1,10 @@
 """Budget-driven pruning: enumerate cut point × width candidates, check them against a microcontroller's
 flash/RAM (and optionally MACs/latency) budget, and pick the most accurate one that fits.
 
-Pure functions over plain records; the sizes and accuracies they compare come from the calibrated TFLM
-estimators (:mod:`lightning_modules.deploy.tflm_estimate`) and the accuracy proxies of
-``experiments/fit_budget.py``.
+Pure functions over plain records; the sizes they compare come from the TFLM estimators
+(:mod:`lightning_modules.deploy.tflm_estimate`), the instruction-count model
+(:mod:`lightning_modules.deploy.mcu_cost`), both applied by :mod:`lightning_modules.pruning.budget_search`,
+and the accuracies from the sweep and the width proxies of :class:`callbacks.budget_choice.BudgetChoice`.
 """
 
 from __future__ import annotations
@@ -24,16 +25,23 @@ class Budget:
         flash_kb: flash for the model (the ``.tflite`` flatbuffer), KB of 1024 bytes.
         ram_kb: RAM for TFLite Micro's tensor arena, KB of 1024 bytes.
         macs: optional limit on multiply-accumulates per inference.
-        latency_ms: optional limit on the batch-1 onnxruntime latency on this machine's CPU (1 thread).
+        latency_ms: optional limit on one inference on the microcontroller at ``clock_mhz``: instructions
+            predicted per candidate (:mod:`lightning_modules.deploy.mcu_cost`), counted for the chosen net
+            on the emulated ``core``, turned into milliseconds with the calibrated cycles per instruction
+            (:mod:`lightning_modules.deploy.mcu_latency`).
+        clock_mhz: the microcontroller's clock, MHz.
+        core: the Cortex-M core of the instruction counts.
     """
 
     flash_kb: float
     ram_kb: float
     macs: int | None = None
     latency_ms: float | None = None
+    clock_mhz: float = 120.0
+    core: str = "cortex-m4"
 
     def __post_init__(self) -> None:
-        for name in ("flash_kb", "ram_kb", "macs", "latency_ms"):
+        for name in ("flash_kb", "ram_kb", "macs", "latency_ms", "clock_mhz"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"budget.{name} must be positive, got {value}")
@@ -51,6 +59,7 @@ class Candidate:
     ram_bytes: int
     macs: int
     latency_ms: float | None = None
+    instructions: int | None = None    # predicted Cortex-M instructions of one inference
     acc: float | None = None           # predicted top-1 accuracy
     arch: dict[str, Any] = field(default_factory=dict)
 
@@ -75,17 +84,29 @@ def grid(cuts: Sequence[int | None], widths: Sequence[float], image_sizes: Seque
     return list(itertools.product(cuts, widths, image_sizes))
 
 
-def overshoot(candidate: Candidate, budget: Budget) -> dict[str, float]:
-    """Need / limit for every limit of the budget (≤ 1 where the candidate fits)."""
-    ratios = {"flash": candidate.flash_bytes / (budget.flash_kb * KB),
-              "ram": candidate.ram_bytes / (budget.ram_kb * KB)}
+def need_ratios(flash_bytes: int, ram_bytes: int, macs: int, latency_ms: float | None, budget: Budget,
+                what: str = "the network") -> dict[str, float]:
+    """Need / limit for every limit of the budget (≤ 1 where it fits)."""
+    ratios = {"flash": flash_bytes / (budget.flash_kb * KB), "ram": ram_bytes / (budget.ram_kb * KB)}
     if budget.macs is not None:
-        ratios["macs"] = candidate.macs / budget.macs
+        ratios["macs"] = macs / budget.macs
     if budget.latency_ms is not None:
-        if candidate.latency_ms is None:
-            raise ValueError(f"budget.latency_ms is set but candidate {candidate.name} has no latency")
-        ratios["latency"] = candidate.latency_ms / budget.latency_ms
+        if latency_ms is None:
+            raise ValueError(f"budget.latency_ms is set but {what} has no latency")
+        ratios["latency"] = latency_ms / budget.latency_ms
     return ratios
+
+
+def overshoot(candidate: Candidate, budget: Budget) -> dict[str, float]:
+    """A candidate's predicted need / limit for every limit of the budget."""
+    return need_ratios(candidate.flash_bytes, candidate.ram_bytes, candidate.macs, candidate.latency_ms, budget,
+                       f"candidate {candidate.name}")
+
+
+def measured_overshoot(measured: dict[str, Any], budget: Budget) -> dict[str, float]:
+    """The deployed net's measured need / limit (``flash_bytes``, ``arena_bytes``, ``macs``, ``latency_ms``)."""
+    return need_ratios(measured["flash_bytes"], measured["arena_bytes"], measured["macs"],
+                       measured.get("latency_ms"), budget, "the measured net")
 
 
 def fits(candidate: Candidate, budget: Budget) -> bool:
@@ -99,7 +120,7 @@ def describe_needs(candidate: Candidate, budget: Budget) -> str:
     if budget.macs is not None:
         parts.append(f"{candidate.macs / 1e6:.2f} M MACs (limit {budget.macs / 1e6:.2f} M)")
     if budget.latency_ms is not None:
-        parts.append(f"{candidate.latency_ms:.2f} ms (limit {budget.latency_ms:g} ms)")
+        parts.append(f"{candidate.latency_ms:.1f} ms at {budget.clock_mhz:g} MHz (limit {budget.latency_ms:g} ms)")
     return ", ".join(parts)
 
 

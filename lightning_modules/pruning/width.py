@@ -81,6 +81,16 @@ class ChannelGroup:
         ]
 
 
+def ignored_modules(net: nn.Module, names: Sequence[str]) -> list[nn.Module]:
+    """Modules of ``net`` named in ``names`` (unknown names are an error that lists the valid ones)."""
+    modules = dict(net.named_modules())
+    unknown = [n for n in names if n not in modules]
+    if unknown:
+        convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
+        raise ValueError(f"ignore names no module of the network: {unknown}; convolutions: {convs}")
+    return [modules[n] for n in names]
+
+
 def output_layer(model: nn.Module) -> nn.Module | None:
     """The final ``nn.Linear`` of ``model`` (the classifier), whose outputs are never pruned."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]

@@ -62,8 +62,9 @@ def _from_checkpoint(opts: argparse.Namespace) -> tuple[Path, np.ndarray]:
     from lightning_modules.deploy.tflite import export_int8_tflite
     from lightning_modules.image_classifier import ImageClassifier
 
-    data = CIFAR10DataModule(root=opts.data_root, image_size=opts.image_size, batch_size=100, num_workers=0,
-                             train_subset=max(opts.calib_images, 10), eval_subset=1)
+    images = max(opts.calib_images, 10)
+    data = CIFAR10DataModule(root=opts.data_root, image_size=opts.image_size, batch_size=min(100, images),
+                             num_workers=0, train_subset=images, eval_subset=1)
     data.setup("fit")
     data.setup("test")
     net = ImageClassifier.load_from_checkpoint(opts.ckpt, map_location="cpu").net.eval()

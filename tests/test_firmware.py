@@ -147,3 +147,23 @@ def test_instruction_count_repeats_to_the_instruction(emulated: dict, tflm_libra
     counts = [cortexm.run_firmware(firmware, ARCH)["instructions"] for _ in range(2)]
     assert counts[0] == counts[1] == emulated["record"]["target"]["instructions"] > 10_000
     assert emulated["record"]["target"]["latency_ms_estimate"] == pytest.approx(latency_ms(counts[0], 120.0))
+
+
+def test_a_checkpoint_becomes_a_bundle_with_its_first_test_image(tmp_path: Path) -> None:
+    """``--ckpt``: the checkpoint's net exported fully int8 (calibrated on the data's training images) and
+    bundled with the first test image, whose expected output is the host interpreter's."""
+    tflite_installed()
+    from experiments import firmware
+    from lightning_modules.image_classifier import ImageClassifier
+    from tests.helpers import fake_data
+    from tests.helpers.weights import save_checkpoint
+
+    root = fake_data.make_image_folder(tmp_path / "cifar", {"train": 4, "test": 2})
+    module = ImageClassifier(num_classes=3, width_mult=0.25)
+    trained_like(module.net)
+    ckpt = save_checkpoint(module, tmp_path / "net.ckpt")
+    record = firmware.main(["--ckpt", str(ckpt), "--data_root", str(root), "--calib_images", "8",
+                            "--out", str(tmp_path / "bundle")])
+    assert record["test_image"] == "given image" and (tmp_path / "bundle.tflite").is_file()
+    assert record["model_bytes"] == (tmp_path / "bundle.tflite").stat().st_size
+    assert json.loads((tmp_path / "bundle" / "firmware.json").read_text())["expected_output"] == record["expected_output"]

@@ -181,6 +181,21 @@ def spread_warnings(seeds: dict[int, dict[str, Any]], limit: float = UNSTABLE_RA
     return lines
 
 
+def selection_warning(seeds: dict[int, dict[str, Any]]) -> list[str]:
+    """A sentence when the runs validated on the test split (no held-out part of train)."""
+    runs = next(iter(seeds.values()), {})
+    orig = runs.get("original")
+    if orig is None:
+        return []
+    data = run_config(orig).get("data", {})
+    fraction = (data.get("init_args") or data).get("val_fraction", 0.0) or 0.0
+    if fraction > 0:
+        return []
+    return ["**Selection on the test split:** these runs validate on the test split (`val_fraction` 0), so the "
+            "best checkpoint of each stage (and an automatic cut) is chosen on the images the table reports, "
+            "a slightly optimistic figure; `--data.init_args.val_fraction 0.1` holds out a tenth of train instead."]
+
+
 def schedule_text(seeds: dict[int, dict[str, Any]]) -> str:
     """The schedule the runs followed, read from the first seed's configs."""
     runs = next(iter(seeds.values()), {})
@@ -215,7 +230,7 @@ def protocol_section(summaries: list[dict]) -> list[str]:
                   "split; the baseline is the checkpoint the sweep starts from (its schedule ended there). "
                   "\"baseline val\" is the figure the tolerance rule compares the sweep's heads with.", "",
                   *paired_table(seeds), ""]
-        warnings = spread_warnings(seeds)
+        warnings = spread_warnings(seeds) + selection_warning(seeds)
         if warnings:
             lines += [*warnings, ""]
         if ref:

@@ -29,6 +29,7 @@ from experiments.reports.reproduce import (
     seed_spread,
 )
 from experiments.reports.speed import speed_section
+from experiments.reports.sweep_check import sweep_check_sections
 from experiments.reports.width import plot_width_rows, width_rows, width_table
 from experiments.run.arguments import OneLineArgumentParser
 from experiments.run.cli import exits_cleanly
@@ -304,6 +305,7 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
         "## Depth pruning with auxiliary networks",
         "",
         *protocol_section(summaries),
+        *sweep_check_sections(out.parent / "runs"),
         "### Every depth run",
         "",
         "One row per configuration. Rows marked *whole-fit* were run before the per-stage protocol: their "

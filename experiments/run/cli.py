@@ -268,7 +268,7 @@ def build_cli(
         if isinstance(cause, KNOWN_ERRORS):
             raise cause from None
         if isinstance(cause, ValueError):
-            raise ExperimentError(f"invalid configuration: {cause}") from err
+            raise ExperimentError(f"invalid configuration: {' '.join(str(cause).split())}") from err  # one line
         raise
     check_setup(cli)
     return cli

@@ -1,0 +1,148 @@
+"""Does the one-run sweep rank cut points as the paper's protocol does?
+
+    uv run experiments/sweep_check.py --baseline_ckpt logs/tinyml-pruning/p32s0/checkpoints/baseline.ckpt \\
+        --sweep docs/runs/p32s0/depth_sweep.json --epochs 4 --out docs/runs/sweep_check_p32s0.json
+
+de Leon & Atienza (arXiv:2204.10546) train one auxiliary network per cut point, each on its own, on the
+frozen base (their code: Adam, 20 epochs at 1e-3, 10 at 5e-4, 20 at 2.5e-4). This project's sweep trains
+every cut point's head in one pass (``AuxiliarySweep``). From one trained baseline, this command trains
+
+* **per point**: one head per cut point, each in its own fit (Adam, ``--lr``, ``--epochs`` epochs on a
+  cosine schedule), the validation accuracy recorded after every epoch (so a reader sees whether each
+  head has converged: ``last_epoch_change``);
+* **one run**: all heads in one fit, with the same optimiser and epochs;
+
+and puts beside them the depth run's own sweep (``--sweep``: its ``depth_sweep.json``, same baseline).
+For each column: the Spearman rank correlation with the per-point column (torchmetrics) and the cut the
+tolerance and knee rules choose (:func:`~lightning_modules.pruning.depth_cut.choose_cut`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics.functional import spearman_corrcoef
+
+from callbacks.auxiliary_sweep import AuxiliarySweep
+from datamodules import CIFAR10DataModule
+from experiments.run.arguments import OneLineArgumentParser, positive_int
+from experiments.run.checkpoint_io import check_checkpoint_file
+from experiments.run.cli import exits_cleanly
+from lightning_modules.image_classifier import ImageClassifier
+from lightning_modules.pruning.depth_cut import Baseline, CutPoint, choose_cut
+
+
+class HeadHistory(L.Callback):
+    """Every validation's accuracy of every auxiliary head (``val/aux_<k>/acc``)."""
+
+    def __init__(self) -> None:
+        self.history: dict[int, list[float]] = {}
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or pl_module.aux_heads is None:
+            return
+        for k in pl_module.aux_heads.cut_points:
+            value = trainer.callback_metrics.get(f"val/aux_{k}/acc")
+            if value is not None:
+                self.history.setdefault(int(k), []).append(float(value))
+
+
+def train_heads(ckpt: str, data: L.LightningDataModule, cuts: list[int] | None, epochs: int, lr: float,
+                head: str, seed: int) -> tuple[dict[int, list[float]], AuxiliarySweep]:
+    """Heads at ``cuts`` (all: ``None``) trained together on the frozen baseline in one fit; their
+    per-epoch validation accuracies and the sweep (costs, baseline accuracy)."""
+    L.seed_everything(seed, verbose=False)
+    module = ImageClassifier.load_from_checkpoint(ckpt, map_location="cpu", optimizer="adam", lr=lr,
+                                                  weight_decay=0.0, warmup_epochs=0, scheduler="cosine")
+    sweep, history = AuxiliarySweep(start_epoch=0, epochs=epochs, head=head, cut_points=cuts), HeadHistory()
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[sweep, history],
+                        num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=data)
+    return history.history, sweep
+
+
+def rules(accs: dict[int, float], costs: dict[int, dict[str, int]], baseline: Baseline,
+          tolerance: float) -> dict[str, int]:
+    """The cut the tolerance and the knee rule choose from one column of accuracies."""
+    rows = [CutPoint(cut=k, params=costs[k]["params"], macs=costs[k]["macs"], acc=a) for k, a in sorted(accs.items())]
+    return {rule: choose_cut(rows, baseline, rule=rule, tolerance=tolerance)[0] for rule in ("tolerance", "knee")}
+
+
+def rank_correlation(a: dict[int, float], b: dict[int, float]) -> float | None:
+    """Spearman's rank correlation of two columns over their common cut points (``None`` where a column
+    is constant there: no ranking to compare)."""
+    common = sorted(set(a) & set(b))
+    if len({a[k] for k in common}) < 2 or len({b[k] for k in common}) < 2:
+        return None
+    return float(spearman_corrcoef(torch.tensor([a[k] for k in common]), torch.tensor([b[k] for k in common])))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline_ckpt", required=True, help="the trained baseline (a depth run's baseline.ckpt)")
+    parser.add_argument("--sweep", default=None, help="that run's depth_sweep.json (a third column)")
+    parser.add_argument("--data_root", default="../shared/data/cifar10-jpg.tar.gz")
+    parser.add_argument("--image_size", type=positive_int, default=32)
+    parser.add_argument("--batch_size", type=positive_int, default=128)
+    parser.add_argument("--train_subset", type=positive_int, default=None, help="training images per epoch")
+    parser.add_argument("--epochs", type=positive_int, default=4)
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam, as the paper's heads")
+    parser.add_argument("--head", default="replication")
+    parser.add_argument("--cuts", type=int, nargs="+", default=None, help="cut points (default: all)")
+    parser.add_argument("--tolerance", type=float, default=0.01)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="write the comparison as JSON here")
+    return parser
+
+
+@exits_cleanly
+def main(args: list[str] | None = None) -> dict[str, Any]:
+    opts = build_parser().parse_args(args)
+    check_checkpoint_file(opts.baseline_ckpt, "--baseline_ckpt")
+    started = time.time()
+    data = CIFAR10DataModule(root=opts.data_root, image_size=opts.image_size, batch_size=opts.batch_size,
+                             num_workers=0, train_subset=opts.train_subset)
+    one_run, sweep = train_heads(opts.baseline_ckpt, data, opts.cuts, opts.epochs, opts.lr, opts.head, opts.seed)
+    cuts = sorted(one_run)
+    per_point: dict[int, list[float]] = {}
+    for i, k in enumerate(cuts, 1):
+        history, _ = train_heads(opts.baseline_ckpt, data, [k], opts.epochs, opts.lr, opts.head, opts.seed)
+        per_point[k] = history[k]
+        print(f"per point {i}/{len(cuts)}: cut {k} → {100 * history[k][-1]:.2f} % "
+              f"(epochs: {', '.join(f'{100 * a:.2f}' for a in history[k])})", flush=True)
+    baseline = Baseline(params=sweep.baseline["params"], macs=sweep.baseline["macs"], acc=sweep.baseline["acc"])
+    columns = {"per_point": {k: h[-1] for k, h in per_point.items()}, "one_run": {k: h[-1] for k, h in one_run.items()}}
+    if opts.sweep:
+        rows = json.loads(Path(opts.sweep).read_text())["rows"]
+        columns["depth_run_sweep"] = {int(r["cut"]): float(r["acc"]) for r in rows if int(r["cut"]) in per_point}
+    result = {
+        "baseline_ckpt": opts.baseline_ckpt, "baseline_val_acc": baseline.acc, "epochs": opts.epochs, "lr": opts.lr,
+        "optimizer": "adam, cosine", "head": opts.head, "seed": opts.seed, "train_subset": opts.train_subset,
+        "batch_size": opts.batch_size,
+        "costs": {str(k): sweep.costs[k] for k in cuts},
+        "columns": {name: {str(k): v for k, v in col.items()} for name, col in columns.items()},
+        "history": {"per_point": {str(k): v for k, v in per_point.items()},
+                    "one_run": {str(k): v for k, v in one_run.items()}},
+        "last_epoch_change": {str(k): h[-1] - h[-2] if len(h) > 1 else None for k, h in per_point.items()},
+        "spearman_vs_per_point": {name: rank_correlation(col, columns["per_point"]) for name, col in columns.items()},
+        "rules": {name: rules(col, sweep.costs, baseline, opts.tolerance) for name, col in columns.items()},
+        "wall_time_s": round(time.time() - started, 1),
+        "command": "python experiments/sweep_check.py " + " ".join(sys.argv[1:] if args is None else args),
+    }
+    print(json.dumps({k: result[k] for k in ("spearman_vs_per_point", "rules")}, indent=1))
+    if opts.out:
+        Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(opts.out).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

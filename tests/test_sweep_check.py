@@ -1,0 +1,56 @@
+"""The one-run sweep against one head per cut point: both columns from the same baseline, each head's
+per-epoch history, rank correlations and the rules' choices, from a real (tiny) run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments import sweep_check
+from lightning_modules.image_classifier import ImageClassifier
+from tests.helpers import fake_data
+from tests.helpers.weights import save_checkpoint, trained_like
+
+
+def test_rank_correlation_is_spearman_over_common_cuts() -> None:
+    a = {0: 0.1, 1: 0.5, 2: 0.4, 3: 0.9}
+    assert sweep_check.rank_correlation(a, a) == pytest.approx(1.0, abs=1e-5)
+    assert sweep_check.rank_correlation(a, {k: -v for k, v in a.items()}) == pytest.approx(-1.0, abs=1e-5)
+    assert sweep_check.rank_correlation(a, {1: 0.2, 2: 0.3, 3: 0.4, 9: 0.0}) == pytest.approx(0.5, abs=1e-5)
+    assert sweep_check.rank_correlation(a, {k: 0.3 for k in a}) is None  # a constant column ranks nothing
+
+
+def test_per_point_heads_and_the_one_run_sweep_from_one_baseline(tmp_path: Path) -> None:
+    root = fake_data.make_image_folder(tmp_path / "cifar", {"train": 8, "test": 4})
+    module = ImageClassifier(num_classes=3, width_mult=0.25)
+    trained_like(module.net)
+    ckpt = save_checkpoint(module, tmp_path / "baseline.ckpt")
+    sweep_json = tmp_path / "depth_sweep.json"
+    sweep_json.write_text(json.dumps({"rows": [{"cut": k, "acc": 0.3 + 0.1 * k} for k in range(14)]}))
+    out = tmp_path / "runs" / "sweep_check_tiny.json"
+    result = sweep_check.main(["--baseline_ckpt", str(ckpt), "--data_root", str(root), "--cuts", "0", "2", "5",
+                               "--epochs", "2", "--batch_size", "8", "--sweep", str(sweep_json), "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert set(result["columns"]) == {"per_point", "one_run", "depth_run_sweep"}
+    assert all(set(col) == {"0", "2", "5"} for col in result["columns"].values())
+    assert all(len(h) == 2 for h in result["history"]["per_point"].values())  # one accuracy per epoch
+    rho = result["spearman_vs_per_point"]
+    assert rho["per_point"] is None or rho["per_point"] == pytest.approx(1.0, abs=1e-5)
+    assert all(r is None or -1.0 <= r <= 1.0 for r in rho.values())
+    assert all(set(r) == {"tolerance", "knee"} and set(r.values()) <= {0, 2, 5} for r in result["rules"].values())
+    assert result["columns"]["depth_run_sweep"]["5"] == pytest.approx(0.8)
+    from experiments.reports.sweep_check import sweep_check_sections
+
+    section = sweep_check_sections(tmp_path / "runs")
+    rows = [line for line in section if line.startswith(("| 0 |", "| 2 |", "| 5 |"))]
+    assert len(rows) == 3 and rows[2].split(" | ")[4] == "80.00"  # the depth run's sweep column, in %
+    assert any(line.startswith("`uv run experiments/sweep_check.py --baseline_ckpt") for line in section)
+
+
+def test_a_missing_baseline_is_one_error_line(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:  # a string: printed on stderr, exit status 1
+        sweep_check.main(["--baseline_ckpt", str(tmp_path / "none.ckpt")])
+    message = str(exit_info.value.code)
+    assert message.startswith("error:") and "\n" not in message and "none.ckpt" in message

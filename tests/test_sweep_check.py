@@ -54,3 +54,18 @@ def test_a_missing_baseline_is_one_error_line(tmp_path: Path) -> None:
         sweep_check.main(["--baseline_ckpt", str(tmp_path / "none.ckpt")])
     message = str(exit_info.value.code)
     assert message.startswith("error:") and "\n" not in message and "none.ckpt" in message
+
+
+def test_the_finding_needs_rank_agreement_and_the_same_cuts() -> None:
+    from experiments.reports.protocol import sweep_finding
+
+    def check(rho: float | None, one_run: dict, per_point: dict) -> dict:
+        return {"spearman_vs_per_point": {"one_run": rho}, "rules": {"one_run": one_run, "per_point": per_point},
+                "epochs": 4}
+
+    same = {"tolerance": 8, "knee": 4}
+    assert sweep_finding([]).endswith("| not measured yet | cannot tell |")
+    assert sweep_finding([check(0.95, same, same)]).endswith("| holds (1 baseline) |")
+    assert sweep_finding([check(0.95, {"tolerance": 9, "knee": 4}, same)]).endswith("| does not hold (1 baseline) |")
+    assert sweep_finding([check(0.80, same, same)]).endswith("| does not hold (1 baseline) |")
+    assert sweep_finding([check(None, same, same)]).endswith("| does not hold (1 baseline) |")

@@ -230,9 +230,8 @@ def protocol_section(summaries: list[dict]) -> list[str]:
                   "split; the baseline is the checkpoint the sweep starts from (its schedule ended there). "
                   "\"baseline val\" is the figure the tolerance rule compares the sweep's heads with.", "",
                   *paired_table(seeds), ""]
-        warnings = spread_warnings(seeds) + selection_warning(seeds)
-        if warnings:
-            lines += [*warnings, ""]
+        for warning in spread_warnings(seeds) + selection_warning(seeds):
+            lines += [warning, ""]
         if ref:
             lines += [f"Published (224 px, the replication's 50 + 50 epochs): baseline {ref['baseline']:.2f} % → "
                       f"cut@6 original {ref['original']:.2f} % ({ref['original'] - ref['baseline']:+.2f} pp), "
@@ -240,7 +239,25 @@ def protocol_section(summaries: list[dict]) -> list[str]:
     return lines
 
 
-def findings(summaries: list[dict]) -> list[str]:
+def sweep_finding(checks: list[dict]) -> str:
+    """The findings row of the one-run sweep against per-point heads (``sweep_check_*.json`` records)."""
+    claim = ("| our one-run sweep ranks cut points like the paper's per-point heads: Spearman ρ ≥ 0.9 and both "
+             "rules choose the same cut")
+    if not checks:
+        return f"{claim} | not measured yet | cannot tell |"
+    parts, ok = [], []
+    for check in checks:
+        rho = check["spearman_vs_per_point"]["one_run"]
+        rules, per_point = check["rules"]["one_run"], check["rules"]["per_point"]
+        same = all(rules[r] == per_point[r] for r in ("tolerance", "knee"))
+        ok.append(rho is not None and rho >= 0.9 and same)
+        parts.append(f"ρ {'—' if rho is None else f'{rho:.3f}'}; tolerance {rules['tolerance']} vs "
+                     f"{per_point['tolerance']}, knee {rules['knee']} vs {per_point['knee']} "
+                     f"({check['epochs']} epochs, 1 seed)")
+    return f"{claim} | {'; '.join(parts)} | {'holds' if all(ok) else 'does not hold'} (1 baseline) |"
+
+
+def findings(summaries: list[dict], sweep_checks: list[dict] | None = None) -> list[str]:
     """One line per published claim: holds / does not hold / cannot tell, with our numbers."""
     lines = ["## Findings", "",
              "Each line tests a published claim against paired seeds under the per-stage protocol (verdict rule: "
@@ -269,7 +286,5 @@ def findings(summaries: list[dict]) -> list[str]:
                      f"| {verdict(diffs, 0.0) if diffs else 'cannot tell (not run)'} |")
     lines += ["| TinyNeuralNetwork's width orderings (random < norm-based, distillation helps, iterative > "
               "one-shot) | not rerun under the per-stage protocol yet (archived rows below are whole-fit runs) "
-              "| cannot tell |",
-              "| our one-run sweep ranks cut points like the paper's per-point heads | not measured yet "
-              "| cannot tell |", ""]
+              "| cannot tell |", sweep_finding(sweep_checks or []), ""]
     return lines

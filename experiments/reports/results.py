@@ -29,7 +29,7 @@ from experiments.reports.reproduce import (
     seed_spread,
 )
 from experiments.reports.speed import speed_section
-from experiments.reports.sweep_check import sweep_check_sections
+from experiments.reports.sweep_check import sweep_check_sections, sweep_checks
 from experiments.reports.width import plot_width_rows, width_rows, width_table
 from experiments.run.arguments import OneLineArgumentParser
 from experiments.run.cli import exits_cleanly
@@ -301,7 +301,7 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
         "of the final network; baseline accuracy is the unpruned network's validation accuracy at the sweep.",
         "MACs: PyTorch's FLOP counter / 2 at the run's image size (batch 1).",
         "",
-        *findings(every),
+        *findings(every, sweep_checks(out.parent / "runs")),
         "## Depth pruning with auxiliary networks",
         "",
         *protocol_section(summaries),

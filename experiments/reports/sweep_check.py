@@ -37,13 +37,17 @@ def sweep_check_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def sweep_checks(runs_dir: str | Path = "docs/runs") -> list[dict[str, Any]]:
+    """Every ``sweep_check_*.json`` under ``runs_dir``, with its file stem as ``_name``."""
+    return [{**json.loads(p.read_text()), "_name": p.stem} for p in sorted(Path(runs_dir).glob("sweep_check_*.json"))]
+
+
 def sweep_check_sections(runs_dir: str | Path = "docs/runs") -> list[str]:
     """A section per ``sweep_check_*.json`` under ``runs_dir`` (none: nothing)."""
     lines: list[str] = []
-    for path in sorted(Path(runs_dir).glob("sweep_check_*.json")):
-        result = json.loads(path.read_text())
+    for result in sweep_checks(runs_dir):
         subset = result.get("train_subset") or "all"
-        lines += [f"### One-run sweep vs one head per cut point ({path.stem})", "",
+        lines += [f"### One-run sweep vs one head per cut point ({result['_name']})", "",
                   f"`uv run {result['command'].removeprefix('python ')}`", "",
                   f"From `{result['baseline_ckpt']}` (validation accuracy {_pct(result['baseline_val_acc'])} %): "
                   f"heads `{result['head']}`, {result['optimizer']} lr {result['lr']:g}, {result['epochs']} epochs, "

@@ -33,7 +33,7 @@ from experiments.reports.width import plot_width_rows, width_rows, width_table
 from experiments.run.arguments import OneLineArgumentParser
 from experiments.run.cli import exits_cleanly
 from experiments.run.summary_check import incomplete_reason, read_summary
-from lightning_modules.backbones import build_net
+from lightning_modules.backbones import build_net, uncut_arch
 from lightning_modules.deploy.profiling import measure_latency_torch, tinyml_budget
 from lightning_modules.pruning.depth_cut import Baseline, CutPoint, choose_cut
 
@@ -73,13 +73,6 @@ def budget_of(entry: dict, arch: dict | None, image_size: int) -> dict:
     return tinyml_budget(build_net(arch), image_size)
 
 
-def unpruned_arch(arch: dict) -> dict:
-    """The full network a depth-pruned ``arch`` was cut from (same width and classes)."""
-    if arch.get("backbone", "mobilenet_v1") != "mobilenet_v1":
-        return {**arch, "structure": {}}
-    return {**arch, "num_blocks": 13, "head_channels": [], "channels": None}
-
-
 def width_note(summary: dict) -> str:
     """`` + width <method> <sparsity>`` for a depth run with a width stage after the cut."""
     widths = [r for r in summary.get("stages", []) if r.get("stage") == "width"]
@@ -106,7 +99,7 @@ def depth_table(runs: list[dict], groups: dict[int, list[dict]] | None = None) -
     for s in runs:
         base, pruned = s.get("baseline", {}), s.get("pruned", {})
         size = s.get("image_size", 224)
-        bb = budget_of(base, s.get("baseline_arch") or unpruned_arch(s["arch"]), size)
+        bb = budget_of(base, s.get("baseline_arch") or uncut_arch(s["arch"]), size)
         pb = budget_of(pruned, s["arch"], size)
         ref = REFERENCE_DEPTH.get((s.get("dataset"), s.get("image_size")), {})
         ref_text = f"{ref['baseline']:.2f} → {ref[s['init']]:.2f}" if ref and s.get("init") in ref else "—"
@@ -170,7 +163,7 @@ def run_points(depth_rows: list[dict], latency_runs: int = 50) -> list[dict]:
         base, pruned = s.get("baseline", {}), s.get("pruned", {})
         tag = f"{s.get('dataset')} @{size}"
         if base.get("acc") is not None:
-            arch = unpruned_arch(s["arch"])
+            arch = uncut_arch(s["arch"])
             points.append({"method": f"baseline at the sweep — {tag}", "acc": base["acc"],
                            **with_latency(budget_of(base, arch, size), arch, size, latency_runs)})
         if pruned.get("acc") is not None:

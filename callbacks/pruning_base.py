@@ -102,7 +102,7 @@ class PruningCallback(L.Callback):
     def stage_restarts(self) -> list[int]:
         """Epochs at whose start the callback may restart the LR schedule: its structural changes (the
         stage before the earliest of them gets a schedule of its own, see
-        :func:`~lightning_modules.image_classifier.first_stage_epochs`)."""
+        :func:`~lightning_modules.optimisation.first_stage_epochs`)."""
         return self.structure_epochs()
 
     @property

@@ -85,6 +85,8 @@ class ImageFolderDataModule(LightningDataModule):
     supports_download: ClassVar[bool] = False
     mean: ClassVar[tuple[float, float, float]] = T.IMAGENET_MEAN
     std: ClassVar[tuple[float, float, float]] = T.IMAGENET_STD
+    #: The training and evaluation transforms, per sample and per batch.
+    transforms: ClassVar[T.TransformFamily] = T.IMAGENET_TRANSFORMS
 
     def __init__(
         self,
@@ -169,19 +171,19 @@ class ImageFolderDataModule(LightningDataModule):
 
     def train_transform(self) -> Any:
         """Per-sample training transform of the streaming path."""
-        return T.imagenet_train_transform(self.hparams.image_size, self.mean, self.std)
+        return self.transforms.train(self.hparams.image_size, self.mean, self.std)
 
     def eval_transform(self) -> Any:
         """Per-sample evaluation transform of the streaming path."""
-        return T.imagenet_eval_transform(self.hparams.image_size, self.mean, self.std)
+        return self.transforms.eval(self.hparams.image_size, self.mean, self.std)
 
     def train_batch_transform(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Training augmentation + normalisation of a uint8 batch (in-memory path)."""
-        return T.imagenet_train_batch(images, self.hparams.image_size, self.mean, self.std, generator)
+        return self.transforms.train_batch(images, self.hparams.image_size, self.mean, self.std, generator)
 
     def eval_batch_transform(self, images: Tensor) -> Tensor:
         """Evaluation transform + normalisation of a uint8 batch (in-memory path)."""
-        return T.imagenet_eval_batch(images, self.hparams.image_size, self.mean, self.std)
+        return self.transforms.eval_batch(images, self.hparams.image_size, self.mean, self.std)
 
     # ----------------------------------------------------------------- Lightning hooks
 

@@ -8,7 +8,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch import Tensor
 from torchvision.datasets import CIFAR10
 from torchvision.datasets.utils import download_and_extract_archive
 
@@ -102,6 +101,7 @@ class CIFAR10DataModule(ImageFolderDataModule):
     supports_download: ClassVar[bool] = True
     mean: ClassVar[tuple[float, float, float]] = T.CIFAR10_MEAN
     std: ClassVar[tuple[float, float, float]] = T.CIFAR10_STD
+    transforms: ClassVar[T.TransformFamily] = T.CIFAR_TRANSFORMS
 
     def __init__(
         self,
@@ -130,15 +130,3 @@ class CIFAR10DataModule(ImageFolderDataModule):
 
     def stored_size(self, source: str = "train") -> tuple[int, int]:
         return T.CIFAR_NATIVE_SIZE, T.CIFAR_NATIVE_SIZE
-
-    def train_transform(self) -> Any:
-        return T.cifar_train_transform(self.hparams.image_size, self.mean, self.std)
-
-    def eval_transform(self) -> Any:
-        return T.cifar_eval_transform(self.hparams.image_size, self.mean, self.std)
-
-    def train_batch_transform(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        return T.cifar_train_batch(images, self.hparams.image_size, self.mean, self.std, generator)
-
-    def eval_batch_transform(self, images: Tensor) -> Tensor:
-        return T.cifar_eval_batch(images, self.hparams.image_size, self.mean, self.std)

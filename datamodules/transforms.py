@@ -14,7 +14,8 @@ side to ``int(size / 0.875)`` and centre-crops ``size`` (the 0.875 crop ratio of
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -28,6 +29,9 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "CIFAR_NATIVE_SIZE",
+    "CIFAR_TRANSFORMS",
+    "IMAGENET_TRANSFORMS",
+    "TransformFamily",
     "cifar_eval_batch",
     "cifar_eval_transform",
     "cifar_train_batch",
@@ -170,3 +174,22 @@ def imagenet_eval_batch(
     if images.shape[-1] > image_size:
         images = bt.center_crop(images, image_size)
     return bt.normalize(bt.resize(images, image_size), mean, std)
+
+
+@dataclass(frozen=True)
+class TransformFamily:
+    """The four transforms of one kind of dataset, each called with ``image_size, mean, std`` (a batch
+    transform with the uint8 batch first): per sample for the streaming path and per batch for the
+    in-memory one, for training and for evaluation."""
+
+    train: Callable[..., v2.Compose]
+    eval: Callable[..., v2.Compose]
+    train_batch: Callable[..., Tensor]
+    eval_batch: Callable[..., Tensor]
+
+
+#: CIFAR's: crops and flips at the native 32 px, then a resize to the model's size.
+CIFAR_TRANSFORMS = TransformFamily(cifar_train_transform, cifar_eval_transform, cifar_train_batch, cifar_eval_batch)
+#: ImageNet-style data's: ``RandomResizedCrop`` + flip; resize and centre crop for evaluation.
+IMAGENET_TRANSFORMS = TransformFamily(imagenet_train_transform, imagenet_eval_transform, imagenet_train_batch,
+                                      imagenet_eval_batch)

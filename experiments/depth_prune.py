@@ -23,17 +23,8 @@ from callbacks.auxiliary_sweep import AuxiliarySweep
 from callbacks.depth_prune import DepthPrune
 from callbacks.pruning_base import PruningSettingsError, check_pruning, pruning_callbacks, width_pruners
 from datamodules import ImageFolderDataModule
-from experiments.run.cli import (
-    PruningCLI,
-    build_cli,
-    close_logger,
-    exits_cleanly,
-    fit_and_test,
-    load_baseline,
-    read_module,
-    split_accuracy,
-    write_summary,
-)
+from experiments.run.cli import PruningCLI, build_cli, exits_cleanly
+from experiments.run.services import finish_run, fit_and_test, load_baseline, read_module, split_accuracy
 from lightning_modules.backbones import build_net
 from lightning_modules.deploy.profiling import tinyml_budget
 from lightning_modules.image_classifier import ImageClassifier
@@ -108,9 +99,7 @@ def main(args: list[str] | None = None) -> Path:
         "baseline_ckpt": cli.config.baseline_ckpt,
         "baseline_checkpoint": sweep.baseline_checkpoint,
     }
-    path = write_summary(trainer, model, data, started, checkpoints, extra, budget)
-    close_logger(trainer)
-    return path
+    return finish_run(trainer, model, data, started, checkpoints, extra, budget)
 
 
 def baseline_test_accuracy(path: str | None, data, trainer) -> float | None:

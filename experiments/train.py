@@ -13,7 +13,8 @@ from pathlib import Path
 
 from callbacks.pruning_base import check_pruning
 from datamodules import ImageFolderDataModule
-from experiments.run.cli import build_cli, close_logger, exits_cleanly, fit_and_test, write_summary
+from experiments.run.cli import build_cli, exits_cleanly
+from experiments.run.services import finish_run, fit_and_test
 from lightning_modules.image_classifier import ImageClassifier
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "baseline_cifar10_32.yaml"
@@ -27,9 +28,7 @@ def main(args: list[str] | None = None) -> Path:
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     check_pruning(trainer, model.net, int(data.hparams.image_size))  # any pruning callback given
     checkpoints = fit_and_test(cli)
-    path = write_summary(trainer, model, data, started, checkpoints, {"stage": "baseline"})
-    close_logger(trainer)
-    return path
+    return finish_run(trainer, model, data, started, checkpoints, {"stage": "baseline"})
 
 
 if __name__ == "__main__":

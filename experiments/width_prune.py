@@ -27,17 +27,8 @@ from callbacks.distillation import Distillation
 from callbacks.one_shot_prune import OneShotPrune
 from callbacks.pruning_base import check_pruning, width_pruners
 from datamodules import ImageFolderDataModule
-from experiments.run.cli import (
-    PruningCLI,
-    build_cli,
-    close_logger,
-    exits_cleanly,
-    fit_and_test,
-    load_baseline,
-    read_module,
-    split_accuracy,
-    write_summary,
-)
+from experiments.run.cli import PruningCLI, build_cli, exits_cleanly
+from experiments.run.services import finish_run, fit_and_test, load_baseline, read_module, split_accuracy
 from lightning_modules.deploy.profiling import model_cost
 from lightning_modules.image_classifier import ImageClassifier
 
@@ -91,9 +82,7 @@ def main(args: list[str] | None = None) -> Path:
         "width": width,
         "callbacks": [cb.as_dict() if hasattr(cb, "as_dict") else cb for cb in cli.config.trainer.callbacks or []],
     }
-    path = write_summary(trainer, model, data, started, checkpoints, extra)
-    close_logger(trainer)
-    return path
+    return finish_run(trainer, model, data, started, checkpoints, extra)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -31,24 +29,13 @@ from lightning_modules.backbones.base import ArchitectureMismatch, untouched_rng
 from lightning_modules.backbones.mobilenet_v1 import ARCH_KEYS
 from lightning_modules.models.aux_heads import AuxiliaryHeads
 from lightning_modules.models.fusion import FoldedEvalCopy
-from lightning_modules.models.layers import Compactor
 from lightning_modules.models.mobilenet_v1 import NUM_BLOCKS
+from lightning_modules.optimisation import OPTIMIZERS, configure_optimisation, first_stage_epochs
 
-__all__ = ["ARCH_KEYS", "ImageClassifier"]
-
-#: Optimiser names accepted on the command line → timm optimiser names.
-OPTIMIZERS: dict[str, str] = {"sgd": "momentum", "nesterov": "nesterov", "adam": "adam", "adamw": "adamw"}
+__all__ = ["ARCH_KEYS", "OPTIMIZERS", "ImageClassifier", "first_stage_epochs"]
 
 #: A loss term added by a callback: (module, images, labels, logits, task_loss) → new loss.
 LossHook = Callable[["ImageClassifier", torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def first_stage_epochs(callbacks: Sequence[Any]) -> int | None:
-    """Epochs of the first training stage: up to the earliest epoch at which a callback restarts the LR
-    schedule (callbacks that do say when through ``stage_restarts()``); ``None`` when none does or the
-    first restart is at epoch 0 (the schedule then spans the fit, or is replaced at once)."""
-    restarts = [int(e) for cb in callbacks if hasattr(cb, "stage_restarts") for e in cb.stage_restarts()]
-    return min(restarts) if restarts and min(restarts) > 0 else None
 
 
 class ImageClassifier(L.LightningModule):
@@ -337,40 +324,8 @@ class ImageClassifier(L.LightningModule):
 
     # ----------------------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        # Frozen parameters (callbacks may freeze parts of the net) stay out of the optimiser; biases
-        # and BatchNorm parameters (ndim <= 1) get no weight decay, as timm's own filter does.
-        # ResRep's compactors are not decayed either: their group-lasso penalty is the only shrinkage.
-        compactors = {id(p) for m in self.modules() if isinstance(m, Compactor) for p in m.parameters()}
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in trainable if p.ndim > 1 and id(p) not in compactors]
-        no_decay = [p for p in trainable if p.ndim <= 1 or id(p) in compactors]
-        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = create_optimizer_v2(
-            [g for g in groups if g["params"]],
-            opt=OPTIMIZERS[hp.optimizer],
-            lr=hp.lr,
-            weight_decay=hp.weight_decay,
-            momentum=hp.momentum,
-        )
-        if hp.scheduler == "none":
-            return {"optimizer": optimizer}
-        total_epochs = max(int(self.trainer.max_epochs or 1), 1)
-        epochs = self.stage_epochs or total_epochs
-        steps_per_epoch = max(int(self.trainer.estimated_stepping_batches) // total_epochs, 1)
-        scheduler, _ = create_scheduler_v2(
-            optimizer,
-            sched=hp.scheduler,
-            num_epochs=epochs,
-            decay_epochs=max(epochs // 3, 1),
-            warmup_epochs=hp.warmup_epochs,
-            warmup_lr=hp.warmup_lr,
-            warmup_prefix=True,  # the cosine starts at the base LR once warm-up ends
-            min_lr=hp.min_lr,
-            step_on_epochs=False,
-            updates_per_epoch=steps_per_epoch,
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        """The optimiser and the LR schedule of the current stage (:mod:`lightning_modules.optimisation`)."""
+        return configure_optimisation(self, self.stage_epochs)
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any = None) -> None:
         # timm schedulers are stepped with the number of updates done in the current stage.

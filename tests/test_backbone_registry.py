@@ -20,8 +20,10 @@ from lightning_modules.backbones import (
     TimmAdapter,
     adapter_for,
     adapter_of_net,
+    build_net,
     register_backbone,
     registered_backbones,
+    uncut_arch,
     unregister_backbone,
 )
 from lightning_modules.backbones.base import check_cut_init, device_of
@@ -62,6 +64,10 @@ ARCH_KEYS = tuple(inspect.signature(TinyNet).parameters)
 class TinyAdapter(BackboneAdapter):
     arch_keys = ("backbone", *ARCH_KEYS)
     network_class = TinyNet
+
+    @classmethod
+    def uncut_arch(cls, arch: Mapping[str, Any]) -> dict[str, Any]:
+        return {**arch, "num_blocks": 3, "channels": None, "head_channels": []}
 
     def build(self, arch: Mapping[str, Any]) -> nn.Module:
         return TinyNet(**{k: v for k, v in arch.items() if k in ARCH_KEYS and v is not None})
@@ -134,6 +140,19 @@ def test_arguments_of_another_family_are_an_error(tiny_family: type) -> None:
         ImageClassifier(backbone=NAME, width_mult=0.5)
     with pytest.raises(ValueError, match="--model.structure applies to timm backbones only"):
         ImageClassifier(backbone=NAME, structure={"cut": 1})
+
+
+def test_the_uncut_network_of_a_pruned_one_comes_from_its_family(tiny_family: type) -> None:
+    """What a report prices as a depth run's unpruned baseline, for any registered family (and timm)."""
+    pruned = {"backbone": NAME, "num_classes": 3, "channels": [4, 8, 8], "num_blocks": 2, "head_channels": [4]}
+    full = build_net(uncut_arch(pruned))
+    assert isinstance(full, TinyNet) and len(full.blocks) == 3 and full.head.fc.out_features == 3
+    cut = {"num_classes": 10, "width_mult": 0.5, "num_blocks": 6, "channels": [16] * 7, "head_channels": [64]}
+    assert uncut_arch(cut) == {**cut, "num_blocks": 13, "channels": None, "head_channels": []}
+    timm_cut = {"backbone": "resnet10t", "num_classes": 10, "structure": {"cut": 2, "cut_channels": 64}}
+    assert uncut_arch(timm_cut) == {**timm_cut, "structure": {}}
+    with pytest.raises(ValueError, match="does not describe its uncut network"):
+        BackboneAdapter.uncut_arch(pruned)  # a family that does not say
 
 
 def test_a_new_family_goes_through_depth_and_width_pruning(tiny_family: type, tmp_path: Path) -> None:

@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 def load_net(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     """The network of ``--ckpt`` (any pruned architecture) or of the model arguments, with its arch."""
     if args.ckpt is not None:
-        from experiments.run.cli import read_module
+        from experiments.run.services import read_module
         from lightning_modules.image_classifier import ImageClassifier
 
         module = read_module(ImageClassifier, args.ckpt, "--ckpt")

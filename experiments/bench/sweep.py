@@ -111,7 +111,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     datamodule.setup("fit")
     baseline = None
     if opts.baseline_ckpt:
-        from experiments.run.cli import read_module
+        from experiments.run.services import read_module
         from lightning_modules.image_classifier import ImageClassifier
 
         baseline = read_module(ImageClassifier, opts.baseline_ckpt).state_dict()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.reports.backbones import MOBILENET_V1, backbone_of, backbone_section
+from experiments.reports.cost import budget_of, cost_figure
 from experiments.reports.deploy import deployment_sections
 from experiments.reports.format import count, kb, minutes, pct, ratio
 from experiments.reports.protocol import findings, protocol_section, schedule_span
@@ -34,8 +35,7 @@ from experiments.reports.width import plot_width_rows, width_rows, width_table
 from experiments.run.arguments import OneLineArgumentParser
 from experiments.run.cli import exits_cleanly
 from experiments.run.summary_check import incomplete_reason, read_summary
-from lightning_modules.backbones import build_net
-from lightning_modules.deploy.profiling import measure_latency_torch, tinyml_budget
+from lightning_modules.backbones import uncut_arch
 from lightning_modules.pruning.depth_cut import Baseline, CutPoint, choose_cut
 
 #: Published replication (MobileNetV1, head DS→64/DS→32, cut after block 6): test accuracy in %.
@@ -65,22 +65,6 @@ def latest_by(summaries: list[dict], key) -> dict[tuple, dict]:
     return {key(s): s for s in summaries}
 
 
-def budget_of(entry: dict, arch: dict | None, image_size: int) -> dict:
-    """A run's TinyML budget: the stored one, else computed from its architecture (it depends on nothing else)."""
-    if entry.get("budget"):
-        return entry["budget"]
-    if arch is None:
-        return {}
-    return tinyml_budget(build_net(arch), image_size)
-
-
-def unpruned_arch(arch: dict) -> dict:
-    """The full network a depth-pruned ``arch`` was cut from (same width and classes)."""
-    if arch.get("backbone", "mobilenet_v1") != "mobilenet_v1":
-        return {**arch, "structure": {}}
-    return {**arch, "num_blocks": 13, "head_channels": [], "channels": None}
-
-
 def width_note(summary: dict) -> str:
     """`` + width <method> <sparsity>`` for a depth run with a width stage after the cut."""
     widths = [r for r in summary.get("stages", []) if r.get("stage") == "width"]
@@ -107,7 +91,7 @@ def depth_table(runs: list[dict], groups: dict[int, list[dict]] | None = None) -
     for s in runs:
         base, pruned = s.get("baseline", {}), s.get("pruned", {})
         size = s.get("image_size", 224)
-        bb = budget_of(base, s.get("baseline_arch") or unpruned_arch(s["arch"]), size)
+        bb = budget_of(base, s.get("baseline_arch") or uncut_arch(s["arch"]), size)
         pb = budget_of(pruned, s["arch"], size)
         ref = REFERENCE_DEPTH.get((s.get("dataset"), s.get("image_size")), {})
         ref_text = f"{ref['baseline']:.2f} → {ref[s['init']]:.2f}" if ref and s.get("init") in ref else "—"
@@ -148,65 +132,6 @@ def sweep_table(summary: dict) -> list[str]:
     lines.append(f"| baseline (all 13 blocks) | {count(base.get('params'))} | {count(base.get('macs'))} "
                  f"| {pct(base.get('acc'))} | |")
     return lines
-
-
-COST_AXES = (("params", "parameters"), ("macs", "MACs"), ("peak_ram_int8", "peak RAM int8 (bytes)"),
-             ("latency_torch_ms", "CPU latency (ms)"))
-
-
-def with_latency(budget: dict, arch: dict, image_size: int, runs: int = 50) -> dict:
-    """Add the batch-1, 1-thread PyTorch CPU latency, measured now for every network in this one process
-    (so the points are comparable with each other), unless the run already carries one."""
-    if runs <= 0 or "latency_torch_ms" in budget:
-        return budget
-    timing = measure_latency_torch(build_net(arch).eval(), image_size, threads=1, runs=runs)
-    return {**budget, "latency_torch_ms": timing["median_ms"]}
-
-
-def run_points(depth_rows: list[dict], latency_runs: int = 50) -> list[dict]:
-    """One point per network: each depth run gives its unpruned baseline and its pruned net."""
-    points = []
-    for s in depth_rows:
-        size = s.get("image_size", 224)
-        base, pruned = s.get("baseline", {}), s.get("pruned", {})
-        tag = f"{s.get('dataset')} @{size}"
-        if base.get("acc") is not None:
-            arch = unpruned_arch(s["arch"])
-            points.append({"method": f"baseline at the sweep — {tag}", "acc": base["acc"],
-                           **with_latency(budget_of(base, arch, size), arch, size, latency_runs)})
-        if pruned.get("acc") is not None:
-            points.append({"method": f"depth cut@{s.get('chosen_cut')} {s.get('init')} — {tag}",
-                           "acc": pruned["acc"],
-                           **with_latency(budget_of(pruned, s["arch"], size), s["arch"], size, latency_runs)})
-    return points
-
-
-def plot_accuracy_vs_cost(points: list[dict], path: Path) -> Path | None:
-    """Accuracy against params, MACs, peak RAM and (where measured) latency; one colour per method."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    axes_used = [(k, label) for k, label in COST_AXES if any(p.get(k) for p in points)]
-    if not points or not axes_used:
-        return None
-    fig = Figure(figsize=(4.2 * len(axes_used), 4.0), constrained_layout=True)
-    FigureCanvasAgg(fig)
-    methods = sorted({p["method"] for p in points})
-    colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
-    for i, (key, label) in enumerate(axes_used):
-        ax = fig.add_subplot(1, len(axes_used), i + 1)
-        for p in points:
-            if p.get(key):
-                ax.scatter(p[key], 100 * p["acc"], color=colours[p["method"]], s=40,
-                           label=p["method"] if i == 0 else None)
-        ax.set_xscale("log")
-        ax.set_xlabel(label)
-        ax.set_ylabel("test accuracy (%)")
-        ax.grid(True, which="both", alpha=0.3)
-    fig.legend(loc="outside lower center", ncols=min(len(methods), 3), fontsize="small")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
 
 
 def bench_table(rows: list[dict]) -> list[str]:
@@ -319,15 +244,7 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
         "",
     ]
     lines += width_section(width, depth_rows, out)
-    points = run_points(depth_rows, latency_runs) + [
-        {"method": f"baseline {s['epochs']} epochs (train.py) — {Path(s['data_root']).name.split('-')[0]} "
-                   f"@{s['image_size']}", "acc": s["metrics"]["test/acc"],
-         **with_latency(budget_of(s, s["arch"], s["image_size"]), s["arch"], s["image_size"], latency_runs)}
-        for s in baselines if "test/acc" in s.get("metrics", {})
-    ]
-    figure = plot_accuracy_vs_cost(points, out.parent / "figures" / "accuracy_vs_cost.png")
-    if figure is not None:
-        lines += [f"![accuracy vs cost]({figure.relative_to(out.parent).as_posix()})", ""]
+    lines += cost_figure(depth_rows, baselines, out, latency_runs)
     for s in depth_rows:
         if not s.get("sweep") or len(s.get("stages", [])) > 1:  # depth + width runs: their own section
             continue

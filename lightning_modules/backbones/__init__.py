@@ -19,6 +19,7 @@ from lightning_modules.backbones.registry import (
     normalise_arch,
     register_backbone,
     registered_backbones,
+    uncut_arch,
     unregister_backbone,
 )
 from lightning_modules.backbones.timm import TimmAdapter
@@ -26,4 +27,4 @@ from lightning_modules.backbones.timm import TimmAdapter
 __all__ = ["ArchitectureMismatch", "BackboneAdapter", "CutPointInfo", "MOBILENET_V1", "MobileNetV1Adapter",
            "TimmAdapter", "adapter_for", "adapter_of_net", "build_net", "check_backbone_arguments",
            "check_same_architecture", "normalise_arch", "register_backbone", "registered_backbones",
-           "unregister_backbone"]
+           "uncut_arch", "unregister_backbone"]

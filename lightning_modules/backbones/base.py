@@ -102,6 +102,13 @@ class BackboneAdapter(ABC):
         none by default."""
         return None
 
+    @classmethod
+    def uncut_arch(cls, arch: Mapping[str, Any]) -> dict[str, Any]:
+        """The description of the full network a cut and/or width-pruned ``arch`` of this family was pruned
+        from (same classes, input channels and family arguments), e.g. to price the unpruned baseline of a
+        depth run; a family that cannot say raises ``ValueError``."""
+        raise ValueError(f"backbone {cls.name or cls.__name__!r} does not describe its uncut network")
+
     @abstractmethod
     def build(self, arch: Mapping[str, Any]) -> nn.Module:
         """A freshly initialised network described by ``arch`` (as :meth:`describe` returns it)."""

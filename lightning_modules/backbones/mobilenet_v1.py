@@ -191,6 +191,11 @@ class MobileNetV1Adapter(BackboneAdapter):
             raise ValueError("backbone_kwargs are timm.create_model arguments; MobileNetV1 takes its own "
                              "(--model.width_mult, --model.channels, ...)")
 
+    @classmethod
+    def uncut_arch(cls, arch: Mapping[str, Any]) -> dict[str, Any]:
+        # all 13 blocks, the plain classifier and the channels of the width multiplier
+        return {**arch, "num_blocks": NUM_BLOCKS, "head_channels": [], "channels": None}
+
     def build(self, arch: Mapping[str, Any]) -> MobileNetV1:
         return MobileNetV1(**{k: v for k, v in arch.items() if k in ARCH_KEYS})
 

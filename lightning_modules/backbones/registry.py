@@ -62,6 +62,12 @@ def build_net(arch: Mapping[str, Any]) -> nn.Module:
     return adapter_for(arch).build(arch)
 
 
+def uncut_arch(arch: Mapping[str, Any]) -> dict[str, Any]:
+    """The description of the full network a pruned ``arch`` of any family was pruned from (its family's
+    :meth:`~lightning_modules.backbones.base.BackboneAdapter.uncut_arch`; ``backbone`` absent = MobileNetV1)."""
+    return adapter_class(arch.get("backbone") or MOBILENET_V1).uncut_arch(arch)
+
+
 def adapter_of_net(net: nn.Module) -> BackboneAdapter:
     """The adapter of a built, uncut network: a registered family's network, or a timm model (which records
     its name)."""

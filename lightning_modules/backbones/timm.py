@@ -175,6 +175,11 @@ class TimmAdapter(BackboneAdapter):
         return cls(arch["backbone"], arch.get("backbone_kwargs"), arch.get("num_classes", 10), arch.get("in_chans", 3),
                    arch.get("dropout", 0.0))
 
+    @classmethod
+    def uncut_arch(cls, arch: Mapping[str, Any]) -> dict[str, Any]:
+        # the structure holds the cut, the sliced layers and the compactors: without it, timm's network
+        return {**arch, "structure": {}}
+
     def __init__(self, backbone: str, backbone_kwargs: Mapping[str, Any] | None = None, num_classes: int = 10,
                  in_chans: int = 3, dropout: float = 0.0) -> None:
         check_timm_name(backbone)

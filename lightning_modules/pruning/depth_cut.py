@@ -14,6 +14,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 
+def check_fraction(acc: float, what: str) -> None:
+    """``ValueError`` naming ``what`` unless the accuracy ``acc`` is a fraction in [0, 1] (not a percentage)."""
+    if not 0.0 <= acc <= 1.0:
+        raise ValueError(f"{what}: acc must be a fraction in [0, 1], got {acc}")
+
+
 @dataclass
 class CutPoint:
     """One sweep row: the model cut after block ``cut`` with its auxiliary head (``acc`` in [0, 1])."""
@@ -24,8 +30,7 @@ class CutPoint:
     acc: float
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.acc <= 1.0:
-            raise ValueError(f"cut {self.cut}: acc must be a fraction in [0, 1], got {self.acc}")
+        check_fraction(self.acc, f"cut {self.cut}")
 
 
 @dataclass
@@ -37,8 +42,7 @@ class Baseline:
     acc: float
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.acc <= 1.0:
-            raise ValueError(f"baseline: acc must be a fraction in [0, 1], got {self.acc}")
+        check_fraction(self.acc, "baseline")
 
 
 def format_count(n: float) -> str:

@@ -208,12 +208,14 @@ class Firmware:
 
 
 def build_firmware(bundle_dir: str | Path, library: TflmLibrary, out_dir: str | Path | None = None,
-                   stack_bytes: int = 0x10000) -> Firmware:
-    """Compile the bundle in ``bundle_dir`` with the start-up code and link it against ``library``."""
+                   stack_bytes: int = 0x10000, defines: tuple[str, ...] = ()) -> Firmware:
+    """Compile the bundle in ``bundle_dir`` with the start-up code and link it against ``library``.
+    ``defines``: preprocessor names for the bundle's sources (``TINYML_OP_MARKERS``: a marker call
+    before and after every operator, see :file:`mcu_files/main.cc`)."""
     bundle_dir = Path(bundle_dir)
     out = Path(out_dir) if out_dir else bundle_dir / f"build-{library.arch}"
     out.mkdir(parents=True, exist_ok=True)
-    flags = library.compile_flags()
+    flags = [*library.compile_flags(), *(f"-D{name}" for name in defines)]
     objects = []
     for source in bundle_sources(bundle_dir):
         objects.append(out / (source.stem + ".o"))
@@ -275,16 +277,26 @@ def parse_output(text: str) -> dict[str, Any]:
     return result
 
 
+#: The marker functions around one inference, and around each operator (built with ``TINYML_OP_MARKERS``).
+INFERENCE_MARKERS: tuple[str, str] = ("tinyml_inference_begin", "tinyml_inference_end")
+OP_MARKERS: tuple[str, str] = ("tinyml_op_begin", "tinyml_op_end")
+
+
 def run_firmware(firmware: Firmware, arch: str = "cortex-m4", count: bool = True, timeout_s: float = 300.0,
-                 cache_dir: str | Path | None = None) -> dict[str, Any]:
+                 cache_dir: str | Path | None = None,
+                 markers: tuple[str, str] = INFERENCE_MARKERS) -> dict[str, Any]:
     """Run the firmware in ``qemu-system-arm`` (killed after ``timeout_s``) and return its printed result,
-    with ``instructions`` of the inference when ``count``."""
+    with ``instructions`` of the inference when ``count``. ``counts``: the instructions between every
+    pair of ``markers`` calls in order (with :data:`OP_MARKERS`, one per operator of the inference)."""
     command = ["qemu-system-arm", "-M", BOARDS[arch], "-nographic", "-monitor", "none", "-serial", "none",
                "-semihosting-config", "enable=on,target=native", "-kernel", str(firmware.elf)]
     with tempfile.TemporaryDirectory() as tmp:
         counts = Path(tmp) / "count.txt"
         if count:
-            begin, end = firmware.symbols["tinyml_inference_begin"], firmware.symbols["tinyml_inference_end"]
+            if not set(markers) <= set(firmware.symbols):
+                raise FirmwareRunError(f"the firmware has no marker functions {markers} (for the op markers, "
+                                       "build it with defines=('TINYML_OP_MARKERS',))")
+            begin, end = (firmware.symbols[name] for name in markers)
             command += ["-plugin", f"{icount_plugin(cache_dir)},arg=begin={begin:#x},arg=end={end:#x},arg=out={counts}"]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
@@ -299,6 +311,7 @@ def run_firmware(firmware: Firmware, arch: str = "cortex-m4", count: bool = True
             lines = counts.read_text().splitlines() if counts.is_file() else []
             found = [int(line.split()[1]) for line in lines if line.startswith("instructions")]
             result["instructions"] = found[0] if found else None
+            result["counts"] = found
     result.update(exit_status=done.returncode, log=text)
     # a finished run whose output differs from the host's exits 2: its outputs are returned for the caller
     # to compare; anything else unfinished is an error

@@ -39,7 +39,7 @@ from lightning_modules.deploy.tflm_plan import (
 )
 
 __all__ = ["ALIGN", "FLASH_BYTES", "PredictedGraph", "estimate_tflm", "greedy_plan", "needs_explicit_pad",
-           "predict_graph", "same_padding"]
+           "network_graph", "predict_graph", "same_padding"]
 
 #: Flatbuffer bytes beyond the stored numbers.
 FLASH_BYTES: dict[str, float] = {
@@ -106,6 +106,7 @@ class _Builder:
         self.init = initializers
         self.tensor: dict[str, int] = {}       # ONNX value → activation tensor id
         self.bytes: list[int] = []
+        self.shape_of: list[tuple[int, ...]] = []  # activation tensor id → shape (NCHW)
         self.ops: list[OpNode] = []
         self.layers: list[str] = []
         self.producer: dict[int, int] = {}     # tensor → op index writing it
@@ -117,6 +118,7 @@ class _Builder:
 
     def new_tensor(self, value: str, shape: list[int]) -> int:
         self.bytes.append(math.prod(shape))
+        self.shape_of.append(tuple(shape))
         self.tensor[value] = len(self.bytes) - 1
         return self.tensor[value]
 
@@ -130,9 +132,10 @@ class _Builder:
         self.graph.quant_channels += channels
 
     def op(self, kind: str, inputs: list[int], value: str, shape: list[int], layer: str, **kw: Any) -> int:
+        in_shape = self.shape_of[inputs[0]]
         out = self.new_tensor(value, shape)
         node = OpNode(kind, inputs, [out], channels=shape[-1] if kind == "FULLY_CONNECTED" else shape[1],
-                      out_elements=math.prod(shape), in_rank=4, **kw)
+                      out_elements=math.prod(shape), in_rank=4, in_shape=in_shape, out_shape=tuple(shape), **kw)
         self.ops.append(node)
         self.layers.append(layer)
         self.producer[out] = len(self.ops) - 1
@@ -300,7 +303,9 @@ def _map_node(b: _Builder, node: Any) -> None:
             value = b.init.get(constant)
             key = ("scalar", float(value.reshape(-1)[0])) if value is not None and value.size == 1 else None
             b.const(1, 1 if key else int(value.size), channels=1, shared=key)  # equal scalars share a tensor
-        b.op(kind.upper(), [b.tensor[a] for a in acts], out, shape, layer)
+        # a constant operand (a scalar or per-channel tensor) or a squeeze-excite gate: TFLM broadcasts it
+        broadcast = len(acts) == 1 or b.shapes[acts[0]] != b.shapes[acts[1]]
+        b.op(kind.upper(), [b.tensor[a] for a in acts], out, shape, layer, broadcast=broadcast)
     elif kind in ("HardSwish", "Sigmoid", "Relu", "Clip"):
         name = {"HardSwish": "HARD_SWISH", "Sigmoid": "LOGISTIC", "Relu": "RELU", "Clip": "RELU6"}[kind]
         b.op(name, [src], out, shape, layer)
@@ -332,7 +337,8 @@ def _conv(b: _Builder, node: Any, src: int, shape: list[int]) -> None:
     bias = b.init.get(node.input[2]) if len(node.input) > 2 else None
     zero_bias = bias is not None and not bias.any() and not b.trained
     b.const(2, w.size + (0 if zero_bias else 4 * channels), channels=2 * channels)
-    out = b.op("DEPTHWISE_CONV_2D" if depthwise else "CONV_2D", [src], node.output[0], shape, node.name)
+    out = b.op("DEPTHWISE_CONV_2D" if depthwise else "CONV_2D", [src], node.output[0], shape, node.name,
+               kernel=kernel, stride=stride)
     if zero_bias:  # the flatbuffer stores equal buffers once: all-zero biases of one length share a buffer
         b.zero_biases[out] = channels
 
@@ -351,7 +357,7 @@ def _pool(b: _Builder, node: Any, src: int, shape: list[int]) -> None:
         b.const(1, 32, shared=("pad", pads[0] + pads[2], pads[1] + pads[3]))
         src = b.op("PADV2" if node.op_type == "MaxPool" else "PAD", [src], node.name + ":pad", padded, node.name)
     b.op("MAX_POOL_2D" if node.op_type == "MaxPool" else "AVERAGE_POOL_2D", [src], node.output[0], shape,
-         node.name)
+         node.name, kernel=kernel, stride=stride)
 
 
 def predicted_flash(graph: PredictedGraph) -> int:
@@ -363,6 +369,17 @@ def predicted_flash(graph: PredictedGraph) -> int:
                      + f["tensor"] * tensors + f["op"] * len(graph.plan.ops) + f["fixed"]))
 
 
+def network_graph(model: nn.Module, image_size: int, in_chans: int = 3, trained: bool = False) -> PredictedGraph:
+    """:func:`predict_graph` of ``model`` at ``image_size``: exported as the deployment exports it (the
+    :func:`~lightning_modules.deploy.tflm_compat.tflm_friendly` copy, then ONNX at batch 1)."""
+    from lightning_modules.deploy.export import export_onnx
+    from lightning_modules.deploy.tflm_compat import tflm_friendly
+
+    net, _ = tflm_friendly(model, image_size, in_chans)
+    with tempfile.TemporaryDirectory() as tmp:
+        return predict_graph(export_onnx(net, Path(tmp) / "model.onnx", image_size, in_chans=in_chans), trained)
+
+
 def estimate_tflm(model: nn.Module, image_size: int, in_chans: int = 3, target_bits: int = 64,
                   trained: bool = False) -> dict[str, int]:
     """Predicted TFLM arena (head + tail) and ``.tflite`` bytes of ``model`` exported fully int8:
@@ -372,12 +389,7 @@ def estimate_tflm(model: nn.Module, image_size: int, in_chans: int = 3, target_b
     microcontroller build (smaller persistent structs; see :mod:`~lightning_modules.deploy.tflm_plan`).
     ``trained``: size ``model`` as it will be once trained (a budget search sizes candidates before any
     training; see :func:`predict_graph`)."""
-    from lightning_modules.deploy.export import export_onnx
-    from lightning_modules.deploy.tflm_compat import tflm_friendly
-
-    net, _ = tflm_friendly(model, image_size, in_chans)
-    with tempfile.TemporaryDirectory() as tmp:
-        graph = predict_graph(export_onnx(net, Path(tmp) / "model.onnx", image_size, in_chans=in_chans), trained)
+    graph = network_graph(model, image_size, in_chans, trained)
     flash = predicted_flash(graph)
     plan = graph.plan
     plan.tensor_bytes += [0] * graph.const_tensors  # constants: a struct each, no arena buffer

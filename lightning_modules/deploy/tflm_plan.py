@@ -151,7 +151,10 @@ def greedy_plan(buffers: Iterable[PlanBuffer | tuple[int, int, int]]) -> int:
 class OpNode:
     """One operator of a TFLite graph: its builtin name, input and output tensor ids (activations only,
     or constants too; constants are ignored by the planner), output channels, output elements and
-    input rank (what the kernels' persistent and scratch allocations depend on)."""
+    input rank (what the kernels' persistent and scratch allocations depend on). A graph predicted from
+    a network (:mod:`.tflm_estimate`) also carries the geometry the kernels' work depends on
+    (:mod:`.mcu_cost`): the first activation input's and the output's shape (NCHW, batch first), the
+    kernel and stride of a convolution or pool, and whether an ``ADD``/``MUL`` broadcasts an operand."""
 
     kind: str
     inputs: list[int]
@@ -161,6 +164,11 @@ class OpNode:
     in_rank: int = 4
     axes: int = 0
     per_channel: bool = True
+    in_shape: tuple[int, ...] = ()
+    out_shape: tuple[int, ...] = ()
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    broadcast: bool = False
 
 
 @dataclass

@@ -26,6 +26,31 @@ __attribute__((noinline)) void tinyml_inference_end(void) { inference_marker = 2
 __attribute__((weak)) unsigned long tinyml_stack_used_bytes(void);
 }
 
+#ifdef TINYML_OP_MARKERS
+// Built with -DTINYML_OP_MARKERS (to measure each operator apart): TFLM calls the interpreter's profiler
+// around every operator's kernel (micro_interpreter_graph.cc, ScopedMicroProfiler), and this profiler
+// calls two more marker functions there. Off by default: the profiler calls add instructions per op.
+#include "tensorflow/lite/micro/micro_profiler_interface.h"
+extern "C" {
+__attribute__((noinline)) void tinyml_op_begin(void) { inference_marker = 3; }
+__attribute__((noinline)) void tinyml_op_end(void) { inference_marker = 4; }
+}
+namespace {
+class OpMarkers : public tflite::MicroProfilerInterface {
+ public:
+  uint32_t BeginEvent(const char*) override {
+    tinyml_op_begin();
+    return 0;
+  }
+  void EndEvent(uint32_t) override { tinyml_op_end(); }
+};
+OpMarkers op_markers;
+}  // namespace
+#define TINYML_PROFILER (&op_markers)
+#else
+#define TINYML_PROFILER nullptr
+#endif
+
 int main(void) {
   tflite::InitializeTarget();
   const tflite::Model* model = tflite::GetModel(g_model_data);
@@ -39,7 +64,8 @@ int main(void) {
     MicroPrintf("error: registering the model's ops failed");
     return 1;
   }
-  static tflite::MicroInterpreter interpreter(model, resolver, tensor_arena, kTensorArenaSize);
+  static tflite::MicroInterpreter interpreter(model, resolver, tensor_arena, kTensorArenaSize, nullptr,
+                                              TINYML_PROFILER);
   if (interpreter.AllocateTensors() != kTfLiteOk) {
     MicroPrintf("error: AllocateTensors failed with an arena of %d bytes", kTensorArenaSize);
     return 1;

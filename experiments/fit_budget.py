@@ -118,9 +118,9 @@ def main(args: list[str] | None = None) -> Path:
         search, deploy = SearchSpace(**config.search.as_dict()), DeployOptions(**config.deploy.as_dict())
         firmware = deploy.firmware if deploy.firmware is not None else budget.latency_ms is not None
         if budget.latency_ms is not None:
-            from lightning_modules.deploy.mcu_cost import check_core
+            from lightning_modules.deploy.mcu_cost import coefficients
 
-            check_core(budget.core)  # a core the instruction-count model was fitted on
+            coefficients(budget.core)  # a core the instruction-count model was fitted on
         if firmware:
             require_toolchain()  # before any training: one line naming the missing programs
     except (MissingDependency, ToolchainMissing, ValueError) as err:

@@ -66,7 +66,7 @@ def test_latency_budget_without_the_toolchain_stops_before_training(tmp_path: Pa
 @pytest.mark.parametrize(("flags", "message"), [
     (["--search.cuts", "[0, 99]"], r"error: --search.cuts \[99\]: this mobilenet_v1 has cut points 0\.\.13$"),
     (["--budget.clock_mhz", "0"], r"error: invalid configuration: budget.clock_mhz must be positive, got 0.0$"),
-    (["--budget.latency_ms", "100", "--budget.core", "cortex-m0"], r"error: .*cortex-m0.*cortex-m4"),
+    (["--budget.latency_ms", "100", "--budget.core", "cortex-m0"], r"error: no instruction-count table for cortex-m0 \(fitted: "),
 ])
 def test_bad_search_settings_are_one_line_before_training(tmp_path: Path, flags: list[str], message: str) -> None:
     tflite_installed()
@@ -114,9 +114,12 @@ def test_a_latency_budget_chooses_fine_tunes_and_verifies_in_emulation(tmp_path:
     missing = cortexm.missing_toolchain()
     if missing:
         pytest.skip(f"Cortex-M toolchain incomplete: {'; '.join(missing)}")
-    from lightning_modules.deploy.mcu_cost import TOLERANCE
+    from lightning_modules.deploy.mcu_cost import COEFFICIENTS
 
     from experiments import fit_budget
+
+    if "cortex-m4" not in COEFFICIENTS:
+        pytest.fail("no fitted Cortex-M4 instruction-count table in lightning_modules/deploy/mcu_cost.py")
 
     common, baseline = trained_baseline(tmp_path, "mobilenet_v1", ["--model.width_mult", "0.25"])
     summary = json.loads(fit_budget.main([
@@ -128,7 +131,7 @@ def test_a_latency_budget_chooses_fine_tunes_and_verifies_in_emulation(tmp_path:
     assert all(c["instructions"] > 0 and c["latency_ms"] == pytest.approx(latency_ms(c["instructions"], 120))
                for c in result["candidates"])
     assert chosen["latency_ms"] <= 60
-    assert measured["instructions"] == pytest.approx(chosen["instructions"], rel=TOLERANCE)
+    assert measured["instructions"] == pytest.approx(chosen["instructions"], rel=0.05)  # the model's stated bound
     assert measured["latency_ms"] == pytest.approx(latency_ms(measured["instructions"], 120))
     assert measured["firmware"]["flash_bytes"] > measured["flash_bytes"]  # the runtime and kernels on top
     record = json.loads(Path(measured["firmware_dir"], "firmware.json").read_text())

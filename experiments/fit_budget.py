@@ -117,12 +117,12 @@ def main(args: list[str] | None = None) -> Path:
         budget = Budget(**config.budget.as_dict())
         search, deploy = SearchSpace(**config.search.as_dict()), DeployOptions(**config.deploy.as_dict())
         firmware = deploy.firmware if deploy.firmware is not None else budget.latency_ms is not None
+        if firmware:
+            require_toolchain()  # before any training: one line naming the missing programs
         if budget.latency_ms is not None:
             from lightning_modules.deploy.mcu_cost import coefficients
 
             coefficients(budget.core)  # a core the instruction-count model was fitted on
-        if firmware:
-            require_toolchain()  # before any training: one line naming the missing programs
     except (MissingDependency, ToolchainMissing, ValueError) as err:
         raise SystemExit(f"error: {err}") from err
     trainer, model, data = cli.trainer, cli.model, cli.datamodule

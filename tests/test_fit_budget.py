@@ -114,9 +114,8 @@ def test_a_latency_budget_chooses_fine_tunes_and_verifies_in_emulation(tmp_path:
     missing = cortexm.missing_toolchain()
     if missing:
         pytest.skip(f"Cortex-M toolchain incomplete: {'; '.join(missing)}")
-    from lightning_modules.deploy.mcu_cost import COEFFICIENTS
-
     from experiments import fit_budget
+    from lightning_modules.deploy.mcu_cost import COEFFICIENTS
 
     if "cortex-m4" not in COEFFICIENTS:  # fitted by experiments/bench/fit_mcu_cost.py
         pytest.skip("no fitted Cortex-M4 instruction-count table in lightning_modules/deploy/mcu_cost.py yet")

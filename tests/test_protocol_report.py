@@ -29,7 +29,7 @@ def depth(seed: int, base_test: float, pruned: float, init: str = "original", ba
 
 
 def control(seed: int, acc: float) -> dict:
-    return {"stage": "baseline", "seed": seed, "metrics": {"test/acc": acc}, "epochs": 15}
+    return {"stage": "baseline", "seed": seed, "metrics": {"test/acc": acc}, "epochs": 15, "params": 10}
 
 
 @pytest.fixture
@@ -81,3 +81,10 @@ def test_a_column_whose_seeds_disagree_is_named_with_its_lowest_run(runs: Path) 
     warnings = spread_warnings(paired_runs(report.load_summaries(runs), "CIFAR10", 32))
     assert len(warnings) == 1
     assert "same-budget control ranges over 13.00 points" in warnings[0] and "run `c3`" in warnings[0]
+
+
+def test_a_control_trains_the_network_the_depth_run_started_from(runs: Path) -> None:
+    """A baseline run of another network with the same seed (a timm net, another width) is no control."""
+    write_run(runs, "other", control(0, 0.50) | {"params": 999})
+    seeds = paired_runs(report.load_summaries(runs), "CIFAR10", 32)
+    assert seeds[0]["control"]["metrics"]["test/acc"] == 0.81

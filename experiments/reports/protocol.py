@@ -92,8 +92,18 @@ def paired_runs(summaries: list[dict], dataset: str, image_size: int, cut: int =
         else:
             kind = "control" if s.get("stage") == "baseline" else None
         if kind:
-            seeds.setdefault(seed, {})[kind] = s
-    return dict(sorted(seeds.items()))
+            seeds.setdefault(seed, {}).setdefault(kind, []).append(s)
+    paired = {}
+    for seed, kinds in sorted(seeds.items()):
+        runs = {k: v[-1] for k, v in kinds.items() if k != "control"}
+        # a control trains the network the depth run started from (same parameter count), not another one
+        reference = (runs.get("original") or {}).get("baseline", {}).get("params")
+        controls = [c for c in kinds.get("control", []) if reference is None or c.get("params") == reference]
+        if controls:
+            runs["control"] = controls[-1]
+        if runs:
+            paired[seed] = runs
+    return paired
 
 
 def _acc(summary: dict | None, key: str) -> float | None:

@@ -5,19 +5,21 @@ hold it to networks the fit never saw.
     uv run experiments/bench/fit_mcu_cost.py --arch cortex-m7 --out outputs/mcu_cost/m7.json
 
 Every network of :data:`NETS` (random weights with trained-like BatchNorm statistics: the instruction
-count does not depend on the weights' values) is exported fully int8 as the deployment does
+count hardly depends on the weights' values, only a few reference kernels branch on them) is exported fully int8 as the deployment does
 (:func:`~lightning_modules.deploy.tflite.export_int8_tflite`, two random calibration images), bundled,
 built for ``--arch`` against TFLM + CMSIS-NN and run in QEMU twice: as deployed (the instructions of one
 inference, the figure to predict), and built with ``TINYML_OP_MARKERS`` (the instructions of each op's
-kernel apart). Conversions and counts are kept in ``--work`` (one ``NAME.json`` per network and core)
-and reused; a conversion takes minutes on two busy cores.
+kernel apart). Conversions and counts are kept in ``--work`` (``NAME.tflite``, ``NAME.ARCH.json``) and
+reused; a conversion takes minutes on two busy cores. Another core first builds its TFLM library (once,
+8-14 min).
 
 The fit: non-negative least squares (Lawson & Hanson, *Solving Least Squares Problems*, 1974, ch. 23) of
 each op's count on its work terms (:func:`~lightning_modules.deploy.mcu_cost.op_terms`, on the graph
 predicted from the PyTorch network, as a prediction sees it), each op row weighted by 1 / its network's
 instructions so that every network counts alike; then the per-op and fixed terms on what the
 interpreter adds around the kernels (the inference's count less the ops' counts). It prints the table to
-paste into ``COEFFICIENTS``, and for every network the measured count, the prediction and the error.
+paste into ``COEFFICIENTS``, for every network the measured count, the prediction and the error, and per
+op kind (all networks, op by op) the measured and predicted instructions.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class NetSpec:
 
 
 def mnv1(width: float = 1.0, blocks: int = 13, **kw: Any) -> Callable[[], nn.Module]:
+    """A MobileNetV1 builder: ``width``, the first ``blocks`` blocks (a cut gets the (64, 32) head)."""
     head = (64, 32) if blocks < 13 else ()
     return lambda: MobileNetV1(num_classes=10, width_mult=width, num_blocks=blocks, head_channels=head, **kw)
 
@@ -66,6 +69,7 @@ def pruned(sparsity: float, blocks: int = 13) -> Callable[[], nn.Module]:
 
 
 def timm_net(name: str, cut: int | None = None) -> Callable[[], nn.Module]:
+    """A timm network builder, whole or cut after cut point ``cut`` with a fresh head."""
     def build() -> nn.Module:
         from lightning_modules.backbones.timm import TimmAdapter
 
@@ -95,7 +99,7 @@ NETS: dict[str, NetSpec] = {
     "mnv1_pruned0.65_32px": NetSpec(pruned(0.65), 32, held_out=True),
     "mobilenetv3_small_050_cut4_64px": NetSpec(timm_net("mobilenetv3_small_050", 4), 64, held_out=True),
     "efficientnet_b0_cut6_32px": NetSpec(timm_net("efficientnet_b0", 6), 32, held_out=True),
-    "resnet10t_32px": NetSpec(timm_net("resnet10t"), 32, held_out=True),
+    "resnet10t_cut3_32px": NetSpec(timm_net("resnet10t", 3), 32, held_out=True),  # (whole: 5 MB, over flash)
     "mnv1_pruned0.6_cut4_32px": NetSpec(pruned(0.6, 4), 32, held_out=True),  # tests/test_mcu_cost.py's
 }
 
@@ -115,6 +119,7 @@ def with_statistics(net: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def build_net(name: str) -> nn.Module:
+    """Network ``name`` of :data:`NETS`, seeded, with trained-like statistics, in eval mode."""
     torch.manual_seed(0)
     return with_statistics(NETS[name].build())
 
@@ -221,11 +226,24 @@ def evaluate(name: str, record: dict[str, Any], table: dict[str, float]) -> dict
     missing = sorted(t for t, v in features.items() if v and t not in table)
     if missing:  # an op or path no fit network has
         return {**row, "predicted": None, "error": math.nan, "missing_terms": missing}
-    predicted = sum(v * table[t] for t, v in features.items())
+    predicted = sum(v * table.get(t, 0.0) for t, v in features.items())
     return {**row, "predicted": int(round(predicted)), "error": predicted / record["instructions"] - 1}
 
 
+def kind_errors(records: dict[str, dict[str, Any]], table: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Per op kind over ``records``: instructions measured op by op, predicted, and the relative error."""
+    totals: dict[str, list[float]] = {}
+    for name, record in records.items():
+        for terms, count in op_rows(name, record):
+            kind = next(iter(terms)).split(":")[0]
+            pair = totals.setdefault(kind, [0.0, 0.0])
+            pair[0] += count
+            pair[1] += sum(v * table.get(t, math.nan) for t, v in terms.items() if v)
+    return {k: {"measured": m, "predicted": p, "error": p / m - 1} for k, (m, p) in sorted(totals.items())}
+
+
 def build_parser() -> OneLineArgumentParser:
+    """The command line."""
     parser = OneLineArgumentParser(description=__doc__)
     parser.add_argument("--arch", default="cortex-m4", choices=["cortex-m4", "cortex-m7", "cortex-m3"])
     parser.add_argument("--work", default="outputs/mcu_cost", help="conversions and counts, kept and reused")
@@ -237,6 +255,7 @@ def build_parser() -> OneLineArgumentParser:
 
 @exits_cleanly
 def main(args: list[str] | None = None) -> dict[str, Any]:
+    """Measure (or read) every network, fit on the fit set, print and return the table and the errors."""
     opts = build_parser().parse_args(args)
     names = opts.nets or list(NETS)
     unknown = sorted(set(names) - set(NETS))
@@ -270,7 +289,11 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         errors = [abs(r["error"]) for r in rows if r["predicted"] is not None]
         if errors:
             print(f"{role:9s} max |error| {max(errors):.2%}, mean |error| {sum(errors) / len(errors):.2%}\n")
-    report = {"arch": opts.arch, "coefficients": table, "nets": results,
+    kinds = kind_errors(records, table)
+    for kind, k in kinds.items():
+        print(f"op kind   {kind:34s} measured {k['measured']:>12,.0f}  predicted {k['predicted']:>12,.0f}  "
+              f"error {k['error']:+.2%}")
+    report = {"arch": opts.arch, "coefficients": table, "nets": results, "op_kinds": kinds,
               "command": "uv run experiments/bench/fit_mcu_cost.py " + " ".join(sys.argv[1:] if args is None else args)}
     if opts.out:
         Path(opts.out).parent.mkdir(parents=True, exist_ok=True)

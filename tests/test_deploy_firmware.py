@@ -105,3 +105,21 @@ def test_results_section_has_the_firmware_table_and_the_paper_comparison(report:
     assert len(comparison) == 1
     assert f"(× {flash:.3f}," in comparison[0] and f"(× {latency:.3f}," in comparison[0]
     assert "arXiv:2204.10546" in comparison[0] and "336 → 71 KB" in comparison[0]
+
+
+def test_a_net_too_large_for_the_flash_is_a_row_of_dashes_and_its_reason() -> None:
+    """A net whose model exceeds the linker script's flash is a result of the report, not a failure: its
+    firmware row holds only the reason, the table shows dashes and the reason follows it; the paper
+    comparison needs both nets built."""
+    from experiments.reports.deploy_target import firmware_section
+
+    built = {"arch": "cortex-m4", "text_bytes": 300_000, "data_bytes": 2_048, "bss_bytes": 40_960,
+             "flash_bytes": 302_048, "ram_bytes": 43_008, "arena_used_bytes": 30_720, "instructions": 4_000_000,
+             "clock_mhz": 120.0, "latency_ms_estimate": 101.0, "cycles_per_instruction": 3.03}
+    reason = "the model (5,015,920 bytes) is larger than the flash of mps2.ld (4,194,304 bytes)"
+    doc = {"nets": {"baseline": {"firmware": {"arch": "cortex-m4", "error": reason}}, "cut6": {"firmware": built}}}
+    lines = firmware_section(doc)
+    assert "| baseline | — | — | — | — | — | — | — | — |" in lines
+    assert f"- baseline: {reason}." in lines
+    assert "| cut6 | 293.0 | 2.0 | 40.0 | 295.0 | 42.0 | 30.0 | 4.00 | 101.0 |" in lines
+    assert not [line for line in lines if line.startswith("cut6 vs baseline")]

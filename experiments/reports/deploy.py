@@ -225,7 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: list[str] | None = None) -> dict[str, Any]:
     import sys
 
-    from lightning_modules.deploy.cortexm import FirmwareRunError, ToolchainMissing, require_toolchain
+    from lightning_modules.deploy.cortexm import (
+        FirmwareRunError,
+        FirmwareTooLarge,
+        ToolchainMissing,
+        require_toolchain,
+    )
     from lightning_modules.deploy.firmware import FirmwareError
     from lightning_modules.image_classifier import ImageClassifier
 
@@ -284,6 +289,11 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
             try:
                 r["firmware"] = firmware_row(r["tflite_path"], bundle, first_test_image(data), opts.arch,
                                              opts.clock_mhz)
+            except FirmwareTooLarge as err:  # a result, not a failure: the net does not fit the target
+                r["firmware"] = {"arch": opts.arch, "error": str(err)}
+                print(f"{name}: firmware {opts.arch}: {err}", flush=True)
+                doc = document(list(nets)[done:])
+                continue
             except (FirmwareError, FirmwareRunError, ToolchainMissing) as err:
                 text = str(err)
                 if "\n" in text:

@@ -109,13 +109,17 @@ def firmware_row(tflite_path: str | Path, out_dir: str | Path, image: np.ndarray
 def firmware_table(rows: dict[str, dict[str, Any]]) -> list[str]:
     """One line per net that has firmware figures (``row["firmware"]``); empty when none has."""
     nets = {name: r["firmware"] for name, r in rows.items() if r.get("firmware")}
-    if not nets:
+    built = [f for f in nets.values() if "error" not in f]
+    if not built:
         return []
-    first = next(iter(nets.values()))
+    first = built[0]
     lines = [f"| net | text KB | data KB | bss KB | flash KB (text + data) | RAM KB (data + bss) "
              f"| arena used on target KB | instructions / inference (M) | est. ms @ {first['clock_mhz']:g} MHz |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, f in nets.items():
+        if "error" in f:  # did not fit the target: the reason follows the table
+            lines.append(f"| {name} |" + f" {MISSING} |" * 8)
+            continue
         lines.append(f"| {name} | {kb(f['text_bytes'], 1)} | {kb(f['data_bytes'], 1)} | {kb(f['bss_bytes'], 1)} "
                      f"| {kb(f['flash_bytes'], 1)} | {kb(f['ram_bytes'], 1)} | {kb(f['arena_used_bytes'], 1)} "
                      f"| {f['instructions'] / 1e6:,.2f} | {f['latency_ms_estimate']:,.1f} |")
@@ -126,7 +130,7 @@ def paper_comparison(rows: dict[str, dict[str, Any]], baseline: str = "baseline"
     """The paper's comparison on our nets: flash and latency of ``cut`` over ``baseline`` as ratios, beside
     the paper's RP2040 figures; empty unless both nets have firmware figures."""
     before, after = (rows.get(baseline, {}).get("firmware"), rows.get(cut, {}).get("firmware"))
-    if not before or not after:
+    if not before or not after or "error" in before or "error" in after:
         return []
     flash = after["flash_bytes"] / before["flash_bytes"]
     latency = after["latency_ms_estimate"] / before["latency_ms_estimate"]
@@ -144,12 +148,15 @@ def firmware_section(doc: dict[str, Any]) -> list[str]:
     table = firmware_table(doc["nets"])
     if not table:
         return []
-    f = next(r["firmware"] for r in doc["nets"].values() if r.get("firmware"))
+    f = next(r["firmware"] for r in doc["nets"].values() if r.get("firmware") and "error" not in r["firmware"])
     lines = [f"Firmware ({f['arch']}, TFLM + CMSIS-NN, emulated by QEMU's {BOARDS[f['arch']]}; each net's first test image; its int8 "
              "output equals the host interpreter's): text / data / bss from `arm-none-eabi-size`; instructions "
              f"counted in QEMU; latency = instructions × {f['cycles_per_instruction']:.2f} cycles per instruction "
              f"(MLPerf Tiny VWW on a Cortex-M4 at 120 MHz, see docs/deployment.md) / {f['clock_mhz']:g} MHz, an "
              "estimate.", "", *table, ""]
+    unfit = [f"- {name}: {r['firmware']['error']}." for name, r in doc["nets"].items()
+             if r.get("firmware") and "error" in r["firmware"]]
+    lines += unfit + [""] if unfit else []
     comparison = paper_comparison(doc["nets"])
     return lines + (comparison + [""] if comparison else [])
 

@@ -2,13 +2,20 @@
 arena and flash beside our estimates; the report sections for ``docs/RESULTS.md``.
 
     python experiments/reports/deploy.py --net baseline=PATH --net cut6=PATH ... \\
-        --calib_images 256 --out docs/runs/deploy_cifar10_32.json
+        --calib_images 256 --out docs/runs/deploy_cifar10_32.json [--firmware --arch cortex-m4 --clock_mhz 120]
 
 For each ``NAME=CHECKPOINT`` (any ImageClassifier checkpoint: unpruned, cut, width-pruned, both): fp32
 accuracy (PyTorch) and int8 accuracy (TFLM) on the same test images, the TFLM arena (bytes the
 interpreter allocates) against the calibrated estimate (:mod:`lightning_modules.deploy.tflm_estimate`)
 and the older activation-pair estimate (``peak_ram_int8``), the ``.tflite`` bytes against the calibrated
-and the older (``flash_int8``) estimates, and MACs.
+and the older (``flash_int8``) estimates, and MACs. The data are those each checkpoint was trained with
+(its saved datamodule: any dataset of :mod:`datamodules`, any backbone), ``--data_root`` /
+``--image_size`` replacing the saved ones.
+
+``--firmware``: each net also as Cortex-M firmware (:mod:`experiments.reports.deploy_target`): bundle with
+the first test image, built against TFLM + CMSIS-NN, run in QEMU, its output held to the host
+interpreter's; text / data / bss, flash, RAM, the arena used on the target, instructions per inference
+and the latency they give at ``--clock_mhz``.
 """
 
 from __future__ import annotations
@@ -18,6 +25,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from experiments.reports.deploy_target import (
+    checkpoint_datamodule,
+    firmware_line,
+    firmware_row,
+    firmware_section,
+    first_test_image,
+)
 from experiments.reports.format import kb
 from experiments.run.arguments import OneLineArgumentParser, positive_int
 from experiments.run.checkpoint_io import check_checkpoint_file
@@ -115,7 +129,7 @@ def deployment_sections(runs_dir: str | Path = "docs/runs") -> list[str]:
                   f"{doc.get('calib_images')} training images; accuracies on {doc.get('eval_images')} test images. "
                   "Arena: TFLM's own allocation report (host build). Error = estimate / TFLM − 1.",
                   *([doc["note"]] if doc.get("note") else []), ""]
-        lines += deployment_table(doc["nets"]) + [""]
+        lines += deployment_table(doc["nets"]) + [""] + firmware_section(doc)
     budget = []
     for path in sorted(runs_dir.glob("*/summary.json")):
         doc = json.loads(path.read_text())
@@ -137,12 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(description=__doc__)
     parser.add_argument("--net", action="append", required=True, metavar="NAME=CKPT",
                         help="a checkpoint to deploy (repeat)")
-    parser.add_argument("--data_root", default=DEFAULT_DATA_ROOT, help="CIFAR-10 folder or archive")
-    parser.add_argument("--image_size", type=positive_int, default=32)
+    parser.add_argument("--data_root", default=None, help="dataset folder or archive (default: the one saved in "
+                        f"each checkpoint, else {DEFAULT_DATA_ROOT})")
+    parser.add_argument("--image_size", type=positive_int, default=None,
+                        help="default: the checkpoint's saved image size, else 32")
     parser.add_argument("--calib_images", type=positive_int, default=256, help="training images for int8 calibration")
     parser.add_argument("--eval_images", type=int, default=None, help="test images (default: all)")
     parser.add_argument("--out_dir", default="outputs/deploy", help="where the .tflite files go")
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    parser.add_argument("--firmware", action="store_true", help="also build each net as Cortex-M firmware and run "
+                        "it in QEMU (first test image): footprint, arena on the target, instructions, latency")
+    parser.add_argument("--arch", default="cortex-m4", choices=["cortex-m4", "cortex-m7", "cortex-m3"])
+    parser.add_argument("--clock_mhz", type=float, default=120.0, help="clock of the latency estimate")
     return parser
 
 
@@ -150,7 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: list[str] | None = None) -> dict[str, Any]:
     import sys
 
-    from datamodules import CIFAR10DataModule
+    from lightning_modules.deploy.cortexm import (
+        FirmwareRunError,
+        FirmwareTooLarge,
+        ToolchainMissing,
+        require_toolchain,
+    )
+    from lightning_modules.deploy.firmware import FirmwareError
     from lightning_modules.image_classifier import ImageClassifier
 
     opts = build_parser().parse_args(args)
@@ -161,30 +187,68 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     for ckpt in nets.values():  # before any data is decoded
         check_checkpoint_file(ckpt, "--net")
     require_tflite()  # one line naming what is missing, not an import traceback half-way through
-    data = CIFAR10DataModule(root=opts.data_root, image_size=opts.image_size, batch_size=100, num_workers=0,
-                             train_subset=max(opts.calib_images, 10), eval_subset=opts.eval_images)
-    data.setup("fit")
-    data.setup("test")
-    rows = {}
-    for name, ckpt in nets.items():
+    if opts.firmware:
+        try:
+            require_toolchain()
+        except ToolchainMissing as err:
+            raise SystemExit(f"error: --firmware: {err}") from err
+    datasets: dict[tuple, Any] = {}  # one set-up datamodule per (class, root, image size)
+    rows: dict[str, dict[str, Any]] = {}
+    command = "python experiments/reports/deploy.py " + " ".join(sys.argv[1:] if args is None else args)
+
+    def document(pending: list[str]) -> dict[str, Any]:
+        """The JSON so far; ``pending`` names the nets not yet done (absent once all are)."""
+        doc = {"command": command, "calib_images": opts.calib_images,
+               "eval_images": next(iter(rows.values()))["eval_images"], "nets": rows}
+        if opts.out:  # written after every net, so a long run that stops keeps what it measured
+            Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(opts.out).write_text(json.dumps({**doc, **({"pending": pending} if pending else {})},
+                                                 indent=2, default=str) + "\n")
+        return doc
+
+    for done, (name, ckpt) in enumerate(nets.items(), 1):
+        train_images = max(opts.calib_images, 10)
+        data = checkpoint_datamodule(ckpt, opts.data_root, opts.image_size, default_root=DEFAULT_DATA_ROOT,
+                                     batch_size=min(100, train_images), eval_batch_size=100, num_workers=0,
+                                     train_subset=train_images, eval_subset=opts.eval_images)
+        key = (type(data).__name__, str(data.hparams.root), int(data.hparams.image_size))
+        if key not in datasets:
+            data.setup("fit")
+            data.setup("test")
+            datasets[key] = data
+        data = datasets[key]
         module = ImageClassifier.load_from_checkpoint(ckpt, map_location="cpu")
         try:
             row = deploy_net(module.net, data, Path(opts.out_dir) / f"{name}.tflite", opts.calib_images,
                              opts.eval_images)
         except DeploymentError as err:  # an unsupported op, a broken scale, an interpreter crash
             raise SystemExit(f"error: {name}: {' '.join(str(err).split())}") from err
-        rows[name] = {"checkpoint": ckpt, "arch": module.arch, **row}
+        rows[name] = {"checkpoint": ckpt, "arch": module.arch, "dataset": type(data).__name__,
+                      "data_root": str(data.hparams.root), **row}
         r = rows[name]
         print(f"{name}: fp32 {r['fp32_acc']:.4f} int8 {r['int8_acc']:.4f} | arena {r['arena_bytes']:,} "
               f"est {r['est_arena_bytes']:,} ({r['arena_error']:+.1%}) | flash {r['flash_bytes']:,} "
               f"est {r['est_flash_bytes']:,} ({r['flash_error']:+.1%})", flush=True)
-    doc = {"command": "python experiments/reports/deploy.py " + " ".join(sys.argv[1:] if args is None else args),
-           "calib_images": opts.calib_images, "eval_images": next(iter(rows.values()))["eval_images"],
-           "nets": rows}
-    print("\n".join(deployment_table(rows)))
-    if opts.out:
-        Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(opts.out).write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        if opts.firmware:
+            bundle = Path(opts.out_dir) / f"{name}_firmware"
+            try:
+                r["firmware"] = firmware_row(r["tflite_path"], bundle, first_test_image(data), opts.arch,
+                                             opts.clock_mhz)
+            except FirmwareTooLarge as err:  # a result, not a failure: the net does not fit the target
+                r["firmware"] = {"arch": opts.arch, "error": str(err)}
+                print(f"{name}: firmware {opts.arch}: {err}", flush=True)
+                doc = document(list(nets)[done:])
+                continue
+            except (FirmwareError, FirmwareRunError, ToolchainMissing) as err:
+                text = str(err)
+                if "\n" in text:
+                    log = bundle.parent / f"{bundle.name}.log"
+                    log.write_text(text + "\n")
+                    text = f"{text.splitlines()[0]} (full output in {log})"
+                raise SystemExit(f"error: {name}: firmware: {text}") from err
+            print(firmware_line(name, r["firmware"]), flush=True)
+        doc = document(list(nets)[done:])
+    print("\n".join(deployment_table(rows) + [""] + firmware_section(doc)))
     return doc
 
 

@@ -74,6 +74,10 @@ class FirmwareRunError(RuntimeError):
     """The firmware did not build, crashed, hung or printed no result; the message has its output."""
 
 
+class FirmwareTooLarge(FirmwareRunError):
+    """The model or the linked firmware does not fit the linker script's flash; one line with both sizes."""
+
+
 def mcu_cache_dir() -> Path:
     """Where the TFLM library builds are cached (content-keyed, so sessions and runs may share them)."""
     return Path(os.environ.get("TINYML_MCU_CACHE_DIR") or Path.home() / ".cache" / "tinyml-pruning")
@@ -207,26 +211,56 @@ class Firmware:
         return self.data + self.bss
 
 
+#: ``FLASH (rx) : ORIGIN = ..., LENGTH = 4M`` in a GNU ld ``MEMORY`` block.
+_FLASH_REGION = re.compile(r"\bFLASH\s*\([^)]*\)\s*:\s*ORIGIN\s*=\s*[^,]+,\s*LENGTH\s*=\s*(0x[0-9a-fA-F]+|\d+)\s*([KM]?)")
+_OVERFLOW = re.compile(r"region `FLASH' overflowed by (\d+) bytes")
+
+
+def flash_length(linker_script: str | Path) -> int:
+    """Bytes of the ``FLASH`` memory region of a GNU ld linker script."""
+    match = _FLASH_REGION.search(Path(linker_script).read_text())
+    if not match:
+        raise FirmwareRunError(f"{linker_script} defines no FLASH memory region (FLASH (rx) : ORIGIN = ..., LENGTH = ...)")
+    return int(match.group(1), 0) * {"": 1, "K": 1 << 10, "M": 1 << 20}[match.group(2)]
+
+
 def build_firmware(bundle_dir: str | Path, library: TflmLibrary, out_dir: str | Path | None = None,
-                   stack_bytes: int = 0x10000, defines: tuple[str, ...] = ()) -> Firmware:
-    """Compile the bundle in ``bundle_dir`` with the start-up code and link it against ``library``.
-    ``defines``: preprocessor names for the bundle's sources (``TINYML_OP_MARKERS``: a marker call
-    before and after every operator, see :file:`mcu_files/main.cc`)."""
+                   stack_bytes: int = 0x10000, defines: tuple[str, ...] = (),
+                   linker_script: str | Path | None = None) -> Firmware:
+    """Compile the bundle in ``bundle_dir`` with the start-up code and link it against ``library`` with
+    ``linker_script`` (default :file:`mcu_files/mps2.ld`). ``defines``: preprocessor names for the
+    bundle's sources (``TINYML_OP_MARKERS``: a marker call before and after every operator, see
+    :file:`mcu_files/main.cc`). The bundle folder is on the assembler's include path, for a model
+    embedded with ``.incbin``. A model, or a firmware, larger than the script's flash is a
+    :class:`FirmwareTooLarge` naming both sizes."""
     bundle_dir = Path(bundle_dir)
+    script = Path(linker_script) if linker_script else MCU_FILES / "mps2.ld"
+    flash = flash_length(script)
+    model = bundle_dir / "model.tflite"
+    if model.is_file() and model.stat().st_size > flash:
+        raise FirmwareTooLarge(f"the model ({model.stat().st_size:,} bytes) is larger than the flash of "
+                               f"{script.name} ({flash:,} bytes)")
     out = Path(out_dir) if out_dir else bundle_dir / f"build-{library.arch}"
     out.mkdir(parents=True, exist_ok=True)
-    flags = [*library.compile_flags(), *(f"-D{name}" for name in defines)]
+    flags = [*library.compile_flags(), f"-I{bundle_dir}", f"-Wa,-I{bundle_dir}", *(f"-D{name}" for name in defines)]
     objects = []
     for source in bundle_sources(bundle_dir):
         objects.append(out / (source.stem + ".o"))
-        _run(["arm-none-eabi-g++", *flags, f"-I{bundle_dir}", "-c", str(source), "-o", str(objects[-1])])
+        _run(["arm-none-eabi-g++", *flags, "-c", str(source), "-o", str(objects[-1])])
     objects.append(out / "startup.o")
     _run(["arm-none-eabi-gcc", "-std=c11", "-Os", "-Wall", *arch_flags(library.arch), "--specs=rdimon.specs",
           "-c", str(MCU_FILES / "startup.c"), "-o", str(objects[-1])])
     elf = out / "firmware.elf"
-    _run(["arm-none-eabi-g++", *arch_flags(library.arch), "--specs=rdimon.specs", "-nostartfiles",
-          "-T", str(MCU_FILES / "mps2.ld"), f"-Wl,--defsym=STACK_SIZE={stack_bytes}", "-Wl,--gc-sections",
-          f"-Wl,-Map={out / 'firmware.map'}", *map(str, objects), str(library.archive), "-lm", "-o", str(elf)])
+    try:
+        _run(["arm-none-eabi-g++", *arch_flags(library.arch), "--specs=rdimon.specs", "-nostartfiles",
+              "-T", str(script), f"-Wl,--defsym=STACK_SIZE={stack_bytes}", "-Wl,--gc-sections",
+              f"-Wl,-Map={out / 'firmware.map'}", *map(str, objects), str(library.archive), "-lm", "-o", str(elf)])
+    except FirmwareRunError as err:
+        over = _OVERFLOW.search(str(err))
+        if over:
+            raise FirmwareTooLarge(f"the firmware ({flash + int(over.group(1)):,} bytes of code, constants and "
+                                   f"model) is larger than the flash of {script.name} ({flash:,} bytes)") from None
+        raise
     sizes = _run(["arm-none-eabi-size", "-B", str(elf)]).splitlines()[1].split()
     return Firmware(elf=elf, text=int(sizes[0]), data=int(sizes[1]), bss=int(sizes[2]), symbols=symbols(elf))
 

@@ -33,7 +33,7 @@ from torchmetrics.functional import spearman_corrcoef
 from callbacks.auxiliary_sweep import AuxiliarySweep
 from datamodules import CIFAR10DataModule
 from experiments.run.arguments import OneLineArgumentParser, positive_int
-from experiments.run.checkpoint_io import check_checkpoint_file
+from experiments.run.checkpoint_io import check_checkpoint_file, write_json
 from experiments.run.cli import exits_cleanly
 from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.pruning.depth_cut import Baseline, CutPoint, choose_cut
@@ -139,8 +139,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     }
     print(json.dumps({k: result[k] for k in ("spearman_vs_per_point", "rules")}, indent=1))
     if opts.out:
-        Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(opts.out).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(opts.out, result)
     return result
 
 

@@ -138,6 +138,24 @@ def test_atomic_checkpoint_io_keeps_the_old_file_and_its_mode(tmp_path: Path,
     assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.zeros(3))
 
 
+def test_a_summary_cut_short_by_a_full_disk_leaves_the_previous_one(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Summaries and reports (``write_json``) are replaced whole or not at all: a write that fails half-way
+    leaves the earlier file byte for byte and no partial file beside it."""
+    path = checkpoint_io.write_json(tmp_path / "run" / "summary.json", {"test/acc": 0.5, "path": tmp_path})
+    old = path.read_bytes()
+    assert json.loads(old) == {"test/acc": 0.5, "path": str(tmp_path)}
+
+    def fails(f, data: bytes) -> None:
+        f.write(data[:10])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_io, "write_bytes", fails)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint_io.write_json(path, {"test/acc": 0.9})
+    assert path.read_bytes() == old and list(path.parent.iterdir()) == [path]
+
+
 def test_a_pipeline_run_prints_no_warnings(folder: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str],
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Baseline, sweep (frozen backbone: modules in eval mode on purpose), cut and fine-tune: no warning

@@ -25,7 +25,7 @@ from lightning_modules.deploy.firmware import arena_with_margin, c_array, resolv
 from lightning_modules.deploy.mcu_latency import MLPERF_TINY_VWW, latency_ms
 from lightning_modules.models.mobilenet_v1 import MobileNetV1
 from tests.conftest import REPO_ROOT
-from tests.test_export import trained_like
+from tests.helpers.weights import trained_like
 from tests.test_tflite import tflite_installed
 
 ARCH = "cortex-m4"

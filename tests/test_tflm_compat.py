@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from lightning_modules.deploy.tflm_compat import HardSigmoidRelu6, ZeroPadMaxPool, bad_scales, tflm_friendly
-from tests.test_export import trained_like
+from tests.helpers.weights import trained_like
 from tests.test_tflite import tflite_installed
 
 

@@ -11,6 +11,7 @@ with ``TFLM_FULL_GRID=1``.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -20,9 +21,10 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_modules.backbones.timm import timm_network
 from lightning_modules.deploy.tflm_plan import PlanBuffer, greedy_offsets, greedy_plan, planner_order
 from lightning_modules.models.mobilenet_v1 import MobileNetV1
-from tests.test_export import trained_like
+from tests.helpers.weights import trained_like
 from tests.test_tflite import tflite_installed
 
 TOLERANCE = 0.01  # arena and flash: estimate within 1 % of TFLM's figure
@@ -60,15 +62,7 @@ def mnv1(width: float = 1.0, blocks: int = 13, **kw) -> Callable[[], nn.Module]:
 
 
 def timm_net(name: str, cut: int | None = None) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
-        from lightning_modules.backbones.timm import TimmAdapter
-
-        adapter = TimmAdapter(name, None, 10)
-        net = adapter.build({})
-        if cut is None:
-            return net
-        return adapter.cut(net, adapter.describe(net), cut, (), None, "original_fresh_head")[0]
-    return build
+    return functools.partial(timm_network, name, 10, cut)
 
 
 ODD = [7, 13, 21, 19, 37, 45]  # stem + 5 blocks, odd widths

@@ -38,7 +38,10 @@ import torch
 from torch import nn
 
 from experiments.run.arguments import OneLineArgumentParser
+from experiments.run.checkpoint_io import write_json
 from experiments.run.cli import exits_cleanly
+from lightning_modules.backbones.base import trained_like_batchnorm
+from lightning_modules.backbones.timm import timm_network
 from lightning_modules.deploy.mcu_cost import GRAPH_TERMS, feature_names, op_features, op_terms
 from lightning_modules.deploy.tflm_estimate import PredictedGraph, network_graph
 from lightning_modules.models.mobilenet_v1 import BASE_CHANNELS, MobileNetV1
@@ -70,15 +73,7 @@ def pruned(sparsity: float, blocks: int = 13) -> Callable[[], nn.Module]:
 
 def timm_net(name: str, cut: int | None = None) -> Callable[[], nn.Module]:
     """A timm network builder, whole or cut after cut point ``cut`` with a fresh head."""
-    def build() -> nn.Module:
-        from lightning_modules.backbones.timm import TimmAdapter
-
-        adapter = TimmAdapter(name, None, 10)
-        net = adapter.build({})
-        if cut is None:
-            return net
-        return adapter.cut(net, adapter.describe(net), cut, (), None, "original_fresh_head")[0]
-    return build
+    return functools.partial(timm_network, name, 10, cut)
 
 
 NETS: dict[str, NetSpec] = {
@@ -104,24 +99,10 @@ NETS: dict[str, NetSpec] = {
 }
 
 
-def with_statistics(net: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BatchNorm statistics and affine terms (as a trained network has; a fresh one's zero-
-    initialised residual BatchNorms would give all-zero tensors), in eval mode."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=gen) * 0.4 - 0.2)
-    return net.eval()
-
-
 def build_net(name: str) -> nn.Module:
     """Network ``name`` of :data:`NETS`, seeded, with trained-like statistics, in eval mode."""
     torch.manual_seed(0)
-    return with_statistics(NETS[name].build())
+    return trained_like_batchnorm(NETS[name].build())
 
 
 def measure(name: str, arch: str, work: Path, timeout_s: float = 600.0) -> dict[str, Any]:
@@ -296,8 +277,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     report = {"arch": opts.arch, "coefficients": table, "nets": results, "op_kinds": kinds,
               "command": "uv run experiments/bench/fit_mcu_cost.py " + " ".join(sys.argv[1:] if args is None else args)}
     if opts.out:
-        Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(opts.out).write_text(json.dumps(report, indent=2) + "\n")
+        write_json(opts.out, report)
     return report
 
 

@@ -18,7 +18,6 @@ convolution (``lightning_modules.models.fusion.fuse_conv_bn``), and ``torch_fuse
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from experiments.run.arguments import OneLineArgumentParser, non_negative_int, positive_int
+from experiments.run.checkpoint_io import write_json
 from experiments.run.cli import exits_cleanly
 from lightning_modules.deploy.export import export_onnx
 from lightning_modules.deploy.op_profile import onnx_op_profile, torch_op_profile
@@ -171,8 +171,7 @@ def main(args: list[str] | None = None) -> list[dict[str, Any]]:
     if opts.profile_ops:
         print(format_op_shares(rows))
     if opts.out is not None:
-        Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(opts.out).write_text(json.dumps(rows, indent=2))
+        write_json(opts.out, rows)
     return rows
 
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from experiments.run.arguments import OneLineArgumentParser, non_negative_int, positive_int
+from experiments.run.checkpoint_io import write_json
 from experiments.run.cli import exits_cleanly
 from lightning_modules.backbones import build_net
 from lightning_modules.deploy.export import check_onnx, export_onnx, onnx_accuracy, quantize_int8
@@ -159,8 +160,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
                 results["onnx_int8_path"] = None
     print(f"arch  {arch}\n{format_table(results)}")
     if opts.out is not None:
-        Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(opts.out).write_text(json.dumps(results, indent=2, default=_jsonable))
+        write_json(opts.out, results, default=_jsonable)
     return results
 
 

@@ -19,7 +19,6 @@ training batch, and to its exit. Arguments after ``--`` go to every child (e.g. 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import statistics
@@ -32,6 +31,7 @@ from typing import Any
 
 from callbacks.throughput import FIRST_BATCH_ENV
 from experiments.run.arguments import OneLineArgumentParser, positive_int
+from experiments.run.checkpoint_io import write_json
 from experiments.run.cli import exits_cleanly
 
 REPO = Path(__file__).resolve().parents[2]
@@ -154,8 +154,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     result = {"script": opts.script, "cli_args": cli_args, "runs": runs, "summary": summary, "untimed": warm,
               "cpus": os.cpu_count(), "command": command}
     if opts.out is not None:
-        Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(opts.out).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(opts.out, result)
     if opts.profile_dir is not None:
         profile(opts.script, modes, cli_args, Path(opts.profile_dir))
     return result

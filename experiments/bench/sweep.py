@@ -21,7 +21,6 @@ runs' total to the sweep.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import statistics
 import sys
@@ -33,6 +32,7 @@ import torch
 
 from experiments.bench.throughput import DEFAULT_ROOT, resolve_device
 from experiments.run.arguments import OneLineArgumentParser, positive_int
+from experiments.run.checkpoint_io import write_json
 from experiments.run.cli import exits_cleanly
 
 #: MobileNetV1's cut points: after the stem and after each of its 13 blocks.
@@ -136,8 +136,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     }
     print(format_result(result))
     if opts.out is not None:
-        opts.out.parent.mkdir(parents=True, exist_ok=True)
-        opts.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(opts.out, result)
         print(f"Wrote {opts.out}")
     return result
 

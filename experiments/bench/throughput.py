@@ -28,7 +28,6 @@ The machine's peak is a dense matmul timed in each round; the fraction of peak c
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import statistics
 import sys
@@ -39,6 +38,7 @@ from typing import Any
 import torch
 
 from experiments.run.arguments import OneLineArgumentParser, non_negative_int, positive_int
+from experiments.run.checkpoint_io import write_json
 from experiments.run.cli import exits_cleanly
 
 DEFAULT_ROOT = "../shared/data/cifar10-jpg.tar.gz"
@@ -278,8 +278,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     }
     print_report(result)
     if opts.out is not None:
-        opts.out.parent.mkdir(parents=True, exist_ok=True)
-        opts.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(opts.out, result)
         print(f"Wrote {opts.out}")
     return result
 

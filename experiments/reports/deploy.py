@@ -34,7 +34,7 @@ from experiments.reports.deploy_target import (
 )
 from experiments.reports.format import kb
 from experiments.run.arguments import OneLineArgumentParser, positive_int
-from experiments.run.checkpoint_io import check_checkpoint_file
+from experiments.run.checkpoint_io import check_checkpoint_file, write_json
 from experiments.run.cli import exits_cleanly
 from lightning_modules.deploy.errors import DeploymentError
 from lightning_modules.deploy.tflite import require_tflite
@@ -201,9 +201,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         doc = {"command": command, "calib_images": opts.calib_images,
                "eval_images": next(iter(rows.values()))["eval_images"], "nets": rows}
         if opts.out:  # written after every net, so a long run that stops keeps what it measured
-            Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(opts.out).write_text(json.dumps({**doc, **({"pending": pending} if pending else {})},
-                                                 indent=2, default=str) + "\n")
+            write_json(opts.out, {**doc, **({"pending": pending} if pending else {})})
         return doc
 
     for done, (name, ckpt) in enumerate(nets.items(), 1):

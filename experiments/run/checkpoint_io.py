@@ -1,4 +1,5 @@
-"""Checkpoint files that survive a full disk or a crash, and are read without running code.
+"""Checkpoint files (and run summaries, reports: :func:`write_json`) that survive a full disk or a crash,
+and checkpoints read without running code.
 
 :class:`AtomicCheckpointIO` is the Lightning ``CheckpointIO`` of every experiment (``experiments/run/cli.py``
 adds it to the trainer). Lightning's ``TorchCheckpointIO`` writes through an fsspec transaction but never
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import pickle
 import tempfile
@@ -25,7 +27,7 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-__all__ = ["AtomicCheckpointIO", "CheckpointError", "check_checkpoint_file", "write_bytes"]
+__all__ = ["AtomicCheckpointIO", "CheckpointError", "atomic_write", "check_checkpoint_file", "write_bytes", "write_json"]
 
 #: Bytes per ``write`` call.
 CHUNK_BYTES: int = 1 << 22
@@ -63,6 +65,33 @@ def write_bytes(f: io.BufferedWriter, data: bytes) -> None:
         f.write(view[start:start + CHUNK_BYTES])
 
 
+def atomic_write(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, flushed, fsynced and renamed
+    over ``path``: a reader sees the old file or the new one, never part of one. Raises ``OSError``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _file_mode(path))
+            write_bytes(f, data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def write_json(path: str | Path, document: Any, default: Callable[[Any], Any] | None = str) -> Path:
+    """``document`` as indented JSON (values JSON lacks through ``default``), written by :func:`atomic_write`:
+    a summary or report that a run stopped while writing is its previous version, not a torn file."""
+    return atomic_write(path, (json.dumps(document, indent=2, default=default) + "\n").encode())
+
+
 def _file_mode(path: Path) -> int:
     """Mode for the new file: the old file's, else what ``open`` would give (0o666 less the umask);
     ``mkstemp`` alone would leave it readable by its owner only."""
@@ -92,24 +121,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)  # serialise first: a failure here leaves no file at all
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+            atomic_write(path, buffer.getbuffer().tobytes())
         except OSError as err:
             raise self._write_error(path, err) from err
-        try:
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), _file_mode(path))
-                write_bytes(f, buffer.getbuffer().tobytes())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException as err:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            if isinstance(err, OSError):
-                raise self._write_error(path, err) from err
-            raise
-        _fsync_dir(path.parent)
 
     @staticmethod
     def _write_error(path: Path, err: OSError) -> CheckpointError:

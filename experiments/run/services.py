@@ -4,7 +4,6 @@ end, reading checkpoints (the baseline a pruning run starts from) and a split's 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from lightning.pytorch.loggers import WandbLogger
 from callbacks.last_checkpoint import LastCheckpoint
 from callbacks.stages import run_dir
 from callbacks.stop_conditions import StopConditions, check_stages_done
-from experiments.run.checkpoint_io import CheckpointError, check_checkpoint_file
+from experiments.run.checkpoint_io import CheckpointError, check_checkpoint_file, write_json
 from experiments.run.checks import ExperimentError
 from lightning_modules.backbones import ArchitectureMismatch
 from lightning_modules.deploy.profiling import tinyml_budget
@@ -86,8 +85,7 @@ def write_summary(trainer: L.Trainer, model: L.LightningModule, datamodule: Any,
     }
     path = run_dir(trainer) / "summary.json"
     if trainer.is_global_zero:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        write_json(path, summary)
         if isinstance(trainer.logger, WandbLogger):
             flat = {f"summary/{k}": v for k, v in summary.items() if isinstance(v, int | float)}
             flat |= {f"summary/budget/{k}": v for k, v in summary["budget"].items()}

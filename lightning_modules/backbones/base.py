@@ -70,6 +70,21 @@ def check_same_architecture(
         raise ArchitectureMismatch(f"{what} do not match the network: {problem}")
 
 
+def trained_like_batchnorm(net: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BatchNorm statistics and affine terms, as a trained network has (a fresh one's zero-initialised
+    residual BatchNorms would give all-zero tensors, which export and quantisation treat specially); the
+    network in eval mode. For measuring networks nobody trained: exports, memory plans, instruction counts."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.bias.copy_(torch.rand(m.num_features, generator=gen) * 0.4 - 0.2)
+    return net.eval()
+
+
 @contextlib.contextmanager
 def untouched_rng() -> Iterator[None]:
     """Build throw-away networks without moving the global random stream (exact resume, same seeds)."""

@@ -305,3 +305,13 @@ class TimmAdapter(BackboneAdapter):
     def merge_compactors(self, net: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
         merged = merge_compactors(net)
         return merged, self.describe(merged)
+
+
+def timm_network(name: str, num_classes: int = 10, cut: int | None = None) -> nn.Module:
+    """timm network ``name`` for ``num_classes`` (random weights), whole or cut after cut point ``cut`` with
+    a fresh head, as a depth-pruning run builds it (for sizing and cost measurements)."""
+    adapter = TimmAdapter(name, None, num_classes)
+    net = adapter.build({})
+    if cut is None:
+        return net
+    return adapter.cut(net, adapter.describe(net), cut, (), None, "original_fresh_head")[0]

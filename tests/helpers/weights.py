@@ -9,6 +9,8 @@ import lightning as L
 import torch
 from torch import nn
 
+from lightning_modules.backbones.base import trained_like_batchnorm
+
 
 def save_checkpoint(module: L.LightningModule, path: Path) -> Path:
     """``module`` as a Lightning checkpoint file, without training it."""
@@ -30,17 +32,14 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 
 def trained_like(net: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BatchNorm statistics and a larger classifier, so that outputs are O(1) rather than ~0
-    (a fresh network's logits are tiny and would hide export errors)."""
-    gen = torch.Generator().manual_seed(seed)
+    """Trained-like BatchNorm (:func:`~lightning_modules.backbones.base.trained_like_batchnorm`) and a larger
+    classifier, so that outputs are O(1) rather than ~0 (a fresh network's logits are tiny and would hide
+    export errors); in eval mode."""
+    trained_like_batchnorm(net, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=gen) * 0.4 - 0.2)
-            elif isinstance(m, nn.Linear):
+            if isinstance(m, nn.Linear):
                 m.weight.normal_(0.0, 0.5, generator=gen)
                 m.bias.normal_(0.0, 0.1, generator=gen)
-    return net.eval()
+    return net

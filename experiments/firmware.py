@@ -26,7 +26,7 @@ import numpy as np
 from lightning_modules.deploy.cortexm import FirmwareRunError, ToolchainMissing, require_toolchain
 from lightning_modules.deploy.firmware import ARENA_MARGIN, FirmwareError, write_bundle
 from lightning_modules.deploy.mcu_latency import MLPERF_TINY_VWW
-from lightning_modules.deploy.tflite import MissingDependency
+from lightning_modules.deploy.tflite_file import MissingDependency
 from lightning_modules.deploy.verify import run_on_target
 
 DEFAULT_DATA_ROOT = "../shared/data/cifar10-jpg.tar.gz"

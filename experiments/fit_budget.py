@@ -56,7 +56,7 @@ from experiments.run.cli import (
 )
 from lightning_modules.deploy.cortexm import FirmwareRunError, ToolchainMissing, require_toolchain
 from lightning_modules.deploy.firmware import FirmwareError
-from lightning_modules.deploy.tflite import MissingDependency, require_tflite
+from lightning_modules.deploy.tflite_file import MissingDependency, require_tflite
 from lightning_modules.deploy.verify import deploy_net, measure_on_target
 from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.pruning.budget import Budget, NothingFits, feasible, fits, measured_overshoot

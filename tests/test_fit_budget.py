@@ -21,7 +21,7 @@ BUDGET_ARGS = ["--search.proxy_steps", "2", "--search.proxy_images", "8", "--dep
 
 
 def tflite_installed() -> None:
-    from lightning_modules.deploy.tflite import MissingDependency, require_tflite
+    from lightning_modules.deploy.tflite_file import MissingDependency, require_tflite
 
     try:
         require_tflite()

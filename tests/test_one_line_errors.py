@@ -29,7 +29,7 @@ from experiments.bench import sweep as bench_sweep
 from experiments.bench import throughput as bench_throughput
 from experiments.reports import deploy as deploy_report
 from experiments.reports import results as report
-from lightning_modules.deploy.tflite import TFLITE_MODULES
+from lightning_modules.deploy.tflite_file import TFLITE_MODULES
 from tests.helpers import fake_data
 from tests.helpers.cli_args import base_args
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_modules.deploy.tflite import MissingDependency, require_tflite
+from lightning_modules.deploy.tflite_file import MissingDependency, require_tflite
 from lightning_modules.deploy.tflm_estimate import (
     estimate_tflm,
     greedy_plan,

@@ -37,7 +37,7 @@ from experiments.run.arguments import OneLineArgumentParser, positive_int
 from experiments.run.checkpoint_io import check_checkpoint_file, write_json
 from experiments.run.cli import exits_cleanly
 from lightning_modules.deploy.errors import DeploymentError
-from lightning_modules.deploy.tflite import require_tflite
+from lightning_modules.deploy.tflite_file import require_tflite
 from lightning_modules.deploy.verify import deploy_net
 from lightning_modules.pruning.budget import KB
 

@@ -55,7 +55,7 @@ from experiments.run.services import (  # noqa: F401 (the entry points' import p
 )
 from lightning_modules.backbones import ArchitectureMismatch
 from lightning_modules.deploy.errors import DeploymentError
-from lightning_modules.deploy.tflite import MissingDependency
+from lightning_modules.deploy.tflite_file import MissingDependency
 
 WANDB_HOST = "api.wandb.ai"
 #: The logger's default ``save_dir``; ``--trainer.default_root_dir`` replaces it when given.

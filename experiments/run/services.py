@@ -23,7 +23,7 @@ from lightning_modules.backbones import ArchitectureMismatch
 from lightning_modules.deploy.profiling import tinyml_budget
 
 if TYPE_CHECKING:
-    from experiments.run.cli import ExperimentCLI
+    from lightning.pytorch.cli import LightningCLI
 
 
 def _plain(value: Any) -> Any:
@@ -32,7 +32,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def fit_and_test(cli: ExperimentCLI) -> dict[str, str | None]:
+def fit_and_test(cli: LightningCLI) -> dict[str, str | None]:
     """Fit (resuming from ``--ckpt_path``), then test the best checkpoint (the current weights when
     checkpointing is off). The fit's metrics stay in ``trainer.callback_metrics`` next to the test's.
     Returns the best and last checkpoint paths."""

@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from lightning_modules.deploy.tflm import interpreter, model_structure, quantize_input, read_model, tflm_arena
+from lightning_modules.deploy.tflite_file import model_structure, read_model
+from lightning_modules.deploy.tflm import interpreter, quantize_input, tflm_arena
 
 #: Fraction added to the host plan's arena for ``kTensorArenaSize``. The 64-bit host build already
 #: over-states a 32-bit target's arena (TFLM's structs hold pointers); the margin covers the arena's

@@ -9,12 +9,10 @@ The converter lives in the optional ``tflite`` dependency group (``uv sync --ext
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,42 +20,12 @@ import numpy as np
 from torch import nn
 
 from lightning_modules.deploy.export import export_onnx
-
-#: Import name → distribution of every package the ``tflite`` extra brings.
-TFLITE_MODULES: dict[str, str] = {
-    "onnx2tf": "onnx2tf",
-    "tensorflow": "tensorflow",
-    "tf_keras": "tf-keras",
-    "ai_edge_litert": "ai-edge-litert",
-    "onnx_graphsurgeon": "onnx-graphsurgeon",
-    "tflite_micro": "tflite-micro",
-}
-INSTALL_HINT: str = "uv sync --extra tflite   (pip: pip install -e '.[tflite]')"
+from lightning_modules.deploy.tflite_file import require_tflite
+from lightning_modules.deploy.tflm_compat import preflight, tflm_friendly
 
 #: onnx2tf checks its conversion on a sample-image file it downloads unless one with this name is in the
 #: working directory; the export writes its own calibration images there, so nothing is downloaded.
 ONNX2TF_SAMPLE_FILE: str = "calibration_image_sample_data_20x128x128x3_float32.npy"
-
-
-class MissingDependency(RuntimeError):
-    """An optional package is not installed; the message says which and how to install it."""
-
-
-def _installed(module: str) -> bool:
-    if module in sys.modules:  # an entry of None means "import fails" (how tests hide a package)
-        return sys.modules[module] is not None
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def require_tflite(modules: Sequence[str] = tuple(TFLITE_MODULES)) -> None:
-    """Raise :class:`MissingDependency` (one line: what is missing, how to install) unless every module
-    of the ``tflite`` extra in ``modules`` can be imported."""
-    missing = [TFLITE_MODULES.get(m, m) for m in modules if not _installed(m)]
-    if missing:
-        raise MissingDependency(f"int8 TFLite export / TFLite Micro needs {', '.join(missing)}: {INSTALL_HINT}")
 
 
 def to_nhwc(images: np.ndarray) -> np.ndarray:
@@ -147,7 +115,6 @@ def export_int8_tflite(model: nn.Module, out_path: str | Path, calibration: np.n
     :func:`~lightning_modules.deploy.tflm_compat.preflight` (every op has a TFLM kernel, every scale is
     sane) or raises :class:`~lightning_modules.deploy.tflm_compat.NotDeployable` naming the op and layer,
     leaving no ``.tflite`` behind."""
-    from lightning_modules.deploy.tflm_compat import preflight, tflm_friendly
 
     require_tflite(("onnx2tf",))
     net, _ = tflm_friendly(model, image_size, in_chans)

@@ -22,7 +22,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -32,22 +31,18 @@ import torch
 
 from lightning_modules.deploy.errors import DeploymentError
 from lightning_modules.deploy.export import top1_accuracy
-from lightning_modules.deploy.tflite import require_tflite, to_nhwc
+from lightning_modules.deploy.tflite import to_nhwc
+from lightning_modules.deploy.tflite_file import (
+    builtin_names,
+    parse_model,
+    read_model,
+    require_tflite,
+    tflm_runtime,
+)
+from lightning_modules.deploy.tflm_compat import NotDeployable, preflight
 
 _TOTAL = re.compile(r"Arena allocation (total|head|tail) (\d+) bytes")
 _CATEGORY = re.compile(r"'([^']+)' used (\d+) bytes")
-
-
-def _runtime() -> Any:
-    require_tflite(("tflite_micro",))
-    from tflite_micro.python.tflite_micro import runtime
-
-    return runtime
-
-
-def read_model(model: bytes | str | Path) -> bytes:
-    """The flatbuffer's bytes (from bytes or a path)."""
-    return bytes(model) if isinstance(model, bytes | bytearray) else Path(model).read_bytes()
 
 
 def interpreter(model: bytes | str | Path, arena_size: int | None = None) -> Any:
@@ -55,7 +50,7 @@ def interpreter(model: bytes | str | Path, arena_size: int | None = None) -> Any
     :func:`default_arena_size`). An interpreter that aborts ends the process: use :class:`TflmProcess`
     for any model that has not been run before."""
     data = read_model(model)
-    return _runtime().Interpreter.from_bytes(data, arena_size=arena_size or default_arena_size(data))
+    return tflm_runtime().Interpreter.from_bytes(data, arena_size=arena_size or default_arena_size(data))
 
 
 def default_arena_size(data: bytes) -> int:
@@ -105,7 +100,6 @@ def _first_layer(model: bytes, op: str) -> str | None:
 
 def _static_diagnosis(model: bytes) -> str:
     """What :func:`~lightning_modules.deploy.tflm_compat.preflight` finds wrong with the model."""
-    from lightning_modules.deploy.tflm_compat import NotDeployable, preflight
 
     try:
         preflight(model)
@@ -263,50 +257,3 @@ def tflm_accuracy(model: bytes | str | Path, batches: Iterable[tuple[Any, Any]])
     """Top-1 accuracy of the int8 model in TFLM over ``(images, labels)`` batches, and the image count."""
     with TflmProcess(model) as proc:
         return top1_accuracy(proc.predict, batches, "tflm_accuracy")
-
-
-def parse_model(model: bytes | str | Path) -> Any:
-    """The ``.tflite`` flatbuffer as TFLM's Python schema objects (``ModelT``)."""
-    return _runtime().convert_bytearray_to_object(bytearray(read_model(model)))
-
-
-def builtin_names(graph: Any, subgraph: int = 0) -> list[str]:
-    """The builtin name (``CONV_2D``, …) of every operator of a parsed model's subgraph, in order."""
-    runtime = _runtime()
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
-
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    return [names[runtime.get_builtin_code_from_operator_code(graph.operatorCodes[op.opcodeIndex])]
-            for op in graph.subgraphs[subgraph].operators]
-
-
-def model_structure(model: bytes | str | Path) -> dict[str, Any]:
-    """Ops, tensors and quantisation of a ``.tflite``: op counts by name, tensor count, input/output
-    dtypes, and whether every conv/depthwise/FC weight is int8 with one scale per output channel."""
-    runtime = _runtime()
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
-
-    data = read_model(model)
-    graph = runtime.convert_bytearray_to_object(bytearray(data))
-    sub = graph.subgraphs[0]
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
-    ops: Counter[str] = Counter()
-    per_channel = True
-    for op in sub.operators:
-        name = names[runtime.get_builtin_code_from_operator_code(graph.operatorCodes[op.opcodeIndex])]
-        ops[name] += 1
-        if name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
-            weight = sub.tensors[op.inputs[1]]
-            channels = weight.shape[3] if name == "DEPTHWISE_CONV_2D" else weight.shape[0]
-            scales = weight.quantization.scale if weight.quantization is not None else None
-            per_channel &= types[weight.type] == "INT8" and scales is not None and (
-                len(scales) == channels or name == "FULLY_CONNECTED")
-    return {
-        "ops": dict(ops),
-        "tensors": len(sub.tensors),
-        "input_dtype": types[sub.tensors[sub.inputs[0]].type],
-        "output_dtype": types[sub.tensors[sub.outputs[0]].type],
-        "int8_per_channel_weights": bool(per_channel),
-        "flash_bytes": len(data),
-    }

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_modules.deploy.errors import DeploymentError
+from lightning_modules.deploy.tflite_file import builtin_names, parse_model, tflm_runtime
 
 #: Largest quantisation scale a calibrated int8 tensor may have: an activation range of ±2^20 (a range
 #: beyond that means calibration saw an infinity or a sentinel such as −FLT_MAX, not data).
@@ -164,10 +165,7 @@ def tflm_friendly(model: nn.Module, image_size: int, in_chans: int = 3) -> tuple
 def interpreter_ops() -> frozenset[str]:
     """The builtin ops the installed TFLM interpreter has kernels for: the ``Register_<OP>`` functions
     compiled into the ``tflite-micro`` package's extension module (its op resolver registers each)."""
-    from lightning_modules.deploy.tflite import require_tflite
-
-    require_tflite(("tflite_micro",))
-    from tflite_micro.python.tflite_micro import runtime
+    runtime = tflm_runtime()
 
     libs = sorted(Path(runtime.__file__).parent.glob("_runtime*.so"))
     if not libs:
@@ -217,8 +215,6 @@ def preflight(model: bytes | str | Path, onnx_path: str | Path | None = None) ->
     tensor's scale is finite, positive and at most :data:`MAX_SANE_SCALE`. Raises :class:`NotDeployable`
     with the op, the tensor and the network layer (from ``onnx_path``'s node names, when given); returns
     ``{"ops": {name: count}}`` when the model passes."""
-    from lightning_modules.deploy.tflm import builtin_names, parse_model
-
     graph = parse_model(model)
     sub = graph.subgraphs[0]
     names = builtin_names(graph)

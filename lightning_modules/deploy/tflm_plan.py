@@ -262,7 +262,7 @@ _DTYPE_BYTES: dict[str, int] = {"INT8": 1, "UINT8": 1, "BOOL": 1, "INT16": 2, "F
 
 def read_graph(model: bytes | str | Path) -> tuple[TfliteGraphPlan, list[str], Any]:
     """The plan inputs of a ``.tflite`` (subgraph 0), each op's builtin name, and the parsed model."""
-    from lightning_modules.deploy.tflm import builtin_names, parse_model
+    from lightning_modules.deploy.tflite_file import builtin_names, parse_model
 
     graph_obj = parse_model(model)
     sub = graph_obj.subgraphs[0]
@@ -305,7 +305,7 @@ def _tensor_type_names() -> dict[int, str]:
 def plan_tflite(model: bytes | str | Path, target_bits: int = 64) -> dict[str, int]:
     """TFLM's arena for a converted ``.tflite`` without running it, and the flash it takes (its bytes):
     ``{"arena_bytes", "arena_head_bytes", "arena_tail_bytes", "flash_bytes", "ops", "tensors"}``."""
-    from lightning_modules.deploy.tflm import read_model
+    from lightning_modules.deploy.tflite_file import read_model
 
     data = read_model(model)
     graph, _, _ = read_graph(data)

@@ -25,7 +25,8 @@ from lightning_modules.deploy.firmware import ARENA_MARGIN, write_bundle
 from lightning_modules.deploy.mcu_latency import MLPERF_TINY_VWW, latency_ms
 from lightning_modules.deploy.profiling import tinyml_budget
 from lightning_modules.deploy.tflite import export_int8_tflite
-from lightning_modules.deploy.tflm import TflmProcess, model_structure
+from lightning_modules.deploy.tflite_file import model_structure
+from lightning_modules.deploy.tflm import TflmProcess
 from lightning_modules.deploy.tflm_estimate import estimate_tflm
 
 

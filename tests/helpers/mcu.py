@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lightning_modules.deploy import cortexm
-from lightning_modules.deploy.tflite import MissingDependency, require_tflite
+from lightning_modules.deploy.tflite_file import MissingDependency, require_tflite
 from lightning_modules.models.mobilenet_v1 import MobileNetV1
 from tests.helpers.weights import trained_like
 

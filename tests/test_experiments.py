@@ -9,8 +9,10 @@ import lightning as L
 import pytest
 import torch
 
+from callbacks.epoch_log import read_epochs
 from experiments import depth_prune, train
 from experiments.reports import results as report
+from experiments.reports.curves import plot_curves
 from lightning_modules.image_classifier import ImageClassifier
 from tests.helpers.cli_args import STOP_AFTER, pipeline_args, tiny_args
 from tests.helpers.weights import assert_same_weights, load_weights
@@ -47,6 +49,11 @@ def test_resume_reproduces_uninterrupted_training(real_data_dir: Path, tmp_path:
     assert Path(resumed["last_checkpoint"]).parent.parent.name == run_id  # the same W&B run continues
     assert_same_weights(load_weights(straight["last_checkpoint"]), load_weights(resumed["last_checkpoint"]))
     assert resumed["metrics"]["test/acc"] == pytest.approx(straight["metrics"]["test/acc"])
+    # the learning curve of the resumed run has one row per epoch, equal to the uninterrupted run's
+    curve = read_epochs(Path(resumed["last_checkpoint"]).parent.parent / "epochs.csv")
+    straight_curve = read_epochs(Path(straight["last_checkpoint"]).parent.parent / "epochs.csv")
+    assert [r["epoch"] for r in curve] == [0, 1] and [r["stage"] for r in curve] == ["baseline"] * 2
+    assert [r["val_acc"] for r in curve] == pytest.approx([r["val_acc"] for r in straight_curve])
     # and the first stage alone really differs from two epochs (the comparison can fail)
     with pytest.raises(AssertionError):
         assert_same_weights(first_weights, load_weights(straight["last_checkpoint"]))
@@ -63,8 +70,13 @@ def test_depth_pipeline_kill_after_cut_and_resume(real_data_dir: Path, tmp_path:
     assert straight["pruned"]["params"] < straight["baseline"]["params"]
     assert straight["pruned"]["macs"] < straight["baseline"]["macs"]
     run_dir = Path(straight["last_checkpoint"]).parent.parent
-    for name in ("depth_sweep.csv", "depth_sweep.json", "depth_sweep.png", "config.yaml"):
+    for name in ("depth_sweep.csv", "depth_sweep.json", "depth_sweep.png", "config.yaml", "epochs.csv"):
         assert (run_dir / name).is_file(), name
+    curve = read_epochs(run_dir / "epochs.csv")
+    assert [(r["epoch"], r["stage"]) for r in curve] == [(0, "baseline"), (1, "sweep"), (2, "after DepthPrune"),
+                                                         (3, "after DepthPrune")]
+    assert all(r["val_acc"] is not None and r["lr"] > 0 for r in curve)
+    assert plot_curves(run_dir / "epochs.csv", tmp_path / "curve.png").stat().st_size > 0
 
     killed = json.loads(depth_prune.main([*args, *STOP_AFTER, "2"]).read_text())
     assert killed["epochs"] == 3 and killed["chosen_cut"] == 6  # stopped right after the first cut epoch

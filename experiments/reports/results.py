@@ -17,6 +17,7 @@ from typing import Any
 
 from experiments.reports.backbones import MOBILENET_V1, backbone_of, backbone_section
 from experiments.reports.cost import budget_of, cost_figure
+from experiments.reports.curves import curve_lines
 from experiments.reports.deploy import deployment_sections
 from experiments.reports.format import count, kb, minutes, pct, ratio
 from experiments.reports.protocol import findings, protocol_section, schedule_span
@@ -244,6 +245,7 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
         "",
     ]
     lines += width_section(width, depth_rows, out)
+    lines += curve_lines(summaries, out)
     lines += cost_figure(depth_rows, baselines, out, latency_runs)
     for s in depth_rows:
         if not s.get("sweep") or len(s.get("stages", [])) > 1:  # depth + width runs: their own section
@@ -297,7 +299,7 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
     return portable("\n".join(lines))  # no path of this machine in the page
 
 
-ARCHIVED_FILES = ("summary.json", "config.yaml", "profile.json", "depth_sweep.csv", "depth_sweep.json", "depth_sweep.png",
+ARCHIVED_FILES = ("summary.json", "config.yaml", "epochs.csv", "profile.json", "depth_sweep.csv", "depth_sweep.json", "depth_sweep.png",
                   "fit_budget.png")
 
 

@@ -31,6 +31,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from callbacks.epoch_log import EpochLog
 from callbacks.epoch_seed import EpochSeed
 from callbacks.finite_loss import FiniteLoss, NonFiniteLossError
 from callbacks.last_checkpoint import LastCheckpoint
@@ -245,7 +246,7 @@ def trainer_defaults(project: str = "tinyml-pruning") -> dict[str, Any]:
         },
         # Persistent callbacks (instances, added to whatever --trainer.callbacks lists).
         "callbacks": [progress_bar(), LearningRateMonitor(logging_interval="epoch"), EpochSeed(),
-                      LastCheckpoint(), Throughput(), FiniteLoss(), ResumeHint()],
+                      LastCheckpoint(), Throughput(), FiniteLoss(), ResumeHint(), EpochLog()],
     }
 
 

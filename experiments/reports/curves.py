@@ -1,0 +1,71 @@
+"""Learning curves for ``docs/RESULTS.md``: a run's validation accuracy and training loss per epoch (its
+``epochs.csv``, written by :class:`~callbacks.epoch_log.EpochLog`), coloured by stage, so that a reader sees
+whether the baseline converged before the sweep and the cut, and how the fine-tune went."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from callbacks.epoch_log import read_epochs
+
+
+def stage_spans(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Consecutive rows of one stage, in epoch order: ``[(stage, rows), ...]``."""
+    spans: list[tuple[str, list[dict[str, Any]]]] = []
+    for row in sorted(rows, key=lambda r: r["epoch"]):
+        if spans and spans[-1][0] == row["stage"]:
+            spans[-1][1].append(row)
+        else:
+            spans.append((row["stage"], [row]))
+    return spans
+
+
+def plot_curves(epochs_csv: str | Path, path: str | Path, title: str = "") -> Path:
+    """Validation accuracy (left) and training loss (right) per epoch, one colour per stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    spans = stage_spans(read_epochs(epochs_csv))
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for stage, rows in spans:
+        epochs = [r["epoch"] + 1 for r in rows]
+        acc = [None if r["val_acc"] is None else 100 * r["val_acc"] for r in rows]
+        line, = acc_ax.plot(epochs, acc, marker="o", markersize=3, label=stage)
+        loss_ax.plot(epochs, [r["train_loss"] for r in rows], marker="o", markersize=3, color=line.get_color())
+    acc_ax.set_xlabel("epoch")
+    acc_ax.set_ylabel("validation accuracy %")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("training loss")
+    acc_ax.legend(fontsize=8)
+    acc_ax.grid(alpha=0.3)
+    loss_ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def curve_lines(summaries: list[dict[str, Any]], out: Path) -> list[str]:
+    """A RESULTS section with the learning curve of every run that has an ``epochs.csv``."""
+    lines: list[str] = []
+    for s in summaries:
+        folder = Path(s["_path"]).parent
+        if not (folder / "epochs.csv").is_file():
+            continue
+        name = folder.name
+        figure = out.parent / "figures" / f"curve_{name}.png"
+        plot_curves(folder / "epochs.csv", figure, f"run {name}: {s.get('dataset')} @{s.get('image_size')} px")
+        lines += [f"![learning curve {name}]({figure.relative_to(out.parent).as_posix()})", ""]
+    if lines:
+        lines = ["## Learning curves", "",
+                 "Validation accuracy and training loss per epoch from each run's `epochs.csv` (the same values "
+                 "are in its W&B run), one colour per stage: the baseline's curve shows whether it converged "
+                 "before the sweep and the cut.", "", *lines]
+    return lines

@@ -39,6 +39,7 @@ def test_resume_reproduces_uninterrupted_training(real_data_dir: Path, tmp_path:
     first = json.loads(train.main([*args, "--trainer.max_epochs", "2", *STOP_AFTER, "0"]).read_text())
     assert first["epochs"] == 1
     first_weights = load_weights(first["last_checkpoint"])  # the resumed run overwrites this file
+    clock = torch.load(first["last_checkpoint"], weights_only=True)["callbacks"]["RunClock"]
     run_id = Path(first["last_checkpoint"]).parent.parent.name
     resumed = json.loads(train.main([
         *args, "--trainer.max_epochs", "2", "--ckpt_path", first["last_checkpoint"],
@@ -49,6 +50,8 @@ def test_resume_reproduces_uninterrupted_training(real_data_dir: Path, tmp_path:
     assert Path(resumed["last_checkpoint"]).parent.parent.name == run_id  # the same W&B run continues
     assert_same_weights(load_weights(straight["last_checkpoint"]), load_weights(resumed["last_checkpoint"]))
     assert resumed["metrics"]["test/acc"] == pytest.approx(straight["metrics"]["test/acc"])
+    # its wall time counts the killed process's time up to the checkpoint it resumed from
+    assert 0 < clock["seconds"] <= resumed["wall_time_s"]
     # the learning curve of the resumed run has one row per epoch, equal to the uninterrupted run's
     curve = read_epochs(Path(resumed["last_checkpoint"]).parent.parent / "epochs.csv")
     straight_curve = read_epochs(Path(straight["last_checkpoint"]).parent.parent / "epochs.csv")

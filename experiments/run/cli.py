@@ -37,6 +37,7 @@ from callbacks.finite_loss import FiniteLoss, NonFiniteLossError
 from callbacks.last_checkpoint import LastCheckpoint
 from callbacks.progress import progress_bar
 from callbacks.pruning_base import PruningSettingsError
+from callbacks.run_clock import RunClock
 from callbacks.stages import run_dir
 from callbacks.stop_conditions import IncompleteRunError, check_trains_something
 from callbacks.throughput import Throughput
@@ -246,7 +247,7 @@ def trainer_defaults(project: str = "tinyml-pruning") -> dict[str, Any]:
         },
         # Persistent callbacks (instances, added to whatever --trainer.callbacks lists).
         "callbacks": [progress_bar(), LearningRateMonitor(logging_interval="epoch"), EpochSeed(),
-                      LastCheckpoint(), Throughput(), FiniteLoss(), ResumeHint(), EpochLog()],
+                      LastCheckpoint(), Throughput(), FiniteLoss(), ResumeHint(), EpochLog(), RunClock()],
     }
 
 

@@ -15,6 +15,7 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.loggers import WandbLogger
 
 from callbacks.last_checkpoint import LastCheckpoint
+from callbacks.run_clock import RunClock
 from callbacks.stages import run_dir
 from callbacks.stop_conditions import StopConditions, check_stages_done
 from experiments.run.checkpoint_io import CheckpointError, check_checkpoint_file, write_json
@@ -56,6 +57,13 @@ def checkpoint_paths(trainer: L.Trainer) -> dict[str, str | None]:
             "last_checkpoint": getattr(last, "path", "") or None}
 
 
+def run_seconds(trainer: L.Trainer, started: float) -> float:
+    """The run's wall time: over all its processes when a :class:`~callbacks.run_clock.RunClock` carried the
+    earlier ones' seconds in the checkpoint, else this process's since ``started``."""
+    clock = next((cb for cb in trainer.callbacks if isinstance(cb, RunClock)), None)
+    return time.time() - started + (clock.before if clock is not None else 0.0)
+
+
 def write_summary(trainer: L.Trainer, model: L.LightningModule, datamodule: Any, started: float,
                   checkpoints: dict[str, str | None], extra: dict[str, Any] | None = None,
                   budget: dict[str, Any] | None = None) -> Path:
@@ -79,7 +87,7 @@ def write_summary(trainer: L.Trainer, model: L.LightningModule, datamodule: Any,
         "seed": int(os.environ["PL_GLOBAL_SEED"]) if os.environ.get("PL_GLOBAL_SEED") else None,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
-        "wall_time_s": round(time.time() - started, 1),
+        "wall_time_s": round(run_seconds(trainer, started), 1),
         **checkpoints,
         **(extra or {}),
     }

@@ -1,0 +1,29 @@
+"""A run's wall time over all its processes: the seconds the earlier processes ran (up to their last
+checkpoint) travel in the checkpoint, so the summary of a resumed run counts them too instead of only the
+last process's time. The time a killed process spent after its last checkpoint is not counted: the
+resumed run does that work again and counts it then."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+
+
+class RunClock(Callback):
+    """Carries ``seconds`` (the run's time so far) in every checkpoint; :meth:`seconds` is the total now."""
+
+    def __init__(self) -> None:
+        self.started = time.time()  # built with the trainer, at the start of the process
+        self.before = 0.0  # seconds of the earlier processes of this run (from the resumed checkpoint)
+
+    def seconds(self) -> float:
+        """The run's wall time up to now, earlier processes included."""
+        return self.before + time.time() - self.started
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.before = float(state_dict.get("seconds", 0.0))

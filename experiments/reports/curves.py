@@ -53,11 +53,14 @@ def plot_curves(epochs_csv: str | Path, path: str | Path, title: str = "") -> Pa
 
 
 def curve_lines(summaries: list[dict[str, Any]], out: Path) -> list[str]:
-    """A RESULTS section with the learning curve of every run that has an ``epochs.csv``."""
+    """A RESULTS section with the learning curve of every run that trained a baseline (an ``epochs.csv`` with
+    a ``baseline`` stage): whether the baseline converged is what the comparisons rest on."""
     lines: list[str] = []
     for s in summaries:
         folder = Path(s["_path"]).parent
         if not (folder / "epochs.csv").is_file():
+            continue
+        if not any(r["stage"] == "baseline" for r in read_epochs(folder / "epochs.csv")):
             continue
         name = folder.name
         figure = out.parent / "figures" / f"curve_{name}.png"

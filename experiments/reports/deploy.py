@@ -222,7 +222,8 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         except DeploymentError as err:  # an unsupported op, a broken scale, an interpreter crash
             raise SystemExit(f"error: {name}: {' '.join(str(err).split())}") from err
         rows[name] = {"checkpoint": ckpt, "arch": module.arch, "dataset": type(data).__name__,
-                      "data_root": str(data.hparams.root), **row}
+                      "data_root": str(data.hparams.root), **row,
+                      "tflite_path": str(Path(opts.out_dir) / f"{name}.tflite")}  # as given: no machine path
         r = rows[name]
         print(f"{name}: fp32 {r['fp32_acc']:.4f} int8 {r['int8_acc']:.4f} | arena {r['arena_bytes']:,} "
               f"est {r['est_arena_bytes']:,} ({r['arena_error']:+.1%}) | flash {r['flash_bytes']:,} "

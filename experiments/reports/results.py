@@ -20,6 +20,7 @@ from experiments.reports.cost import budget_of, cost_figure
 from experiments.reports.curves import curve_lines
 from experiments.reports.deploy import deployment_sections
 from experiments.reports.format import count, kb, minutes, pct, ratio
+from experiments.reports.orderings import orderings_finding, orderings_section
 from experiments.reports.protocol import findings, protocol_section, schedule_span
 from experiments.reports.reproduce import (
     BIT_IDENTITY,
@@ -32,7 +33,7 @@ from experiments.reports.reproduce import (
 )
 from experiments.reports.speed import speed_section
 from experiments.reports.sweep_check import sweep_check_sections, sweep_checks
-from experiments.reports.width import plot_width_rows, width_rows, width_table
+from experiments.reports.width import plot_width_rows, width_groups, width_rows, width_table
 from experiments.run.arguments import OneLineArgumentParser
 from experiments.run.cli import exits_cleanly
 from experiments.run.summary_check import incomplete_reason, read_summary
@@ -179,12 +180,17 @@ def width_section(rows: list[dict], depth_rows: list[dict], out: Path) -> list[s
                   "epochs = all epochs of the run (method-specific training + fine-tuning). The TinyNN column "
                   "is their 224 px, 220-epoch result, for the shape of the comparison only. Wall time is as measured, "
                   "including any other job sharing the machine.", ""]
-        for key in dict.fromkeys((s.get("dataset"), s.get("image_size")) for s in rows):
-            group = [s for s in rows if (s.get("dataset"), s.get("image_size")) == key]
-            lines += [f"### {key[0]} @{key[1]} px", "", *width_table(group), ""]
-            figure = plot_width_rows(group, out.parent / "figures" / f"width_{str(key[0]).lower()}_{key[1]}.png")
+        for (dataset, size, baseline, span), group in width_groups(rows).items():
+            run = Path(baseline).parent.parent.name
+            protocol = "per-stage protocol" if span == "stage" else "archived whole-fit runs, not evidence"
+            acc = group[0].get("acc_before")
+            lines += [f"### {dataset} @{size} px — from baseline `{run}` ({pct(acc)} %), {protocol}", "",
+                      *width_table(group), ""]
+            figure = plot_width_rows(group, out.parent / "figures" / f"width_{str(dataset).lower()}_{size}_{run}.png")
             if figure is not None:
-                lines += [f"![width pruning {key[0]} {key[1]} px]({figure.relative_to(out.parent).as_posix()})", ""]
+                lines += [f"![width pruning {dataset} {size} px from {run}]({figure.relative_to(out.parent).as_posix()})", ""]
+            if span == "stage":
+                lines += orderings_section(group, run)
     combined = [s for s in depth_rows if len(s.get("stages", [])) > 1]
     if combined:
         lines += ["## Depth + width in one pipeline", "",
@@ -201,6 +207,16 @@ def width_section(rows: list[dict], depth_rows: list[dict], out: Path) -> list[s
                              f"| {count(row.get('params'))} | {count(row.get('macs'))} | {pct(acc)} |")
         lines.append("")
     return lines
+
+
+def width_finding(width: list[dict]) -> str:
+    """The Findings row of the width orderings, from the largest per-stage CIFAR-10 @32 px width table."""
+    tables = [(key, group) for key, group in width_groups(width).items()
+              if key[0] == "CIFAR10" and key[1] == 32 and key[3] == "stage"]
+    if not tables:
+        return orderings_finding([], None)
+    (_, _, baseline, _), group = max(tables, key=lambda item: len(item[1]))
+    return orderings_finding(group, baseline)
 
 
 def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
@@ -227,7 +243,7 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
         "of the final network; baseline accuracy is the unpruned network's validation accuracy at the sweep.",
         "MACs: PyTorch's FLOP counter / 2 at the run's image size (batch 1).",
         "",
-        *findings(every, sweep_checks(out.parent / "runs")),
+        *findings(every, sweep_checks(out.parent / "runs"), width_finding(width)),
         "## Depth pruning with auxiliary networks",
         "",
         *protocol_section(summaries),

@@ -42,12 +42,26 @@ def row_key(summary: dict[str, Any]) -> tuple[float, str, str, bool]:
     return (sparsity, summary.get("method", "?"), summary.get("criterion", "?"), bool(summary.get("distillation")))
 
 
+def baseline_of(summary: dict[str, Any]) -> str:
+    """The baseline checkpoint a width run started from (rows of one table must share it)."""
+    return str((summary.get("baseline") or {}).get("checkpoint") or summary.get("baseline_ckpt") or "?")
+
+
+def width_groups(rows: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    """Rows by (dataset, image size, baseline checkpoint, schedule span): one table each."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for s in rows:
+        key = (s.get("dataset"), s.get("image_size"), baseline_of(s), s.get("schedule_span", "fit"))
+        groups.setdefault(key, []).append(s)
+    return groups
+
+
 def width_rows(summaries: list[dict[str, Any]], image_size: int | None = None) -> list[dict[str, Any]]:
-    """The newest width-pruning run of each (sparsity, method, criterion, distillation) at ``image_size``,
+    """The newest width-pruning run of each (baseline, seed, sparsity, method, criterion, distillation) at ``image_size``,
     ordered as TinyNeuralNetwork's tables (width 0.5 first, then by method)."""
     runs = [s for s in summaries if s.get("stage") == "width_prune"
             and (image_size is None or s.get("image_size") == image_size)]
-    newest = {(s.get("dataset"), s.get("image_size"), *row_key(s)): s for s in runs}
+    newest = {(s.get("dataset"), s.get("image_size"), baseline_of(s), s.get("seed"), *row_key(s)): s for s in runs}
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     return sorted(newest.values(), key=lambda s: (s.get("dataset", ""), s.get("image_size", 0), row_key(s)[0],
                                                   order.get(s.get("method"), 99), s.get("criterion", ""),

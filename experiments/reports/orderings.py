@@ -1,0 +1,113 @@
+"""Which orderings of TinyNeuralNetwork's CIFAR-10 width tables hold here: random below the norm-based
+criteria, distillation helping, iterative methods above one-shot, HRank against random, BN-slimming's
+place. Each ordering compares two rows of one width table (the same baseline checkpoint, the per-stage
+protocol) and is decided by the spread of the seeds:
+
+* every row with ≥ 2 seeds: the mean difference ± 2 standard errors (of the difference of two means) must
+  lie wholly on one side of zero;
+* a row with one seed: a difference of at least :data:`ONE_SEED_MARGIN` decides it ("1 seed"); a smaller
+  one cannot tell, and needs more seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from experiments.reports.width import REFERENCE_WIDTH, row_key
+
+#: A single-seed difference that decides an ordering (points): the spread between seeds of one setting
+#: measured here is below it (the CIFAR-10 @32 depth runs' seeds, ``docs/RESULTS.md``).
+ONE_SEED_MARGIN: float = 1.0
+
+Setting = tuple[float, str, str, bool]  # (sparsity, method, criterion, distillation), as width.row_key
+
+#: (ordering, lower setting, higher setting): TinyNeuralNetwork's tables put ``higher`` above ``lower``.
+ORDERINGS: list[tuple[str, Setting, Setting]] = [
+    ("random < norm-based", (0.5, "oneshot", "random", False), (0.5, "oneshot", "l1_norm", False)),
+    ("random < norm-based", (0.5, "oneshot", "random", False), (0.5, "oneshot", "l2_norm", False)),
+    ("random < norm-based", (0.5, "oneshot", "random", False), (0.5, "oneshot", "fpgm", False)),
+    ("random < norm-based", (0.75, "oneshot", "random", False), (0.75, "oneshot", "l1_norm", False)),
+    ("random < norm-based", (0.75, "oneshot", "random", False), (0.75, "oneshot", "l2_norm", False)),
+    ("random < norm-based", (0.75, "oneshot", "random", False), (0.75, "oneshot", "fpgm", False)),
+    ("distillation helps", (0.75, "oneshot", "l2_norm", False), (0.75, "oneshot", "l2_norm", True)),
+    ("iterative > one-shot", (0.75, "oneshot", "l2_norm", False), (0.75, "gradual", "l2_norm", False)),
+    ("iterative > one-shot", (0.75, "oneshot", "l2_norm", False), (0.75, "admm", "l2_norm", False)),
+    ("HRank > random", (0.5, "oneshot", "random", False), (0.5, "oneshot", "hrank", False)),
+    ("HRank > random", (0.75, "oneshot", "random", False), (0.75, "oneshot", "hrank", False)),
+    ("BN-slimming < random", (0.5, "bn_slimming", "bn_scale", False), (0.5, "oneshot", "random", False)),
+]
+
+
+def setting_text(setting: Setting) -> str:
+    sparsity, method, criterion, distill = setting
+    return f"{1 - sparsity:g} {method} {criterion}{' + distill' if distill else ''}"
+
+
+def decide(lower: list[float], higher: list[float]) -> tuple[float, float | None, str]:
+    """Mean difference ``higher − lower`` (points), its 2-standard-error half width (``None`` with a single
+    seed on either side) and the verdict."""
+    diff = 100 * (statistics.fmean(higher) - statistics.fmean(lower))
+    if len(lower) >= 2 and len(higher) >= 2:
+        se = 100 * math.sqrt(statistics.variance(lower) / len(lower) + statistics.variance(higher) / len(higher))
+        verdict = "holds" if diff - 2 * se > 0 else "does not hold" if diff + 2 * se < 0 else "cannot tell"
+        return diff, 2 * se, verdict
+    if abs(diff) >= ONE_SEED_MARGIN:
+        return diff, None, ("holds" if diff > 0 else "does not hold") + " (1 seed)"
+    return diff, None, f"cannot tell (within {ONE_SEED_MARGIN:g} point, 1 seed)"
+
+
+def accuracies(rows: list[dict[str, Any]]) -> dict[Setting, list[float]]:
+    """Test accuracy after fine-tuning of every seed of each setting."""
+    found: dict[Setting, list[float]] = {}
+    for s in rows:
+        if s.get("acc_after") is not None:
+            found.setdefault(row_key(s), []).append(float(s["acc_after"]))
+    return found
+
+
+def ordering_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every ordering both of whose settings were run: the two accuracies, the difference, TinyNN's."""
+    accs = accuracies(rows)
+    out = []
+    for name, lower, higher in ORDERINGS:
+        if lower in accs and higher in accs:
+            diff, half, verdict = decide(accs[lower], accs[higher])
+            published = REFERENCE_WIDTH[higher] - REFERENCE_WIDTH[lower]
+            out.append({"ordering": name, "lower": lower, "higher": higher, "diff": diff, "half_width": half,
+                        "seeds": (len(accs[lower]), len(accs[higher])), "published": published, "verdict": verdict})
+    return out
+
+
+def orderings_section(rows: list[dict[str, Any]], baseline: str) -> list[str]:
+    """The orderings table of one width table (runs from ``baseline``); empty when no pair was run."""
+    found = ordering_rows(rows)
+    if not found:
+        return []
+    lines = [f"#### Orderings of TinyNeuralNetwork's table (runs from baseline `{baseline}`)", "",
+             f"Difference = higher − lower setting, test accuracy in points. Verdict: mean ± 2 standard errors with "
+             f"≥ 2 seeds on both sides; with one seed, a difference of at least {ONE_SEED_MARGIN:g} point decides "
+             "and a smaller one cannot tell. TinyNN: the same difference in their 224 px table.", "",
+             "| ordering | lower | higher | ours (pp) | seeds | TinyNN (pp) | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for r in found:
+        spread = "" if r["half_width"] is None else f" ± {r['half_width']:.2f}"
+        lines.append(f"| {r['ordering']} | {setting_text(r['lower'])} | {setting_text(r['higher'])} "
+                     f"| {r['diff']:+.2f}{spread} | {r['seeds'][0]} / {r['seeds'][1]} | {r['published']:+.2f} "
+                     f"| {r['verdict']} |")
+    return lines + [""]
+
+
+def orderings_finding(rows: list[dict[str, Any]], baseline: str | None) -> str:
+    """The Findings row: how many orderings hold, do not hold, cannot tell."""
+    claim = "| TinyNeuralNetwork's width orderings (random < norm-based, distillation helps, iterative > one-shot, HRank, BN-slimming)"
+    found = ordering_rows(rows)
+    if not found:
+        return f"{claim} | not rerun under the per-stage protocol yet | cannot tell |"
+    tally = {v: sum(r["verdict"].startswith(v) for r in found) for v in ("holds", "does not hold", "cannot tell")}
+    name = Path(baseline).parent.parent.name if baseline else "?"
+    return (f"{claim} | {len(found)} of {len(ORDERINGS)} pairs run from one baseline (`{name}`) | "
+            f"{tally['holds']} hold, {tally['does not hold']} do not, {tally['cannot tell']} cannot tell "
+            "(see *Orderings*) |")

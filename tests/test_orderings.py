@@ -1,0 +1,37 @@
+"""The width orderings' verdicts: one seed decides only beyond the margin, several seeds by their spread."""
+
+from __future__ import annotations
+
+import pytest
+
+from experiments.reports.orderings import ONE_SEED_MARGIN, decide, ordering_rows, orderings_finding
+
+
+def summary(sparsity: float, method: str, criterion: str, acc: float, distill: bool = False) -> dict:
+    return {"stage": "width_prune", "sparsity": sparsity, "method": method, "criterion": criterion,
+            "distillation": distill, "acc_after": acc}
+
+
+def test_one_seed_decides_only_beyond_the_margin() -> None:
+    assert decide([0.70], [0.70 + (ONE_SEED_MARGIN + 0.5) / 100])[2] == "holds (1 seed)"
+    assert decide([0.70], [0.70 - (ONE_SEED_MARGIN + 0.5) / 100])[2] == "does not hold (1 seed)"
+    diff, half, verdict = decide([0.70], [0.705])
+    assert diff == pytest.approx(0.5) and half is None and verdict.startswith("cannot tell")
+
+
+def test_seeds_decide_by_two_standard_errors() -> None:
+    diff, half, verdict = decide([0.70, 0.71, 0.69], [0.73, 0.74, 0.72])
+    assert diff == pytest.approx(3.0) and half == pytest.approx(2 * (2 / 3) ** 0.5) and verdict == "holds"
+    # the same means with a wide spread cannot tell
+    assert decide([0.60, 0.80], [0.63, 0.83])[2] == "cannot tell"
+
+
+def test_rows_pair_the_settings_that_were_run() -> None:
+    rows = [summary(0.5, "oneshot", "random", 0.60), summary(0.5, "oneshot", "l2_norm", 0.70),
+            summary(0.5, "oneshot", "hrank", 0.605), summary(0.75, "gradual", "l2_norm", 0.5)]
+    found = ordering_rows(rows)
+    assert [(r["ordering"], r["verdict"]) for r in found] == [
+        ("random < norm-based", "holds (1 seed)"), ("HRank > random", "cannot tell (within 1 point, 1 seed)")]
+    assert found[0]["published"] == pytest.approx(94.59 - 94.04)
+    line = orderings_finding(rows, "logs/tinyml-pruning/p32s0/checkpoints/baseline.ckpt")
+    assert "2 of 12 pairs" in line and "`p32s0`" in line and "1 hold, 0 do not, 1 cannot tell" in line

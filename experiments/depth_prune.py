@@ -43,6 +43,13 @@ class DepthPruneCLI(PruningCLI):
 
 def check_stages(trainer, sweep: AuxiliarySweep, prune: DepthPrune, net, image_size: int) -> None:
     """The stages fit together and every pruning callback's settings fit the network (before training)."""
+    if sweep.epochs == 0 and prune.block is None:
+        raise PruningSettingsError("--sweep.epochs 0 trains no auxiliary heads, so nothing can choose the cut; "
+                                   "give --prune.block")
+    if sweep.epochs == 0 and prune.init == "original":
+        raise PruningSettingsError("--prune.init original keeps the cut point's trained auxiliary head, and "
+                                   "--sweep.epochs 0 trains none; use --prune.init original_fresh_head (the trained "
+                                   "layers and a new head) or random, or give the sweep epochs")
     if sweep.epochs > 0 and prune.epoch != sweep.start_epoch + sweep.epochs:
         raise PruningSettingsError(f"--prune.epoch ({prune.epoch}) must equal --sweep.start_epoch + --sweep.epochs "
                                    f"({sweep.start_epoch} + {sweep.epochs})")

@@ -164,6 +164,10 @@ BAD_RUNS = [
      "OneShotPrune changes the network last at epoch 3, but --trainer.max_epochs is 3; raise --trainer.max_epochs"),
     ("depth", [*DEPTH, "--prune.block", "20"], "DepthPrune.block = 20: is no cut point of the network"),
     ("depth", [*DEPTH, "--trainer.max_epochs", "2"], "DepthPrune changes the network last at epoch 2"),
+    ("depth", [*DEPTH, "--sweep.epochs", "0"], "--prune.init original keeps the cut point's trained auxiliary head, "
+     "and --sweep.epochs 0 trains none; use --prune.init original_fresh_head"),
+    ("depth", [*DEPTH, "--sweep.epochs", "0", "--prune.block", "null"],
+     "--sweep.epochs 0 trains no auxiliary heads, so nothing can choose the cut; give --prune.block"),
     ("depth", [*DEPTH, *ONE_SHOT, "--trainer.callbacks.epoch", "3", "--trainer.callbacks.sparsity", "0.25",
                *ONE_SHOT, "--trainer.callbacks.epoch", "3"],
      "OneShotPrune and OneShotPrune both change the network at the start of epoch 3"),

@@ -117,7 +117,10 @@ def test_report_tabulates_width_runs(real_data_dir: Path, baseline_ckpt: str, tm
     assert table[1].startswith("| MBv1-0.25 | oneshot | l2_norm | yes |") and "| 93.48 |" in table[1]
     for summary, line in zip(summaries, table, strict=True):
         assert f"| {100 * summary['acc_after']:.2f} |" in line and f"{summary['params']:,}" in line
-    assert (tmp_path / "docs" / "figures" / "width_cifar10_32.png").read_bytes()[:4] == b"\x89PNG"
+    # one table per baseline: both rows under the heading of the checkpoint they started from, one figure
+    run = Path(baseline_ckpt).parent.parent.name
+    assert text.count("### CIFAR10 @32 px — from baseline") == 1 and f"from baseline `{run}`" in text
+    assert (tmp_path / "docs" / "figures" / f"width_cifar10_32_{run}.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.slow

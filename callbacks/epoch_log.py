@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from callbacks.progress import stage_name
+from callbacks.progress import metric, stage_name
 from callbacks.stages import run_dir
 
 #: The columns of ``epochs.csv``; a value the run has not logged is empty.
@@ -34,8 +34,8 @@ def epoch_row(epoch: int, stage: str, metrics: dict[str, Any], lr: float | None)
     """One row of ``epochs.csv`` from the trainer's logged metrics."""
     row: dict[str, Any] = {"epoch": epoch, "stage": stage, "lr": "" if lr is None else f"{lr:.6g}"}
     for column, keys in _SOURCES.items():
-        value = next((metrics[k] for k in keys if k in metrics), None)
-        row[column] = "" if value is None else f"{float(value):.6g}"
+        value = metric(metrics, *keys)
+        row[column] = "" if value is None else f"{value:.6g}"
     return row
 
 

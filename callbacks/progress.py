@@ -32,16 +32,17 @@ def eta_seconds(elapsed: float, epochs_done: int, epochs_total: int) -> float | 
     return elapsed / epochs_done * (epochs_total - epochs_done) if epochs_done > 0 else None
 
 
-def _metric(metrics: dict[str, Any], *keys: str) -> float | None:
+def metric(metrics: dict[str, Any], *keys: str) -> float | None:
+    """The first of ``keys`` the run has logged, as a float (``None`` when none is)."""
     value = next((metrics[k] for k in keys if k in metrics), None)
     return None if value is None else float(value)
 
 
 def epoch_line(epoch: int, max_epochs: int, stage: str, metrics: dict[str, Any], eta: float | None) -> str:
     """The plain line of one finished epoch (a field the run has not logged reads ``—``)."""
-    loss = _metric(metrics, "train/loss_epoch", "train/loss")
-    acc = _metric(metrics, "val/acc")
-    speed = _metric(metrics, "train/img_per_s")
+    loss = metric(metrics, "train/loss_epoch", "train/loss")
+    acc = metric(metrics, "val/acc")
+    speed = metric(metrics, "train/img_per_s")
     fields = [
         f"epoch {epoch + 1}/{max_epochs}",
         f"stage {stage}",

@@ -79,7 +79,7 @@ def test_depth_pipeline_kill_after_cut_and_resume(real_data_dir: Path, tmp_path:
     assert [(r["epoch"], r["stage"]) for r in curve] == [(0, "baseline"), (1, "sweep"), (2, "after DepthPrune"),
                                                          (3, "after DepthPrune")]
     assert all(r["val_acc"] is not None and r["lr"] > 0 for r in curve)
-    assert plot_curves(run_dir / "epochs.csv", tmp_path / "curve.png").stat().st_size > 0
+    assert plot_curves(curve, tmp_path / "curve.png").stat().st_size > 0
 
     killed = json.loads(depth_prune.main([*args, *STOP_AFTER, "2"]).read_text())
     assert killed["epochs"] == 3 and killed["chosen_cut"] == 6  # stopped right after the first cut epoch

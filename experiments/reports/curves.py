@@ -21,14 +21,15 @@ def stage_spans(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, An
     return spans
 
 
-def plot_curves(epochs_csv: str | Path, path: str | Path, title: str = "") -> Path:
-    """Validation accuracy (left) and training loss (right) per epoch, one colour per stage."""
+def plot_curves(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Validation accuracy (left) and training loss (right) per epoch (rows of
+    :func:`~callbacks.epoch_log.read_epochs`), one colour per stage."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    spans = stage_spans(read_epochs(epochs_csv))
+    spans = stage_spans(rows)
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
     for stage, rows in spans:
         epochs = [r["epoch"] + 1 for r in rows]
@@ -60,11 +61,12 @@ def curve_lines(summaries: list[dict[str, Any]], out: Path) -> list[str]:
         folder = Path(s["_path"]).parent
         if not (folder / "epochs.csv").is_file():
             continue
-        if not any(r["stage"] == "baseline" for r in read_epochs(folder / "epochs.csv")):
+        rows = read_epochs(folder / "epochs.csv")
+        if not any(r["stage"] == "baseline" for r in rows):
             continue
         name = folder.name
         figure = out.parent / "figures" / f"curve_{name}.png"
-        plot_curves(folder / "epochs.csv", figure, f"run {name}: {s.get('dataset')} @{s.get('image_size')} px")
+        plot_curves(rows, figure, f"run {name}: {s.get('dataset')} @{s.get('image_size')} px")
         lines += [f"![learning curve {name}]({figure.relative_to(out.parent).as_posix()})", ""]
     if lines:
         lines = ["## Learning curves", "",

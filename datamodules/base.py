@@ -54,7 +54,8 @@ class ImageFolderDataModule(LightningDataModule):
     Either way the model receives ``(float32 normalised NCHW images, int64 labels)``.
 
     This base class applies ImageNet-style transforms; subclasses set defaults, the split names, the
-    transforms and the loading of their own formats.
+    transforms and the loading of their own formats. A subclass's ``__init__`` only changes defaults
+    (``root``, ``image_size``) and passes ``**kwargs`` on: the CLI follows ``**kwargs`` into this signature.
 
     Args:
         root: dataset folder or archive file.

@@ -103,14 +103,7 @@ class CIFAR10DataModule(ImageFolderDataModule):
     std: ClassVar[tuple[float, float, float]] = T.CIFAR10_STD
     transforms: ClassVar[T.TransformFamily] = T.CIFAR_TRANSFORMS
 
-    def __init__(
-        self,
-        root: str = "../shared/data/cifar10-jpg.tar.gz",
-        image_size: int = 32,
-        **kwargs: Any,
-    ) -> None:
-        # Only the defaults differ; every other argument is ImageFolderDataModule's (the CLI
-        # follows **kwargs into the parent's signature).
+    def __init__(self, root: str = "../shared/data/cifar10-jpg.tar.gz", image_size: int = 32, **kwargs: Any) -> None:
         super().__init__(root=root, image_size=image_size, **kwargs)
 
     def has_layout(self, folder: Path) -> bool:

@@ -77,14 +77,7 @@ class ImagenetteDataModule(_FastaiSubsetDataModule):
     known_dataset: ClassVar[str | None] = "Imagenette"
     wnid_names: ClassVar[dict[str, str]] = IMAGENETTE_NAMES
 
-    def __init__(
-        self,
-        root: str = "../shared/data/imagenette-128.tar.gz",
-        image_size: int = 128,
-        **kwargs: Any,
-    ) -> None:
-        # Only the defaults differ; every other argument is ImageFolderDataModule's (the CLI
-        # follows **kwargs into the parent's signature).
+    def __init__(self, root: str = "../shared/data/imagenette-128.tar.gz", image_size: int = 128, **kwargs: Any) -> None:
         super().__init__(root=root, image_size=image_size, **kwargs)
 
 
@@ -99,14 +92,7 @@ class ImagewoofDataModule(_FastaiSubsetDataModule):
     known_dataset: ClassVar[str | None] = "Imagewoof"
     wnid_names: ClassVar[dict[str, str]] = IMAGEWOOF_NAMES
 
-    def __init__(
-        self,
-        root: str = "../shared/data/imagewoof-128.tar.gz",
-        image_size: int = 128,
-        **kwargs: Any,
-    ) -> None:
-        # Only the defaults differ; every other argument is ImageFolderDataModule's (the CLI
-        # follows **kwargs into the parent's signature).
+    def __init__(self, root: str = "../shared/data/imagewoof-128.tar.gz", image_size: int = 128, **kwargs: Any) -> None:
         super().__init__(root=root, image_size=image_size, **kwargs)
 
 
@@ -130,8 +116,6 @@ class ImageNetDataModule(ImageFolderDataModule):
         in_memory: bool = False,
         **kwargs: Any,
     ) -> None:
-        # Only the defaults differ; every other argument is ImageFolderDataModule's (the CLI
-        # follows **kwargs into the parent's signature).
         super().__init__(root=root, image_size=image_size, in_memory=in_memory, **kwargs)
 
     def load_splits(self, dataset_dir: Path) -> tuple[Split, Split]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from callbacks.auxiliary_sweep import AuxiliarySweep
 from callbacks.depth_prune import DepthPrune
+from callbacks.progress import metric
 from callbacks.pruning_base import PruningSettingsError, check_pruning, pruning_callbacks, width_pruners
 from datamodules import ImageFolderDataModule
 from experiments.run.cli import PruningCLI, build_cli, exits_cleanly
@@ -99,9 +100,9 @@ def main(args: list[str] | None = None) -> Path:
         "cut_reason": result.get("reason"),
         "init": result.get("init"),
         "finetune": result.get("finetune"),
-        "pruned": {"params": budget["params"], "macs": budget["macs"], "acc": _metric(trainer, "test/acc"),
+        "pruned": {"params": budget["params"], "macs": budget["macs"], "acc": metric(trainer.callback_metrics, "test/acc"),
                    "budget": budget},
-        "stages": stage_rows(prune, width_pruners(trainer), budget, _metric(trainer, "test/acc")),
+        "stages": stage_rows(prune, width_pruners(trainer), budget, metric(trainer.callback_metrics, "test/acc")),
         "width": [cb.describe() for cb in width_pruners(trainer)],
         "baseline_ckpt": cli.config.baseline_ckpt,
         "baseline_checkpoint": sweep.baseline_checkpoint,
@@ -133,11 +134,6 @@ def stage_rows(prune: DepthPrune, widths: list, final: dict, test_acc: float | N
                      "done": width["done"], **width["result"].get("after", {})})
     rows[-1].update(params=final["params"], macs=final["macs"], test_acc=test_acc)
     return rows
-
-
-def _metric(trainer, key: str) -> float | None:
-    value = trainer.callback_metrics.get(key)
-    return None if value is None else float(value)
 
 
 if __name__ == "__main__":

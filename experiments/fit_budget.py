@@ -40,6 +40,7 @@ from callbacks.auxiliary_sweep import AuxiliarySweep
 from callbacks.budget_choice import BudgetChoice, SearchSpace
 from callbacks.depth_prune import DepthPrune
 from callbacks.one_shot_prune import OneShotPrune
+from callbacks.progress import metric
 from callbacks.pruning_base import width_pruners
 from callbacks.stages import run_dir
 from datamodules import ImageFolderDataModule
@@ -152,7 +153,7 @@ def main(args: list[str] | None = None) -> Path:
     run = run_dir(trainer)
     run.mkdir(parents=True, exist_ok=True)
     measured = deploy_net(model.net, data, run / "model_int8.tflite", deploy.calib_images, deploy.eval_images)
-    measured["fp32_test_acc"] = _metric(trainer, "test/acc")
+    measured["fp32_test_acc"] = metric(trainer.callback_metrics, "test/acc")
     if firmware:
         try:
             image = next(float_batches(data, "test", 1))[0][0].numpy()
@@ -194,11 +195,6 @@ def main(args: list[str] | None = None) -> Path:
     print(f"{line} → fits {budget.flash_kb:g} KB flash / {budget.ram_kb:g} KB RAM"
           + ("" if budget.latency_ms is None else f" / {budget.latency_ms:g} ms"))
     return path
-
-
-def _metric(trainer: L.Trainer, key: str) -> float | None:
-    value = trainer.callback_metrics.get(key)
-    return None if value is None else float(value)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from callbacks.distillation import Distillation
 from callbacks.one_shot_prune import OneShotPrune
+from callbacks.progress import metric
 from callbacks.pruning_base import check_pruning, width_pruners
 from datamodules import ImageFolderDataModule
 from experiments.run.cli import PruningCLI, build_cli, exits_cleanly
@@ -66,7 +67,7 @@ def main(args: list[str] | None = None) -> Path:
     width = pruners[0].describe()
     pruned = model_cost(model.net, int(data.hparams.image_size))
     rate = pruned["macs"] / baseline_cost["macs"] if baseline_cost else width["flops_preserve_rate"]
-    acc_after = trainer.callback_metrics.get("test/acc")
+    acc_after = metric(trainer.callback_metrics, "test/acc")
     extra = {
         "stage": "width_prune",
         "dataset": type(data).__name__.removesuffix("DataModule"),
@@ -77,7 +78,7 @@ def main(args: list[str] | None = None) -> Path:
         "baseline": {**baseline_cost, "acc": acc_before, "val_acc": acc_before,
                      "test_acc": test_before, "checkpoint": baseline_ckpt},
         "acc_before": acc_before,
-        "acc_after": None if acc_after is None else float(acc_after),
+        "acc_after": acc_after,
         "max_epochs": trainer.max_epochs,
         "width": width,
         "callbacks": [cb.as_dict() if hasattr(cb, "as_dict") else cb for cb in cli.config.trainer.callbacks or []],

@@ -26,17 +26,12 @@ Setting = tuple[float, str, str, bool]  # (sparsity, method, criterion, distilla
 
 #: (ordering, lower setting, higher setting): TinyNeuralNetwork's tables put ``higher`` above ``lower``.
 ORDERINGS: list[tuple[str, Setting, Setting]] = [
-    ("random < norm-based", (0.5, "oneshot", "random", False), (0.5, "oneshot", "l1_norm", False)),
-    ("random < norm-based", (0.5, "oneshot", "random", False), (0.5, "oneshot", "l2_norm", False)),
-    ("random < norm-based", (0.5, "oneshot", "random", False), (0.5, "oneshot", "fpgm", False)),
-    ("random < norm-based", (0.75, "oneshot", "random", False), (0.75, "oneshot", "l1_norm", False)),
-    ("random < norm-based", (0.75, "oneshot", "random", False), (0.75, "oneshot", "l2_norm", False)),
-    ("random < norm-based", (0.75, "oneshot", "random", False), (0.75, "oneshot", "fpgm", False)),
+    *(("random < norm-based", (s, "oneshot", "random", False), (s, "oneshot", criterion, False))
+      for s in (0.5, 0.75) for criterion in ("l1_norm", "l2_norm", "fpgm")),
     ("distillation helps", (0.75, "oneshot", "l2_norm", False), (0.75, "oneshot", "l2_norm", True)),
-    ("iterative > one-shot", (0.75, "oneshot", "l2_norm", False), (0.75, "gradual", "l2_norm", False)),
-    ("iterative > one-shot", (0.75, "oneshot", "l2_norm", False), (0.75, "admm", "l2_norm", False)),
-    ("HRank > random", (0.5, "oneshot", "random", False), (0.5, "oneshot", "hrank", False)),
-    ("HRank > random", (0.75, "oneshot", "random", False), (0.75, "oneshot", "hrank", False)),
+    *(("iterative > one-shot", (0.75, "oneshot", "l2_norm", False), (0.75, method, "l2_norm", False))
+      for method in ("gradual", "admm")),
+    *(("HRank > random", (s, "oneshot", "random", False), (s, "oneshot", "hrank", False)) for s in (0.5, 0.75)),
     ("BN-slimming < random", (0.5, "bn_slimming", "bn_scale", False), (0.5, "oneshot", "random", False)),
 ]
 

@@ -98,15 +98,10 @@ def make_imagenette_folder(
     return base
 
 
-def make_cifar_batches(
-    root: Path,
-    per_batch: int = 6,
-    n_test: int = 8,
-    classes: Sequence[str] = CIFAR_CLASSES,
-) -> Path:
+def make_cifar_batches(root: Path, per_batch: int = 6, n_test: int = 8) -> Path:
     """torchvision's ``cifar-10-batches-py`` format: pickled dicts with the official key names.
 
-    Labels cycle through the classes; each row is a class-coloured 32x32 image stored as
+    Labels cycle through CIFAR-10's ten classes; each row is a class-coloured 32x32 image stored as
     1024 red, 1024 green, 1024 blue bytes.
 
     Returns:
@@ -116,7 +111,7 @@ def make_cifar_batches(
     folder.mkdir(parents=True, exist_ok=True)
 
     def batch(n: int, offset: int, label_text: str) -> dict:
-        labels = [(offset + i) % len(classes) for i in range(n)]
+        labels = [(offset + i) % len(CIFAR_CLASSES) for i in range(n)]
         data = np.stack([class_pixels(k).transpose(2, 0, 1).reshape(-1) for k in labels])
         names = [f"fake_{offset + i:05d}.png" for i in range(n)]
         return {"batch_label": label_text, "labels": labels, "data": data, "filenames": names}
@@ -126,7 +121,7 @@ def make_cifar_batches(
         (folder / f"data_batch_{b}").write_bytes(pickle.dumps(content, protocol=2))
     test = batch(n_test, 0, "testing batch 1 of 1")
     (folder / "test_batch").write_bytes(pickle.dumps(test, protocol=2))
-    meta = {"num_cases_per_batch": per_batch, "label_names": list(classes), "num_vis": 3072}
+    meta = {"num_cases_per_batch": per_batch, "label_names": list(CIFAR_CLASSES), "num_vis": 3072}
     (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
     (folder / "readme.html").write_text("<html></html>")
     return folder

@@ -87,9 +87,8 @@ def test_arena_and_flash_are_what_the_report_writes(deployed: dict, tmp_path: Pa
 def test_estimates_within_one_percent_of_tflm(deployed: dict) -> None:
     row = deployed["row"]
     assert abs(row["arena_error"]) <= 0.01, row
-    # flash: 1 % from 64 KB on; a smaller file's per-tensor name bytes weigh more than 1 % (the grid's rule,
-    # tests/test_tflm_plan.py)
-    assert abs(row["flash_error"]) <= (0.01 if row["flash_bytes"] >= 64 * 1024 else 0.05), row
+    # flash: 1 %; 2 % under 8 KB, where names without index suffixes weigh more (tests/test_tflm_plan.py)
+    assert abs(row["flash_error"]) <= (0.01 if row["flash_bytes"] >= 8 * 1024 else 0.02), row
     assert row["est_arena_head_bytes"] == row["arena_head_bytes"]  # the planner model is exact
 
 

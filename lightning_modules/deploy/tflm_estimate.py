@@ -16,7 +16,8 @@ export, seconds), and the ONNX graph is mapped onto the TFLite graph onnx2tf + t
   kernels' scratch buffers, and the persistent structs and kernel data.
 * **flash**: int8 weights, int32 biases, per-channel quantisation parameters as stored in the flatbuffer
   (float32 scale + int64 zero point per channel, for the weight *and* the bias tensor), plus a
-  per-tensor, per-op and fixed flatbuffer overhead (:data:`FLASH_BYTES`).
+  per-tensor and fixed flatbuffer overhead (:data:`FLASH_BYTES`) and each tensor's name by the op kind
+  writing it (:data:`NAME_BYTES`).
 """
 
 from __future__ import annotations
@@ -38,21 +39,43 @@ from lightning_modules.deploy.tflm_plan import (
     greedy_plan,
 )
 
-__all__ = ["ALIGN", "FLASH_BYTES", "PredictedGraph", "estimate_tflm", "greedy_plan", "needs_explicit_pad",
-           "network_graph", "predict_graph", "same_padding"]
+__all__ = ["ALIGN", "FLASH_BYTES", "NAME_BYTES", "PredictedGraph", "buffer_padding", "estimate_tflm",
+           "greedy_plan", "needs_explicit_pad", "network_graph", "predict_graph", "predicted_flash", "same_padding",
+           "stored_name_bytes", "tensor_kinds"]
 
-#: Flatbuffer bytes beyond the stored numbers.
+#: Flatbuffer bytes beyond the stored numbers and the tensor names (:data:`NAME_BYTES`).
 FLASH_BYTES: dict[str, float] = {
-    "per_channel": 12,       # float32 scale + int64 zero point per channel of a quantised tensor
-    "tensor": 182.89,        # Tensor table, shape vector, buffer entry and name (the converter's names
-                             # join the TensorFlow ops fused into the tensor: 45-90 characters)
-    "op": 0.0,               # Operator table, index vectors, options: not separable from the tensors above
-    "fixed": 482.95,         # model header, operator codes, signature, metadata
+    "per_channel": 12,          # float32 scale + int64 zero point per channel of a quantised tensor
+    "activation_tensor": 71.06, # tensor table entry: shape vector, type, quantisation table
+    "const_tensor": 132.21,     # the same, plus its buffer entry and data offset
+    "fixed": 596.66,            # model header, operator codes and table, signature, metadata
 }
-# "tensor" and "fixed": least squares on the overhead (file bytes − constants − quantisation parameters)
-# of four converted networks outside the test grid (MobileNetV1-0.75 with 2 blocks at 40 px and full at
-# 48 px, mobilenetv3_small_075 and resnet14t at 48 px); residuals ±900 B, from the tensor names. Below
-# ~64 KB of .tflite the names are a large part of the file and the estimate can miss by a few per cent.
+#: Mean stored bytes of a tensor's name (length prefix, characters, terminator, padded to 4 B) by the op
+#: kind writing it. The converter names a tensor after the TensorFlow ops fused into it: a convolution
+#: with its bias and activation takes 60-90 characters, a squeeze-excite multiply about 30.
+NAME_BYTES: dict[str, float] = {
+    "ADD": 36.4, "AVERAGE_POOL_2D": 44.0, "CONV_2D": 92.1, "DEPTHWISE_CONV_2D": 113.3, "FULLY_CONNECTED": 24.0,
+    "HARD_SWISH": 140.0, "LOGISTIC": 39.8, "MAX_POOL_2D": 40.0, "MEAN": 38.5, "MUL": 37.9, "PAD": 35.3,
+    "const": 68.4, "input": 28.0,
+    "other": 79.6,  # a kind no fit network has: the mean over all activation tensors
+}
+# Both tables: experiments/bench/fit_tflite_flash.py, on eleven networks none of which is a case of
+# tests/test_tflm_plan.py's grid (MobileNetV1 at widths 0.25-1.0, 24-96 px, 1 block to whole, odd widths;
+# mobilenetv3_small_050, efficientnet_b0 cut 4, resnet10t cut 2; 7 KB to 1 MB). Residuals: -0.13 to
+# +0.11 % on the fit, -0.27 to +0.75 % on its eight held-out networks; on the grid -0.15 to +0.75 %,
+# except a 5 KB one-block network (+1.6 %: its names lack the "_<index>" suffixes of larger graphs).
+
+
+def buffer_padding(nbytes: int) -> int:
+    """Bytes a constant buffer of ``nbytes`` takes beyond its data: the flatbuffer's 4-byte length and the
+    padding that starts every buffer's data on 16 bytes (``force_align: 16`` in TFLite's schema)."""
+    return -(-(nbytes + 4) // 16) * 16 - nbytes
+
+
+def stored_name_bytes(chars: int) -> int:
+    """Flatbuffer bytes of a string of ``chars`` characters: length prefix, terminator, 4-byte padding."""
+    return 4 + -(-(chars + 1) // 4) * 4
+
 
 #: ONNX ops that are free in the TFLite graph (views, or folded away by the converter).
 _FREE = frozenset({"Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Dropout"})
@@ -94,6 +117,7 @@ class PredictedGraph:
     plan: TfliteGraphPlan
     const_tensors: int = 0
     const_bytes: int = 0
+    const_buffers: list[int] = field(default_factory=list)  # bytes of each stored constant buffer
     quant_channels: int = 0
     layers: list[str] = field(default_factory=list)  # the ONNX node (layer) behind each op
 
@@ -122,14 +146,19 @@ class _Builder:
         self.tensor[value] = len(self.bytes) - 1
         return self.tensor[value]
 
-    def const(self, count: int, nbytes: int, channels: int = 0, shared: tuple | None = None) -> None:
+    def const(self, count: int, sizes: list[int], channels: int = 0, shared: tuple | None = None) -> None:
+        """``count`` constant tensors stored in buffers of ``sizes`` bytes (``shared``: stored once per key)."""
         if shared is not None:
             if shared in self.shared_consts:
                 return
             self.shared_consts.add(shared)
         self.graph.const_tensors += count
-        self.graph.const_bytes += nbytes
+        self.add_buffer(*sizes)
         self.graph.quant_channels += channels
+
+    def add_buffer(self, *sizes: int) -> None:
+        self.graph.const_bytes += sum(sizes)
+        self.graph.const_buffers += [s for s in sizes if s]
 
     def op(self, kind: str, inputs: list[int], value: str, shape: list[int], layer: str, **kw: Any) -> int:
         in_shape = self.shape_of[inputs[0]]
@@ -172,7 +201,7 @@ def predict_graph(onnx_path: str | Path, trained: bool = False) -> PredictedGrap
     b.new_tensor(x, shapes[x])
     for node in g.node:
         _map_node(b, node)
-    b.graph.const_bytes += sum(4 * c for c in set(b.zero_biases.values()))
+    b.add_buffer(*(4 * c for c in set(b.zero_biases.values())))
     plan = b.graph.plan
     plan.tensor_bytes, plan.ops = b.bytes, b.ops
     plan.inputs = [b.tensor[x]]
@@ -283,14 +312,18 @@ def _map_node(b: _Builder, node: Any) -> None:
         _pool(b, node, src, shape)
     elif kind == "Pad":
         before = b.shapes[acts[0]]
-        b.const(1, 32, shared=("pad", shape[2] - before[2], shape[3] - before[3]))  # equal paddings share one
+        b.const(1, [32], shared=("pad", shape[2] - before[2], shape[3] - before[3]))  # equal paddings share one
         b.op("PAD", [src], out, shape, layer)
     elif kind in ("GlobalAveragePool", "ReduceMean"):
-        b.const(1, 8, shared=("mean_axes",))
+        b.const(1, [8], shared=("mean_axes",))
         b.op("MEAN", [src], out, shape, layer, axes=2)
     elif kind == "Gemm":
-        w = b.init[node.input[1]]
-        b.const(2, w.size + 4 * w.shape[0], channels=w.shape[0] + 1)
+        w, n = b.init[node.input[1]], b.init[node.input[1]].shape[0]
+        bias = b.init.get(node.input[2]) if len(node.input) > 2 else None
+        if bias is None or (not bias.any() and not b.trained):  # the converter drops an all-zero bias
+            b.const(1, [w.size], channels=n)
+        else:  # int8 weight and int32 bias, each with a scale per output
+            b.const(2, [w.size, 4 * n], channels=2 * n)
         b.op("FULLY_CONNECTED", [src], out, shape, layer, per_channel=False)
     elif kind in ("Add", "Mul"):
         if len(acts) == 1:
@@ -298,11 +331,11 @@ def _map_node(b: _Builder, node: Any) -> None:
             if kind == "Add" and _fusable(b, src, acts[0], ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")):
                 b.tensor[out] = src  # a constant added to a convolution's output folds into its bias
                 if src in b.zero_biases:  # which is then no longer all zeros
-                    b.graph.const_bytes += 4 * b.zero_biases.pop(src)
+                    b.add_buffer(4 * b.zero_biases.pop(src))
                 return
             value = b.init.get(constant)
             key = ("scalar", float(value.reshape(-1)[0])) if value is not None and value.size == 1 else None
-            b.const(1, 1 if key else int(value.size), channels=1, shared=key)  # equal scalars share a tensor
+            b.const(1, [1 if key else int(value.size)], channels=1, shared=key)  # equal scalars share a tensor
         # a constant operand (a scalar or per-channel tensor) or a squeeze-excite gate: TFLM broadcasts it
         broadcast = len(acts) == 1 or b.shapes[acts[0]] != b.shapes[acts[1]]
         b.op(kind.upper(), [b.tensor[a] for a in acts], out, shape, layer, broadcast=broadcast)
@@ -331,12 +364,12 @@ def _conv(b: _Builder, node: Any, src: int, shape: list[int]) -> None:
     dilation = tuple(_attr(node, "dilations", [1, 1]))
     if explicit_pad(pads, (in_shape[2], in_shape[3]), kernel, stride, dilation):
         padded = [in_shape[0], in_shape[1], in_shape[2] + pads[0] + pads[2], in_shape[3] + pads[1] + pads[3]]
-        b.const(1, 32, shared=("pad", pads[0] + pads[2], pads[1] + pads[3]))
+        b.const(1, [32], shared=("pad", pads[0] + pads[2], pads[1] + pads[3]))
         src = b.op("PAD", [src], node.name + ":pad", padded, node.name)
     channels = shape[1]
     bias = b.init.get(node.input[2]) if len(node.input) > 2 else None
     zero_bias = bias is not None and not bias.any() and not b.trained
-    b.const(2, w.size + (0 if zero_bias else 4 * channels), channels=2 * channels)
+    b.const(2, [w.size, 0 if zero_bias else 4 * channels], channels=2 * channels)
     out = b.op("DEPTHWISE_CONV_2D" if depthwise else "CONV_2D", [src], node.output[0], shape, node.name,
                kernel=kernel, stride=stride)
     if zero_bias:  # the flatbuffer stores equal buffers once: all-zero biases of one length share a buffer
@@ -354,19 +387,29 @@ def _pool(b: _Builder, node: Any, src: int, shape: list[int]) -> None:
                          "emulates it with slices and concatenations, which this estimate does not model")
     if explicit_pad(pads, (in_shape[2], in_shape[3]), kernel, stride, (1, 1)):
         padded = [in_shape[0], in_shape[1], in_shape[2] + pads[0] + pads[2], in_shape[3] + pads[1] + pads[3]]
-        b.const(1, 32, shared=("pad", pads[0] + pads[2], pads[1] + pads[3]))
+        b.const(1, [32], shared=("pad", pads[0] + pads[2], pads[1] + pads[3]))
         src = b.op("PADV2" if node.op_type == "MaxPool" else "PAD", [src], node.name + ":pad", padded, node.name)
     b.op("MAX_POOL_2D" if node.op_type == "MaxPool" else "AVERAGE_POOL_2D", [src], node.output[0], shape,
          node.name, kernel=kernel, stride=stride)
 
 
-def predicted_flash(graph: PredictedGraph) -> int:
-    """The ``.tflite``'s bytes: constants, per-channel parameters and the flatbuffer's tables."""
-    f = FLASH_BYTES
+def tensor_kinds(graph: PredictedGraph) -> list[str]:
+    """The kind of every tensor of the predicted ``.tflite``: ``input``, the op kind writing each
+    activation, ``const`` for each constant (the keys of :data:`NAME_BYTES`)."""
+    written = {t: op.kind for op in graph.plan.ops for t in op.outputs}
+    return [written.get(t, "input") for t in range(len(graph.plan.tensor_bytes))] + ["const"] * graph.const_tensors
+
+
+def predicted_flash(graph: PredictedGraph, flash: dict[str, float] | None = None,
+                    names: dict[str, float] | None = None) -> int:
+    """The ``.tflite``'s bytes: constants, per-channel parameters, the flatbuffer's tables and the tensor
+    names (``flash`` / ``names``: other tables than :data:`FLASH_BYTES` / :data:`NAME_BYTES`, for a fit)."""
+    f, n = flash or FLASH_BYTES, names or NAME_BYTES
     activations = len(graph.plan.tensor_bytes)
-    tensors = activations + graph.const_tensors
     return int(round(graph.const_bytes + f["per_channel"] * (graph.quant_channels + activations)
-                     + f["tensor"] * tensors + f["op"] * len(graph.plan.ops) + f["fixed"]))
+                     + f["activation_tensor"] * activations + f["const_tensor"] * graph.const_tensors
+                     + sum(n.get(k, n["other"]) for k in tensor_kinds(graph))
+                     + sum(map(buffer_padding, graph.const_buffers)) + f["fixed"]))
 
 
 def network_graph(model: nn.Module, image_size: int, in_chans: int = 3, trained: bool = False) -> PredictedGraph:

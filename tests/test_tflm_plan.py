@@ -4,7 +4,7 @@ The grid: MobileNetV1 at widths {0.25, 0.35, 0.5, 1.0} × {32, 64, 96, 128} px, 
 sizes, cuts after blocks {3, 6, 10}, and timm networks (mobilenetv3_small_050, resnet10t,
 efficientnet_b0, whole and cut). None of these was used to set the estimator's constants (those come
 from the interpreter's sources and from networks outside the grid: ``tflm_plan.FIXED_BYTES``,
-``tflm_estimate.FLASH_BYTES``). Weights are random (memory does not depend on them) and calibration uses
+``tflite_flash.FLASH_BYTES``). Weights are random (memory does not depend on them) and calibration uses
 two random images. A representative subset runs in CI; the rest of the grid is marked ``slow`` and runs
 with ``TFLM_FULL_GRID=1``.
 """
@@ -155,7 +155,8 @@ def test_predicted_tensor_kinds_are_the_converted_models(case: str, converted: C
     from collections import Counter
 
     from experiments.bench.fit_tflite_flash import measured_names
-    from lightning_modules.deploy.tflm_estimate import network_graph, tensor_kinds
+    from lightning_modules.deploy.tflite_flash import tensor_kinds
+    from lightning_modules.deploy.tflm_estimate import network_graph
 
     got = converted(case)
     predicted = Counter(tensor_kinds(network_graph(got["net"], got["size"])))
@@ -164,7 +165,7 @@ def test_predicted_tensor_kinds_are_the_converted_models(case: str, converted: C
 
 
 def test_flatbuffer_strings_and_buffers_take_their_prefix_and_alignment() -> None:
-    from lightning_modules.deploy.tflm_estimate import buffer_padding, stored_name_bytes
+    from lightning_modules.deploy.tflite_flash import buffer_padding, stored_name_bytes
 
     # a name: 4-byte length, the characters, a terminating zero, padded to 4 bytes
     assert [stored_name_bytes(n) for n in (0, 2, 3, 4, 7, 8)] == [8, 8, 8, 12, 12, 16]

@@ -1,4 +1,4 @@
-"""Fit the flatbuffer overhead of :data:`lightning_modules.deploy.tflm_estimate.FLASH_BYTES` on converted
+"""Fit the flatbuffer overhead of :data:`lightning_modules.deploy.tflite_flash.FLASH_BYTES` on converted
 networks, and hold it to networks the fit never saw.
 
     uv run --extra tflite experiments/bench/fit_tflite_flash.py        # conversions kept in outputs/mcu_cost
@@ -33,15 +33,14 @@ from experiments.run.arguments import OneLineArgumentParser
 from experiments.run.checkpoint_io import write_json
 from experiments.run.cli import exits_cleanly
 from lightning_modules.backbones.base import trained_like_batchnorm
-from lightning_modules.deploy.tflm_estimate import (
+from lightning_modules.deploy.tflite_flash import (
     FLASH_BYTES,
-    PredictedGraph,
     buffer_padding,
-    network_graph,
     predicted_flash,
     stored_name_bytes,
     tensor_kinds,
 )
+from lightning_modules.deploy.tflm_estimate import PredictedGraph, network_graph
 from lightning_modules.models.mobilenet_v1 import MobileNetV1
 
 #: The instruction-count fit's networks, and small ones (a few KB, where the fixed bytes and the names are

@@ -16,8 +16,7 @@ export, seconds), and the ONNX graph is mapped onto the TFLite graph onnx2tf + t
   kernels' scratch buffers, and the persistent structs and kernel data.
 * **flash**: int8 weights, int32 biases, per-channel quantisation parameters as stored in the flatbuffer
   (float32 scale + int64 zero point per channel, for the weight *and* the bias tensor), plus a
-  per-tensor and fixed flatbuffer overhead (:data:`FLASH_BYTES`) and each tensor's name by the op kind
-  writing it (:data:`NAME_BYTES`).
+  flatbuffer's tables, alignment and tensor names (:mod:`~lightning_modules.deploy.tflite_flash`).
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from typing import Any
 
 from torch import nn
 
+from lightning_modules.deploy.tflite_flash import predicted_flash
 from lightning_modules.deploy.tflm_plan import (
     ALIGN,
     OpNode,
@@ -39,43 +39,8 @@ from lightning_modules.deploy.tflm_plan import (
     greedy_plan,
 )
 
-__all__ = ["ALIGN", "FLASH_BYTES", "NAME_BYTES", "PredictedGraph", "buffer_padding", "estimate_tflm",
-           "greedy_plan", "needs_explicit_pad", "network_graph", "predict_graph", "predicted_flash", "same_padding",
-           "stored_name_bytes", "tensor_kinds"]
-
-#: Flatbuffer bytes beyond the stored numbers and the tensor names (:data:`NAME_BYTES`).
-FLASH_BYTES: dict[str, float] = {
-    "per_channel": 12,          # float32 scale + int64 zero point per channel of a quantised tensor
-    "activation_tensor": 71.06, # tensor table entry: shape vector, type, quantisation table
-    "const_tensor": 132.21,     # the same, plus its buffer entry and data offset
-    "fixed": 596.66,            # model header, operator codes and table, signature, metadata
-}
-#: Mean stored bytes of a tensor's name (length prefix, characters, terminator, padded to 4 B) by the op
-#: kind writing it. The converter names a tensor after the TensorFlow ops fused into it: a convolution
-#: with its bias and activation takes 60-90 characters, a squeeze-excite multiply about 30.
-NAME_BYTES: dict[str, float] = {
-    "ADD": 36.4, "AVERAGE_POOL_2D": 44.0, "CONV_2D": 92.1, "DEPTHWISE_CONV_2D": 113.3, "FULLY_CONNECTED": 24.0,
-    "HARD_SWISH": 140.0, "LOGISTIC": 39.8, "MAX_POOL_2D": 40.0, "MEAN": 38.5, "MUL": 37.9, "PAD": 35.3,
-    "const": 68.4, "input": 28.0,
-    "other": 79.6,  # a kind no fit network has: the mean over all activation tensors
-}
-# Both tables: experiments/bench/fit_tflite_flash.py, on eleven networks none of which is a case of
-# tests/test_tflm_plan.py's grid (MobileNetV1 at widths 0.25-1.0, 24-96 px, 1 block to whole, odd widths;
-# mobilenetv3_small_050, efficientnet_b0 cut 4, resnet10t cut 2; 7 KB to 1 MB). Residuals: -0.13 to
-# +0.11 % on the fit, -0.27 to +0.75 % on its eight held-out networks; on the grid -0.15 to +0.75 %,
-# except a 5 KB one-block network (+1.6 %: its names lack the "_<index>" suffixes of larger graphs).
-
-
-def buffer_padding(nbytes: int) -> int:
-    """Bytes a constant buffer of ``nbytes`` takes beyond its data: the flatbuffer's 4-byte length and the
-    padding that starts every buffer's data on 16 bytes (``force_align: 16`` in TFLite's schema)."""
-    return -(-(nbytes + 4) // 16) * 16 - nbytes
-
-
-def stored_name_bytes(chars: int) -> int:
-    """Flatbuffer bytes of a string of ``chars`` characters: length prefix, terminator, 4-byte padding."""
-    return 4 + -(-(chars + 1) // 4) * 4
-
+__all__ = ["ALIGN", "PredictedGraph", "estimate_tflm", "greedy_plan", "needs_explicit_pad", "network_graph",
+           "predict_graph", "same_padding"]
 
 #: ONNX ops that are free in the TFLite graph (views, or folded away by the converter).
 _FREE = frozenset({"Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Dropout"})
@@ -391,25 +356,6 @@ def _pool(b: _Builder, node: Any, src: int, shape: list[int]) -> None:
         src = b.op("PADV2" if node.op_type == "MaxPool" else "PAD", [src], node.name + ":pad", padded, node.name)
     b.op("MAX_POOL_2D" if node.op_type == "MaxPool" else "AVERAGE_POOL_2D", [src], node.output[0], shape,
          node.name, kernel=kernel, stride=stride)
-
-
-def tensor_kinds(graph: PredictedGraph) -> list[str]:
-    """The kind of every tensor of the predicted ``.tflite``: ``input``, the op kind writing each
-    activation, ``const`` for each constant (the keys of :data:`NAME_BYTES`)."""
-    written = {t: op.kind for op in graph.plan.ops for t in op.outputs}
-    return [written.get(t, "input") for t in range(len(graph.plan.tensor_bytes))] + ["const"] * graph.const_tensors
-
-
-def predicted_flash(graph: PredictedGraph, flash: dict[str, float] | None = None,
-                    names: dict[str, float] | None = None) -> int:
-    """The ``.tflite``'s bytes: constants, per-channel parameters, the flatbuffer's tables and the tensor
-    names (``flash`` / ``names``: other tables than :data:`FLASH_BYTES` / :data:`NAME_BYTES`, for a fit)."""
-    f, n = flash or FLASH_BYTES, names or NAME_BYTES
-    activations = len(graph.plan.tensor_bytes)
-    return int(round(graph.const_bytes + f["per_channel"] * (graph.quant_channels + activations)
-                     + f["activation_tensor"] * activations + f["const_tensor"] * graph.const_tensors
-                     + sum(n.get(k, n["other"]) for k in tensor_kinds(graph))
-                     + sum(map(buffer_padding, graph.const_buffers)) + f["fixed"]))
 
 
 def network_graph(model: nn.Module, image_size: int, in_chans: int = 3, trained: bool = False) -> PredictedGraph:

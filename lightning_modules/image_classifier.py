@@ -230,6 +230,12 @@ class ImageClassifier(L.LightningModule):
     def _end_eval_epoch(self) -> None:
         self.folded_eval.drop()
 
+    def on_train_start(self) -> None:
+        # Lightning keeps each submodule's train/eval mode as it finds it at fit start: a network left in
+        # eval mode (after an export, a measurement, an evaluation) would train with BatchNorm statistics
+        # frozen and dropout off, silently. Training means train mode, except the parts frozen on purpose.
+        self.train(True)
+
     def on_validation_epoch_start(self) -> None:
         self._start_eval_epoch()
 

@@ -117,6 +117,24 @@ def test_freeze_head_only_finetuning() -> None:
     assert changed and all(k.startswith("head.") for k in changed)
 
 
+def test_a_network_left_in_eval_mode_trains_in_train_mode() -> None:
+    module = ImageClassifier(num_classes=4, width_mult=0.25, num_blocks=6, head_channels=[16, 8])
+    module.freeze_modules(["net.stem"])
+    module.net.eval()  # e.g. after an export or an evaluation outside Lightning
+    modes: list[dict[str, bool]] = []
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, trainer: L.Trainer, pl_module: ImageClassifier, batch: object, i: int) -> None:
+            modes.append({"blocks": pl_module.net.blocks.training, "stem": pl_module.net.stem.training})
+
+    stem_stats = module.net.stem[1].running_mean.clone()
+    block_stats = module.net.blocks[0].dw[1].running_mean.clone()
+    fit(module, epochs=2, callbacks=[Probe()])  # validation in between must not leave eval mode behind
+    assert modes and all(m == {"blocks": True, "stem": False} for m in modes), modes
+    assert not torch.equal(module.net.blocks[0].dw[1].running_mean, block_stats)  # BatchNorm statistics learn
+    assert torch.equal(module.net.stem[1].running_mean, stem_stats)  # the frozen stem's stay fixed
+
+
 def test_checkpoint_rebuilds_a_changed_architecture(tmp_path: Path) -> None:
     module = ImageClassifier(num_classes=4, width_mult=0.25)
     trainer = fit(module)

@@ -295,6 +295,11 @@ def findings(summaries: list[dict], sweep_checks: list[dict] | None = None, widt
         lines.append(f"| pruning raises accuracy on {name} ({ref['baseline']:.2f} → {ref['original']:.2f} %) "
                      f"| {'Δ ' + fmt_spread(diffs, signed=True) + ' pp at 128 px' if diffs else 'not run yet'} "
                      f"| {verdict(diffs, 0.0) if diffs else 'cannot tell (not run)'} |")
+        controls = [v for v in cols["d_control"] if v is not None]
+        if controls:
+            lines.append(f"| {name}: the gain is not just more epochs: cut@6 ≥ the same-budget unpruned net "
+                         f"| cut − control {fmt_spread(controls, signed=True)} pp at 128 px "
+                         f"| {verdict(controls, 0.0)} |")
     lines += [width_line or "| TinyNeuralNetwork's width orderings (random < norm-based, distillation helps, "
               "iterative > one-shot) | not rerun under the per-stage protocol yet | cannot tell |",
               sweep_finding(sweep_checks or []), ""]

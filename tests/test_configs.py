@@ -73,14 +73,13 @@ def test_width_config_instantiates(config: Path, tmp_path: Path) -> None:
     assert cli.model.hparams.num_classes == (1000 if scale == "imagenet" else 10)
     assert cli.model.arch["channels"] is None and cli.model.hparams.width_mult == 1.0  # prunes MobileNetV1-1.0
     check_pruning(cli.trainer, cli.model.net, cli.datamodule.hparams.image_size)  # settings fit MobileNetV1-1.0
-    if scale != "imagenet":
-        assert width_row(cli) in CIFAR_ROWS
 
 
 @pytest.mark.parametrize("scale", ["cifar10_32", "cifar10_224"])
 def test_every_row_of_the_width_tables_has_a_config_at_both_scales(scale: str, tmp_path: Path) -> None:
+    """TinyNeuralNetwork's 15 rows, each once; a method outside its tables (e.g. SFP) may add a row."""
     rows = [width_row(instantiate(c, tmp_path)) for c in WIDTH_CONFIGS if c.parent.name == scale]
-    assert len(rows) == len(set(rows)) == 15 and set(rows) == CIFAR_ROWS
+    assert len(rows) == len(set(rows)) and CIFAR_ROWS <= set(rows)
 
 
 @pytest.mark.parametrize("config", [c for c in WIDTH_CONFIGS if c.parent.name == "cifar10_32"], ids=lambda p: p.stem)

@@ -1,4 +1,5 @@
-"""The size of an int8 ``.tflite`` predicted from its TFLite graph (:class:`~lightning_modules.deploy.tflm_estimate.PredictedGraph`).
+"""The size of an int8 ``.tflite`` predicted from its TFLite graph
+(:class:`~lightning_modules.deploy.tflm_plan.PredictedGraph`).
 
 The file is the constants (each buffer with its 4-byte length, its data on 16 bytes), their per-channel
 quantisation parameters, a table entry per tensor, each tensor's name and a fixed part (header, operator
@@ -8,10 +9,7 @@ so names are priced by the op kind writing the tensor.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from lightning_modules.deploy.tflm_estimate import PredictedGraph
+from lightning_modules.deploy.tflm_plan import PredictedGraph
 
 __all__ = ["FLASH_BYTES", "NAME_BYTES", "buffer_padding", "predicted_flash", "stored_name_bytes", "tensor_kinds"]
 

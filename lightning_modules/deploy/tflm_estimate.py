@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import math
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from lightning_modules.deploy.tflite_flash import predicted_flash
 from lightning_modules.deploy.tflm_plan import (
     ALIGN,
     OpNode,
+    PredictedGraph,
     TfliteGraphPlan,
     arena,
     greedy_plan,
@@ -73,18 +73,6 @@ def needs_explicit_pad(conv: nn.Conv2d, height: int, width: int) -> bool:
         return False
     return explicit_pad([pad_h, pad_w, pad_h, pad_w], (height, width), conv.kernel_size, conv.stride,
                         conv.dilation)
-
-
-@dataclass
-class PredictedGraph:
-    """The TFLite graph predicted for a network, and its constants (for the flatbuffer's size)."""
-
-    plan: TfliteGraphPlan
-    const_tensors: int = 0
-    const_bytes: int = 0
-    const_buffers: list[int] = field(default_factory=list)  # bytes of each stored constant buffer
-    quant_channels: int = 0
-    layers: list[str] = field(default_factory=list)  # the ONNX node (layer) behind each op
 
 
 class _Builder:

@@ -182,6 +182,19 @@ class TfliteGraphPlan:
     ops: list[OpNode] = field(default_factory=list)
 
 
+@dataclass
+class PredictedGraph:
+    """The TFLite graph predicted for a network (:mod:`~lightning_modules.deploy.tflm_estimate`), and its
+    constants (for the flatbuffer's size, :mod:`~lightning_modules.deploy.tflite_flash`)."""
+
+    plan: TfliteGraphPlan
+    const_tensors: int = 0
+    const_bytes: int = 0
+    const_buffers: list[int] = field(default_factory=list)  # bytes of each stored constant buffer
+    quant_channels: int = 0
+    layers: list[str] = field(default_factory=list)  # the ONNX node (layer) behind each op
+
+
 def scratch_requests(op: OpNode) -> list[int]:
     """Bytes of the scratch buffers an int8 kernel requests in ``Prepare`` (reference kernels): MEAN / SUM
     ask for an int32 accumulator per output element, then an int per input dimension and per reduced

@@ -87,6 +87,7 @@ def main(args: list[str] | None = None) -> Path:
     image_size = int(data.hparams.image_size)
     result = prune.result
     budget = tinyml_budget(model.net, image_size)
+    test_acc = metric(trainer.callback_metrics, "test/acc")
     extra = {
         "stage": "depth_prune",
         "dataset": type(data).__name__.removesuffix("DataModule"),
@@ -100,9 +101,8 @@ def main(args: list[str] | None = None) -> Path:
         "cut_reason": result.get("reason"),
         "init": result.get("init"),
         "finetune": result.get("finetune"),
-        "pruned": {"params": budget["params"], "macs": budget["macs"], "acc": metric(trainer.callback_metrics, "test/acc"),
-                   "budget": budget},
-        "stages": stage_rows(prune, width_pruners(trainer), budget, metric(trainer.callback_metrics, "test/acc")),
+        "pruned": {"params": budget["params"], "macs": budget["macs"], "acc": test_acc, "budget": budget},
+        "stages": stage_rows(prune, width_pruners(trainer), budget, test_acc),
         "width": [cb.describe() for cb in width_pruners(trainer)],
         "baseline_ckpt": cli.config.baseline_ckpt,
         "baseline_checkpoint": sweep.baseline_checkpoint,

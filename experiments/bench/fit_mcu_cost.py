@@ -99,10 +99,28 @@ NETS: dict[str, NetSpec] = {
 }
 
 
-def build_net(name: str) -> nn.Module:
-    """Network ``name`` of :data:`NETS`, seeded, with trained-like statistics, in eval mode."""
+def built(spec: NetSpec) -> nn.Module:
+    """The network of ``spec``, seeded, with trained-like statistics, in eval mode."""
     torch.manual_seed(0)
-    return trained_like_batchnorm(NETS[name].build())
+    return trained_like_batchnorm(spec.build())
+
+
+def build_net(name: str) -> nn.Module:
+    """Network ``name`` of :data:`NETS` (:func:`built`)."""
+    return built(NETS[name])
+
+
+def converted(spec: NetSpec, path: Path) -> Path:
+    """``path``: the network of ``spec`` exported fully int8 as the deployment exports it (two random
+    calibration images), converted once and then reused."""
+    if not path.is_file():
+        from lightning_modules.deploy.tflite import export_int8_tflite
+
+        size = spec.image_size
+        calibration = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_int8_tflite(built(spec), path, calibration, size)
+    return path
 
 
 def measure(name: str, arch: str, work: Path, timeout_s: float = 600.0) -> dict[str, Any]:
@@ -113,15 +131,10 @@ def measure(name: str, arch: str, work: Path, timeout_s: float = 600.0) -> dict[
         return json.loads(record_path.read_text())
     from lightning_modules.deploy import cortexm
     from lightning_modules.deploy.firmware import write_bundle
-    from lightning_modules.deploy.tflite import export_int8_tflite
     from lightning_modules.deploy.tflm_plan import read_graph
 
     spec = NETS[name]
-    tflite = work / f"{name}.tflite"
-    if not tflite.is_file():
-        size = spec.image_size
-        calibration = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
-        export_int8_tflite(build_net(name), tflite, calibration, size)
+    tflite = converted(spec, work / f"{name}.tflite")
     bundle = work / f"{name}.bundle"
     write_bundle(tflite, bundle)
     library = cortexm.tflm_library(arch)

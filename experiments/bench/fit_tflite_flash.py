@@ -24,15 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from experiments.bench.fit_mcu_cost import NETS as MCU_NETS
-from experiments.bench.fit_mcu_cost import NetSpec, mnv1
+from experiments.bench.fit_mcu_cost import NetSpec, built, converted, mnv1
 from experiments.run.arguments import OneLineArgumentParser
 from experiments.run.checkpoint_io import write_json
 from experiments.run.cli import exits_cleanly
-from lightning_modules.backbones.base import trained_like_batchnorm
 from lightning_modules.deploy.tflite_flash import (
     FLASH_BYTES,
     buffer_padding,
@@ -52,25 +49,6 @@ NETS: dict[str, NetSpec] = {
     "mnv1_w0.35_3blocks_28px": NetSpec(lambda: MobileNetV1(num_classes=10, width_mult=0.35, num_blocks=3), 28,
                                        held_out=True),
 }
-
-
-def build_net(name: str) -> nn.Module:
-    """Network ``name`` of :data:`NETS`, seeded, with trained-like statistics, in eval mode."""
-    torch.manual_seed(0)
-    return trained_like_batchnorm(NETS[name].build())
-
-
-def converted(name: str, work: Path) -> Path:
-    """``work/NAME.tflite``, converted as the deployment converts (kept and reused)."""
-    path = work / f"{name}.tflite"
-    if not path.is_file():
-        from lightning_modules.deploy.tflite import export_int8_tflite
-
-        size = NETS[name].image_size
-        calibration = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
-        work.mkdir(parents=True, exist_ok=True)
-        export_int8_tflite(build_net(name), path, calibration, size)
-    return path
 
 
 def measured_names(path: Path) -> dict[str, list[int]]:
@@ -130,8 +108,8 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     """Convert (or read) every network, fit on the fit set, print and return the tables and the errors."""
     opts = build_parser().parse_args(args)
     work = Path(opts.work)
-    files = {n: converted(n, work) for n in NETS}
-    graphs = {n: network_graph(build_net(n), NETS[n].image_size) for n in NETS}
+    files = {n: converted(spec, work / f"{n}.tflite") for n, spec in NETS.items()}
+    graphs = {n: network_graph(built(spec), spec.image_size) for n, spec in NETS.items()}
     flash, names = fit({n: g for n, g in graphs.items() if not NETS[n].held_out},
                        {n: f for n, f in files.items() if not NETS[n].held_out})
     print("FLASH_BYTES", flash)
@@ -142,9 +120,9 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         now = predicted_flash(graph)
         new = predicted_flash(graph, flash, names)
         rows.append({"net": n, "held_out": NETS[n].held_out, "bytes": size, "predicted": new,
-                     "error": new / size - 1, "error_in_flash_bytes": now / size - 1})
+                     "error": new / size - 1, "error_with_current_tables": now / size - 1})
         print(f"{n:34s} {'held out' if NETS[n].held_out else 'fit':8s} {size:9d} B  predicted {new:9d} "
-              f"({new / size - 1:+.2%}; with the tables in tflm_estimate {now / size - 1:+.2%})")
+              f"({new / size - 1:+.2%}; with the tables in tflite_flash now {now / size - 1:+.2%})")
     result = {"FLASH_BYTES": flash, "NAME_BYTES": names, "nets": rows}
     if opts.out:
         write_json(opts.out, result)

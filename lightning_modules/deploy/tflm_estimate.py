@@ -271,7 +271,8 @@ def _map_node(b: _Builder, node: Any) -> None:
         b.const(1, [8], shared=("mean_axes",))
         b.op("MEAN", [src], out, shape, layer, axes=2)
     elif kind == "Gemm":
-        w, n = b.init[node.input[1]], b.init[node.input[1]].shape[0]
+        w = b.init[node.input[1]]
+        n = w.shape[0]
         bias = b.init.get(node.input[2]) if len(node.input) > 2 else None
         if bias is None or (not bias.any() and not b.trained):  # the converter drops an all-zero bias
             b.const(1, [w.size], channels=n)

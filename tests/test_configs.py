@@ -28,7 +28,8 @@ def instantiate(config: Path, tmp_path: Path) -> ExperimentCLI:
                      cli_class=cli_class)
 
 
-@pytest.mark.parametrize("config", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("config", sorted([*CONFIGS.glob("*.yaml"), *CONFIGS.glob("timm/*.yaml")]),
+                         ids=lambda p: p.stem)
 def test_config_instantiates(config: Path, tmp_path: Path) -> None:
     cli = instantiate(config, tmp_path)
     size = cli.datamodule.hparams.image_size

@@ -83,6 +83,38 @@ def test_a_column_whose_seeds_disagree_is_named_with_its_lowest_run(runs: Path) 
     assert "same-budget control ranges over 13.00 points" in warnings[0] and "run `c3`" in warnings[0]
 
 
+def test_the_lowest_run_s_unstable_epochs_are_named_from_its_learning_curve(runs: Path) -> None:
+    """c32s1's shape: the loss falls, climbs back at the peak learning rate for two epochs, then falls again."""
+    from callbacks.epoch_log import COLUMNS
+    from experiments.reports.protocol import spread_warnings
+
+    write_run(runs, "c3", control(3, 0.70))
+    write_run(runs, "s3", depth(3, 0.81, 0.80))
+    losses = [2.13, 1.62, 1.435, 1.497, 1.671, 1.519, 1.414, 1.32]
+    rows = "\n".join(f"{e},baseline,{loss},0.5,1.0,0.1,600" for e, loss in enumerate(losses))
+    (runs / "tinyml-pruning" / "c3" / "epochs.csv").write_text(",".join(COLUMNS) + "\n" + rows + "\n")
+    (warning,) = spread_warnings(paired_runs(report.load_summaries(runs), "CIFAR10", 32))
+    # 1.497 is 4.3 % above 1.435 (under the 5 % mark); 1.671 and 1.519 are above it
+    assert "run `c3`, whose training loss rose above its earlier minimum in epochs 5–6 of the baseline stage " \
+           "(1.435 → 1.671)" in warning
+
+
+def test_loss_rises_are_stretches_within_a_stage() -> None:
+    from experiments.reports.curves import loss_rises
+
+    def rows(*spec: tuple[str, float | None]) -> list[dict]:
+        return [{"epoch": e, "stage": st, "train_loss": loss} for e, (st, loss) in enumerate(spec)]
+
+    assert loss_rises(rows(("baseline", 2.0), ("baseline", 1.0), ("baseline", 0.9))) == []
+    # a new stage (the cut net) starts from its own loss: a jump at the stage change is no rise
+    assert loss_rises(rows(("baseline", 1.0), ("finetune", 2.0), ("finetune", 1.5))) == []
+    # two separate stretches, a missing value skipped, the peak and the minimum before it reported
+    got = loss_rises(rows(("b", 1.0), ("b", 1.2), ("b", None), ("b", 1.3), ("b", 0.9), ("b", 0.8), ("b", 0.95)))
+    assert got == [{"stage": "b", "first": 2, "last": 4, "before": 1.0, "peak": 1.3},
+                   {"stage": "b", "first": 7, "last": 7, "before": 0.8, "peak": 0.95}]
+    assert loss_rises(rows(("b", 1.0), ("b", 1.04))) == [] and loss_rises(rows(("b", 1.0), ("b", 1.04)), 0.03)
+
+
 def test_a_control_trains_the_network_the_depth_run_started_from(runs: Path) -> None:
     """A baseline run of another network with the same seed (a timm net, another width) is no control."""
     write_run(runs, "other", control(0, 0.50) | {"params": 999})

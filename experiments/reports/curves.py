@@ -21,6 +21,40 @@ def stage_spans(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, An
     return spans
 
 
+#: A training loss this far above the lowest loss of its stage so far marks an unstable stretch (0.05 = 5 %).
+LOSS_RISE: float = 0.05
+
+
+def loss_rises(rows: list[dict[str, Any]], rise: float = LOSS_RISE) -> list[dict[str, Any]]:
+    """Stretches of consecutive epochs whose training loss stands more than ``rise`` (a fraction) above the
+    lowest loss of the same stage before them: the optimiser lost ground it had gained (too high a learning
+    rate for this seed, a bad batch). One ``{"stage", "first", "last", "before", "peak"}`` per stretch, with
+    1-based epochs as the progress line and the plots number them; ``before`` is that lowest loss."""
+    stretches: list[dict[str, Any]] = []
+    for stage, span in stage_spans(rows):
+        best, current = None, None
+        for row in span:
+            loss = row.get("train_loss")
+            if loss is None:
+                continue
+            if best is not None and loss > best * (1 + rise):
+                if current is None:
+                    current = {"stage": stage, "first": row["epoch"] + 1, "before": best, "peak": loss}
+                    stretches.append(current)
+                current["last"], current["peak"] = row["epoch"] + 1, max(current["peak"], loss)
+                continue
+            current = None
+            best = loss if best is None else min(best, loss)
+    return stretches
+
+
+def rise_text(stretch: dict[str, Any]) -> str:
+    """``epochs 4–5 of the baseline stage (1.435 → 1.671)``."""
+    epochs = (f"epoch {stretch['first']}" if stretch["first"] == stretch["last"]
+              else f"epochs {stretch['first']}–{stretch['last']}")
+    return f"{epochs} of the {stretch['stage']} stage ({stretch['before']:.3f} → {stretch['peak']:.3f})"
+
+
 def plot_curves(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Validation accuracy (left) and training loss (right) per epoch (rows of
     :func:`~callbacks.epoch_log.read_epochs`), one colour per stage."""

@@ -14,6 +14,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from callbacks.epoch_log import read_epochs
+from experiments.reports.curves import loss_rises, rise_text
 from experiments.reports.reproduce import run_config, run_seed
 
 #: Published replication of de Leon & Atienza (arXiv:2204.10546), MobileNetV1 cut after block 6, test
@@ -183,12 +185,23 @@ def spread_warnings(seeds: dict[int, dict[str, Any]], limit: float = UNSTABLE_RA
         values = [v for v, _ in pairs]
         if max(values) - min(values) > limit + 1e-9:  # 0.81 - 0.78 is 0.0300…03 in floats
             low = min(pairs, key=lambda p: p[0])
-            run = Path(low[1]["_path"]).parent.name if low[1] else "?"
+            folder = Path(low[1]["_path"]).parent if low[1] else None
+            cause = ("whose per-epoch validation curve is in its W&B run" if folder is None
+                     or not (folder / "epochs.csv").is_file() else unstable_text(folder / "epochs.csv"))
             lines.append(f"**Seed spread:** the {label} ranges over {100 * (max(values) - min(values)):.2f} points "
-                         f"between seeds ({100 * min(values):.2f}–{100 * max(values):.2f} %; lowest: run `{run}`, "
-                         "whose per-epoch validation curve is in its W&B run). Differences that include this "
-                         "column measure the recipe's seed variance as much as pruning.")
+                         f"between seeds ({100 * min(values):.2f}–{100 * max(values):.2f} %; lowest: run "
+                         f"`{folder.name if folder else '?'}`, {cause}). Differences that include this column "
+                         "measure the recipe's seed variance as much as pruning.")
     return lines
+
+
+def unstable_text(epochs_csv: Path) -> str:
+    """What a run's learning curve says about its training: where its loss rose, if it did."""
+    stretches = loss_rises(read_epochs(epochs_csv))
+    if not stretches:
+        return "whose training loss fell every epoch (learning curves below)"
+    return (f"whose training loss rose above its earlier minimum in {'; '.join(rise_text(s) for s in stretches)}: "
+            "the recipe lost ground it had gained on this seed (learning curves below)")
 
 
 def selection_warning(seeds: dict[int, dict[str, Any]]) -> list[str]:

@@ -219,6 +219,13 @@ def width_finding(width: list[dict]) -> str:
     return orderings_finding(group, baseline)
 
 
+def compute_line(summaries: list[dict]) -> str:
+    """The training compute behind the page: the sum of the runs' wall times (each run's own clock)."""
+    seconds = [s["wall_time_s"] for s in summaries if s.get("wall_time_s")]
+    return (f"Compute: the {len(seconds)} runs on this page trained for {sum(seconds) / 3600:.1f} h of wall time "
+            "in all (the sum of their `wall_time_s`; benchmarks and deployment checks not included).")
+
+
 def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
     every = summaries
     summaries = [s for s in summaries if backbone_of(s) == MOBILENET_V1]  # timm runs: their own section
@@ -242,6 +249,7 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
         "Accuracies are on the test split (CIFAR-10 test, Imagenette/Imagewoof val) with the best checkpoint",
         "of the final network; baseline accuracy is the unpruned network's validation accuracy at the sweep.",
         "MACs: PyTorch's FLOP counter / 2 at the run's image size (batch 1).",
+        compute_line(every),
         "",
         *findings(every, sweep_checks(out.parent / "runs"), width_finding(width)),
         "## Depth pruning with auxiliary networks",
@@ -310,7 +318,7 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
               "From a fresh clone (data in `../shared/data`, see README), in this order: each run's folder is "
               "fixed by its id, so the baseline checkpoint a later run starts from is set by the line after "
               "the command that writes it. Each archived `config.yaml` is the run's resolved configuration.", "",
-              *reproduce_script(summaries, f"{out.parent.name}/runs"), "", BIT_IDENTITY, ""]
+              *reproduce_script(every, f"{out.parent.name}/runs"), "", BIT_IDENTITY, ""]
     lines.append("")
     return portable("\n".join(lines))  # no path of this machine in the page
 

@@ -57,15 +57,51 @@ def test_a_missing_baseline_is_one_error_line(tmp_path: Path) -> None:
 
 
 def test_the_finding_needs_rank_agreement_and_the_same_cuts() -> None:
-    from experiments.reports.protocol import sweep_finding
+    from experiments.reports.sweep_check import sweep_findings
 
     def check(rho: float | None, one_run: dict, per_point: dict) -> dict:
+        columns = {"per_point": {"0": 0.3, "1": 0.5}, "one_run": {"0": 0.3, "1": 0.5}}
         return {"spearman_vs_per_point": {"one_run": rho}, "rules": {"one_run": one_run, "per_point": per_point},
-                "epochs": 4}
+                "epochs": 4, "baseline_ckpt": "b.ckpt", "_name": "sweep_check_b", "columns": columns}
 
     same = {"tolerance": 8, "knee": 4}
-    assert sweep_finding([]).endswith("| not measured yet | cannot tell |")
-    assert sweep_finding([check(0.95, same, same)]).endswith("| holds (1 baseline) |")
-    assert sweep_finding([check(0.95, {"tolerance": 9, "knee": 4}, same)]).endswith("| does not hold (1 baseline) |")
-    assert sweep_finding([check(0.80, same, same)]).endswith("| does not hold (1 baseline) |")
-    assert sweep_finding([check(None, same, same)]).endswith("| does not hold (1 baseline) |")
+    assert sweep_findings([])[0].endswith("| not measured yet | cannot tell |")
+    assert sweep_findings([check(0.95, same, same)])[0].endswith("(1 baseline, 4 epochs) | holds |")
+    assert sweep_findings([check(0.95, {"tolerance": 9, "knee": 4}, same)])[0].endswith("| does not hold |")
+    assert sweep_findings([check(0.80, same, same)])[0].endswith("| does not hold |")
+    assert sweep_findings([check(None, same, same)])[0].endswith("| does not hold |")
+    assert sweep_findings([check(0.95, same, same)])[1].endswith("| no seed repeat of the per-point heads yet | cannot tell |")
+
+
+def check_record(name: str, seed: int, per_point: dict, one_run: dict, baseline: str = "b.ckpt") -> dict:
+    rules = {"tolerance": 7, "knee": 4}
+    return {"_name": name, "seed": seed, "baseline_ckpt": baseline, "epochs": 4, "lr": 1e-3, "head": "replication",
+            "train_subset": 10000, "optimizer": "adam, cosine", "columns": {"per_point": per_point, "one_run": one_run},
+            "rules": {"per_point": rules, "one_run": rules}, "spearman_vs_per_point": {"one_run": 0.8}}
+
+
+def test_disagreements_are_located_and_judged_against_the_heads_own_seed_change() -> None:
+    from experiments.reports.sweep_check import discordant_pairs, head_noise, sweep_findings, where_text
+
+    # a rising curve with a plateau (cuts 2-4 within 0.4 pp) that the one-run column orders differently
+    per_point = {"0": 0.30, "1": 0.50, "2": 0.730, "3": 0.734, "4": 0.732}
+    one_run = {"0": 0.31, "1": 0.49, "2": 0.735, "3": 0.731, "4": 0.733}
+    assert {(i, j) for i, j, _ in discordant_pairs(per_point, one_run)} == {("2", "3"), ("2", "4"), ("3", "4")}
+    assert discordant_pairs(per_point, {"0": 0.3, "1": 0.3}) == [("0", "1", pytest.approx(0.2))]  # a tie counts
+    text = where_text({"columns": {"per_point": per_point, "one_run": one_run}}, "one_run")
+    assert text == "orders 3 of 10 pairs of cut points differently, all among cuts 2, 3, 4, where the per-point " \
+                   "heads are at most 0.40 pp apart"
+    first = check_record("sweep_check_b", 0, per_point, one_run)
+    assert head_noise([first]) is None
+    # the per-point heads rerun with another seed move by up to 0.5 pp: the plateau's order is within it
+    repeat = check_record("sweep_check_b_seed1", 1, {**per_point, "3": 0.729, "2": 0.735}, one_run)
+    assert head_noise([first, repeat]) == pytest.approx(0.005)
+    rows = sweep_findings([first, repeat])
+    assert rows[0].endswith("| does not hold |")  # ρ 0.8 misses the pre-registered bar
+    assert "change 0.50 pp; pairs beyond it ordered differently: 0, 0 (1 baseline, 4 epochs)" in rows[1]
+    assert rows[1].endswith("| holds |")
+    # another baseline is no repeat, and a one-run column that swaps two clearly separated cuts fails
+    other = check_record("sweep_check_c", 0, per_point, {**one_run, "0": 0.6}, baseline="c.ckpt")
+    assert head_noise([first, other]) is None
+    rows = sweep_findings([first, repeat, other])
+    assert "(2 baselines, 4 epochs)" in rows[0] and rows[1].endswith("| does not hold |")

@@ -17,6 +17,7 @@ from typing import Any
 from callbacks.epoch_log import read_epochs
 from experiments.reports.curves import loss_rises, rise_text
 from experiments.reports.reproduce import run_config, run_seed
+from experiments.reports.sweep_check import sweep_findings
 
 #: Published replication of de Leon & Atienza (arXiv:2204.10546), MobileNetV1 cut after block 6, test
 #: accuracy in % (224 px; 50 + 50 epochs of Adam 5e-4 in the replication's recipe).
@@ -262,24 +263,6 @@ def protocol_section(summaries: list[dict]) -> list[str]:
     return lines
 
 
-def sweep_finding(checks: list[dict]) -> str:
-    """The findings row of the one-run sweep against per-point heads (``sweep_check_*.json`` records)."""
-    claim = ("| our one-run sweep ranks cut points like the paper's per-point heads: Spearman ρ ≥ 0.9 and both "
-             "rules choose the same cut")
-    if not checks:
-        return f"{claim} | not measured yet | cannot tell |"
-    parts, ok = [], []
-    for check in checks:
-        rho = check["spearman_vs_per_point"]["one_run"]
-        rules, per_point = check["rules"]["one_run"], check["rules"]["per_point"]
-        same = all(rules[r] == per_point[r] for r in ("tolerance", "knee"))
-        ok.append(rho is not None and rho >= 0.9 and same)
-        parts.append(f"ρ {'—' if rho is None else f'{rho:.3f}'}; tolerance {rules['tolerance']} vs "
-                     f"{per_point['tolerance']}, knee {rules['knee']} vs {per_point['knee']} "
-                     f"({check['epochs']} epochs, 1 seed)")
-    return f"{claim} | {'; '.join(parts)} | {'holds' if all(ok) else 'does not hold'} (1 baseline) |"
-
-
 def findings(summaries: list[dict], sweep_checks: list[dict] | None = None, width_line: str | None = None) -> list[str]:
     """One line per published claim: holds / does not hold / cannot tell, with our numbers; ``width_line``:
     the width orderings' row (:func:`~experiments.reports.orderings.orderings_finding`)."""
@@ -315,5 +298,5 @@ def findings(summaries: list[dict], sweep_checks: list[dict] | None = None, widt
                          f"| {verdict(controls, 0.0)} |")
     lines += [width_line or "| TinyNeuralNetwork's width orderings (random < norm-based, distillation helps, "
               "iterative > one-shot) | not rerun under the per-stage protocol yet | cannot tell |",
-              sweep_finding(sweep_checks or []), ""]
+              *sweep_findings(sweep_checks or []), ""]
     return lines

@@ -262,3 +262,22 @@ def test_streaming_pickled_batches(tmp_path: Path) -> None:
     assert test_labels.tolist() == [0, 1, 2, 3, 4, 5]
     red = test_images[:, 0].mean((1, 2)) * CIFAR10_STD[0] + CIFAR10_MEAN[0]  # undo the normalisation
     assert [fake_data.label_from_red(255 * r) for r in red.tolist()] == test_labels.tolist()
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_a_limited_evaluation_read_samples_every_class(cifar_dir: Path, tmp_path: Path, in_memory: bool) -> None:
+    """The test folder is read in class order; 6 of its 12 images must not be the first two classes."""
+    from datamodules.batches import float_batches
+
+    dm = _cifar(cifar_dir, tmp_path / "cache", in_memory=in_memory, batch_size=4)
+    everything = [y for _, y in float_batches(dm, "test")]
+    assert torch.cat(everything).tolist() == [0] * 4 + [1] * 4 + [2] * 4  # the folder's order
+    batches = list(float_batches(dm, "test", 6))
+    labels = torch.cat([y for _, y in batches])
+    assert torch.bincount(labels, minlength=3).tolist() == [2, 2, 2]
+    assert all(x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32) for x, _ in batches)
+    again = torch.cat([x for x, _ in float_batches(dm, "test", 6)])
+    assert torch.equal(again, torch.cat([x for x, _ in batches]))  # the same sample every time
+    # the sampled images are the split's own images, normalised as in the full read
+    full = torch.cat([x for x, _ in float_batches(dm, "test")])
+    assert all(any(torch.equal(image, f) for f in full) for image in again)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any, Literal
 
 import lightning as L
@@ -23,7 +23,7 @@ from callbacks.stages import (
 from lightning_modules.backbones import adapter_of_net
 from lightning_modules.deploy.profiling import model_cost
 from lightning_modules.models.aux_heads import head_channels_of
-from lightning_modules.pruning.depth_cut import Baseline, CutPoint, choose_cut
+from lightning_modules.pruning.depth_cut import Baseline, CutPoint, choose_cut, removes_nothing, row_for_cut
 from lightning_modules.reporting.sweep import format_sweep_table, log_sweep_to_wandb, write_sweep_report
 
 
@@ -90,6 +90,21 @@ class DepthPrune(PruningCallback):
                                  f"is no cut point of the network (its cut points are 0 = the earliest, e.g. after "
                                  f"the stem, to {last} = the last)", f"give a block in [0, {last}]")
 
+    def _check_it_prunes(self, net: nn.Module, rows: Sequence[CutPoint], baseline: Baseline, cut: int,
+                         reason: str) -> None:
+        """An automatic rule that lands on a cut removing nothing (the last cut point, or a net no smaller
+        than the baseline) ends the run with one error instead of "pruning" to the same network."""
+        if self.block is not None:  # asked for explicitly: the user's choice
+            return
+        last = len(adapter_of_net(net).cut_points(net)) - 1
+        if (problem := removes_nothing(row_for_cut(rows, cut), baseline, last)) is None:
+            return
+        option, value = ("tolerance", self.tolerance) if self.rule == "tolerance" else ("rule", self.rule)
+        raise settings_error(self, option, value, f"the {self.rule} rule chose cut {cut}, {problem}, so nothing "
+                             f"would be pruned ({reason})", "the sweep table is written (depth_sweep.csv) and the "
+                             "baseline kept (checkpoints/baseline.ckpt): rerun from it with --baseline_ckpt and a "
+                             "larger --prune.tolerance, --prune.rule knee or an explicit --prune.block")
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.done or trainer.current_epoch < self.epoch:
             return
@@ -112,6 +127,7 @@ class DepthPrune(PruningCallback):
                 self.result["report"] = {k: str(v) for k, v in paths.items()}
             self.result["sweep"] = [vars(r) for r in rows]
             self.result["baseline"] = vars(baseline)
+            self._check_it_prunes(pl_module.net, rows, baseline, cut, reason)
             if pl_module.aux_heads is not None:
                 head = pl_module.aux_heads.heads[str(cut)]
         elif self.block is None:

@@ -111,3 +111,30 @@ def test_summary_holds_the_baseline_test_accuracy(real_data_dir: Path, tmp_path:
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     assert baseline["test_acc"] == pytest.approx(trainer.test(module, data, verbose=False)[0]["test/acc"])
     assert summary["pruned"]["acc"] is not None
+
+
+def test_removes_nothing_names_the_last_cut_point_and_a_net_no_smaller() -> None:
+    from lightning_modules.pruning.depth_cut import Baseline, CutPoint, removes_nothing
+
+    baseline = Baseline(params=1000, macs=100, acc=0.8)
+    assert removes_nothing(CutPoint(3, 400, 40, 0.7), baseline, last=13) is None
+    assert "the last cut point" in removes_nothing(CutPoint(13, 900, 90, 0.79), baseline, last=13)
+    # a head larger than the classifier it replaces: cut 12 of 13 still no smaller than the baseline
+    assert "no fewer than the baseline" in removes_nothing(CutPoint(12, 1000, 90, 0.79), baseline, last=13)
+
+
+def test_an_automatic_cut_that_prunes_nothing_ends_in_one_error(real_data_dir: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The sweep measures only the last cut point, so the tolerance rule can only land there: the run stops
+    at the cut with exit status 1 and one ``error:`` line, and leaves the sweep table and the baseline."""
+    args = [a for a in pipeline_args(real_data_dir, tmp_path / "logs")]
+    args[args.index("--prune.block") + 1] = "null"
+    args += ["--sweep.cut_points", "[13]", "--trainer.logger.init_args.id", "nocut"]
+    with pytest.raises(SystemExit) as exit_info:
+        depth_prune.main(args)
+    message = str(exit_info.value.code)
+    assert message.startswith("error: DepthPrune.tolerance = 0.01: the tolerance rule chose cut 13, the last cut "
+                              "point, which keeps every block") and "\n" not in message
+    run = tmp_path / "logs" / "tinyml-pruning" / "nocut"
+    assert (run / "depth_sweep.csv").is_file() and (run / "checkpoints" / "baseline.ckpt").is_file()
+    assert not (run / "summary.json").exists()  # nothing that reads as a finished run

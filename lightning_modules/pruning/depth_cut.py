@@ -112,6 +112,18 @@ def _describe(row: CutPoint, baseline: Baseline) -> str:
     )
 
 
+def removes_nothing(row: CutPoint, baseline: Baseline, last: int) -> str | None:
+    """Why cutting at ``row`` prunes nothing, or ``None`` when it does prune: the last cut point keeps every
+    block, and a cut network with as many parameters as the baseline (its head larger than the classifier
+    it replaces) is no smaller. ``last``: the network's last cut point."""
+    if row.cut >= last:
+        return f"the last cut point, which keeps every block ({format_count(row.params)} params)"
+    if baseline.params and row.params >= baseline.params:
+        return (f"whose network has {format_count(row.params)} params, no fewer than the baseline's "
+                f"{format_count(baseline.params)}")
+    return None
+
+
 def choose_cut(
     rows: Sequence[CutPoint],
     baseline: Baseline,

@@ -96,3 +96,32 @@ def test_batchnorms_after_convolutions_are_folded_and_the_function_kept() -> Non
         torch.testing.assert_close(folded(x), net(x), rtol=1e-4, atol=1e-4)
         assert torch.equal(folded[1](folded[0](x)), folded[0](x))  # the folded norm is an identity
     assert net[1].weight.max() > 1  # the original is untouched
+
+
+def test_the_command_ranks_a_checkpoint_s_tensors(tmp_path, capsys) -> None:
+    import json
+
+    from experiments.bench import int8_sensitivity as command
+    from lightning_modules.image_classifier import ImageClassifier
+    from tests.helpers import fake_data
+    from tests.helpers.weights import save_checkpoint, trained_like
+
+    root = fake_data.make_image_folder(tmp_path / "cifar", {"train": 12, "test": 6})
+    module = ImageClassifier(num_classes=3, width_mult=0.25)
+    trained_like(module.net)
+    ckpt = save_checkpoint(module, tmp_path / "net.ckpt")
+    out = tmp_path / "sensitivity.json"
+    result = command.main(["--ckpt", str(ckpt), "--data_root", str(root), "--calib_images", "12",
+                           "--eval_images", "9", "--top", "3", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    names = [t["name"] for t in result["tensors"]]
+    norms = {n for n, m in module.net.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert len(names) == len(set(names)) > 10 and norms and not norms & set(names)  # folded into their convs
+    drops = [t["drop"] for t in result["tensors"]]
+    assert drops == sorted(drops, reverse=True) and result["eval_images"] == 9
+    printed = capsys.readouterr().out
+    (head,) = [line for line in printed.splitlines() if line.startswith("fp32 ")]
+    assert head.endswith("| 9 test images") and names[0] in printed
+    with pytest.raises(SystemExit) as exit_info:
+        command.main(["--ckpt", str(tmp_path / "none.ckpt")])
+    assert str(exit_info.value.code).startswith("error:") and "none.ckpt" in str(exit_info.value.code)

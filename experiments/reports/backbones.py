@@ -119,7 +119,7 @@ def protocol_table(seeds: dict[int, dict[str, dict]]) -> list[str]:
                      f"| {pct(cols['width'][i])} | {signed(cols['d_width'][i])} | {ids} |")
     cuts = {runs["depth"].get("chosen_cut") for runs in seeds.values()}
     lines.append(f"| mean ± std | {fmt_spread(cols['val'])} | {fmt_spread(cols['base'])} "
-                 f"| {'the same cut on every seed' if len(cuts) == 1 else 'cuts differ between seeds'} | "
+                 f"| {'—' if len(seeds) == 1 else 'the same cut on every seed' if len(cuts) == 1 else 'cuts differ between seeds'} | "
                  f"| {fmt_spread(cols['cut'])} | {fmt_spread(cols['d_cut'], signed=True)} | | "
                  f"| {fmt_spread(cols['width'])} | {fmt_spread(cols['d_width'], signed=True)} | |")
     return lines

@@ -15,8 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from experiments.reports.format import count, pct
-from experiments.reports.protocol import dataset_of, fmt_spread, schedule_span
+from experiments.reports.format import count, pct, points
+from experiments.reports.protocol import dataset_of, difference, fmt_spread, schedule_span
 from experiments.reports.reproduce import baseline_of, checkpoint_producer, run_config, run_seed
 
 MOBILENET_V1 = "mobilenet_v1"
@@ -93,9 +93,9 @@ def protocol_columns(seeds: dict[int, dict[str, dict]]) -> dict[str, list[Any]]:
         acc_w = width.get("acc_after") if width else None
         for key, value in (("val", depth.get("baseline", {}).get("val_acc")), ("base", base), ("cut", cut),
                            ("cut_params", depth.get("pruned", {}).get("params")),
-                           ("d_cut", None if cut is None or base is None else cut - base), ("width", acc_w),
+                           ("d_cut", difference(cut, base)), ("width", acc_w),
                            ("width_params", width.get("params") if width else None),
-                           ("d_width", None if acc_w is None or base is None else acc_w - base)):
+                           ("d_width", difference(acc_w, base))):
             cols[key].append(value)
     return cols
 
@@ -106,17 +106,13 @@ def protocol_table(seeds: dict[int, dict[str, dict]]) -> list[str]:
     lines = ["| seed | baseline val % (rule) | baseline test % | automatic cut | cut params | cut % | Δ cut (pp) "
              "| width row | width params | width % | Δ width (pp) | runs |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-
-    def signed(v: float | None) -> str:
-        return "—" if v is None else f"{100 * v:+.2f}"
-
     for i, (seed, runs) in enumerate(seeds.items()):
         width = runs.get("width")
         ids = ", ".join(f"{k} `{_run_id(s)}`" for k, s in runs.items())
         lines.append(f"| {seed} | {pct(cols['val'][i])} | {pct(cols['base'][i])} | {_cut_what(runs['depth'])} "
-                     f"| {count(cols['cut_params'][i])} | {pct(cols['cut'][i])} | {signed(cols['d_cut'][i])} "
+                     f"| {count(cols['cut_params'][i])} | {pct(cols['cut'][i])} | {points(cols['d_cut'][i])} "
                      f"| {_width_what(width) if width else '—'} | {count(cols['width_params'][i])} "
-                     f"| {pct(cols['width'][i])} | {signed(cols['d_width'][i])} | {ids} |")
+                     f"| {pct(cols['width'][i])} | {points(cols['d_width'][i])} | {ids} |")
     cuts = {runs["depth"].get("chosen_cut") for runs in seeds.values()}
     lines.append(f"| mean ± std | {fmt_spread(cols['val'])} | {fmt_spread(cols['base'])} "
                  f"| {'—' if len(seeds) == 1 else 'the same cut on every seed' if len(cuts) == 1 else 'cuts differ between seeds'} | "

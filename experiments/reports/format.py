@@ -16,6 +16,11 @@ def pct(value: float | None) -> str:
     return MISSING if value is None else f"{100 * value:.2f}"
 
 
+def points(value: float | None) -> str:
+    """A difference of fractions in signed percentage points (``-0.0123`` → ``-1.23``)."""
+    return MISSING if value is None else f"{100 * value:+.2f}"
+
+
 def count(value: int | None) -> str:
     """A whole number with thousands separators (``1234567`` → ``1,234,567``)."""
     return MISSING if value is None else f"{value:,}"

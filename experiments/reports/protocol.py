@@ -16,6 +16,7 @@ from typing import Any
 
 from callbacks.epoch_log import read_epochs
 from experiments.reports.curves import loss_rises, rise_text
+from experiments.reports.format import pct, points
 from experiments.reports.reproduce import run_config, run_seed
 from experiments.reports.sweep_check import sweep_findings
 
@@ -121,7 +122,8 @@ def _acc(summary: dict | None, key: str) -> float | None:
     return summary.get("metrics", {}).get("test/acc")
 
 
-def _diff(a: float | None, b: float | None) -> float | None:
+def difference(a: float | None, b: float | None) -> float | None:
+    """``a − b``, or ``None`` when either is missing."""
     return None if a is None or b is None else a - b
 
 
@@ -136,9 +138,9 @@ def columns(seeds: dict[int, dict[str, Any]]) -> dict[str, list[float | None]]:
         values = {"baseline_val": _acc(orig, "baseline_val"), "baseline_test": base,
                   "original": _acc(orig, "pruned"), "random": _acc(runs.get("random"), "pruned"),
                   "control": _acc(runs.get("control"), "control")}
-        values |= {"d_original": _diff(values["original"], base), "d_random": _diff(values["random"], base),
-                   "d_control": _diff(values["original"], values["control"]),
-                   "d_random_original": _diff(values["random"], values["original"])}
+        values |= {"d_original": difference(values["original"], base), "d_random": difference(values["random"], base),
+                   "d_control": difference(values["original"], values["control"]),
+                   "d_random_original": difference(values["random"], values["original"])}
         for key, value in values.items():
             cols[key].append(value)
     return cols
@@ -150,16 +152,12 @@ def paired_table(seeds: dict[int, dict[str, Any]]) -> list[str]:
     lines = ["| seed | baseline val % (rule) | baseline test % | cut@6 original % | Δ original (pp) "
              "| cut@6 random % | Δ random (pp) | same-budget control % | cut − control (pp) | runs |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-
-    def cell(v: float | None, signed: bool = False) -> str:
-        return "—" if v is None else f"{100 * v:+.2f}" if signed else f"{100 * v:.2f}"
-
     for i, (seed, runs) in enumerate(seeds.items()):
         ids = ", ".join(f"{k} `{Path(s['_path']).parent.name}`" for k, s in runs.items())
-        lines.append(f"| {seed} | {cell(cols['baseline_val'][i])} | {cell(cols['baseline_test'][i])} "
-                     f"| {cell(cols['original'][i])} | {cell(cols['d_original'][i], True)} "
-                     f"| {cell(cols['random'][i])} | {cell(cols['d_random'][i], True)} "
-                     f"| {cell(cols['control'][i])} | {cell(cols['d_control'][i], True)} | {ids} |")
+        lines.append(f"| {seed} | {pct(cols['baseline_val'][i])} | {pct(cols['baseline_test'][i])} "
+                     f"| {pct(cols['original'][i])} | {points(cols['d_original'][i])} "
+                     f"| {pct(cols['random'][i])} | {points(cols['d_random'][i])} "
+                     f"| {pct(cols['control'][i])} | {points(cols['d_control'][i])} | {ids} |")
     lines.append(f"| mean ± std | {fmt_spread(cols['baseline_val'])} | {fmt_spread(cols['baseline_test'])} "
                  f"| {fmt_spread(cols['original'])} | {fmt_spread(cols['d_original'], signed=True)} "
                  f"| {fmt_spread(cols['random'])} | {fmt_spread(cols['d_random'], signed=True)} "

@@ -138,3 +138,6 @@ def test_an_automatic_cut_that_prunes_nothing_ends_in_one_error(real_data_dir: P
     run = tmp_path / "logs" / "tinyml-pruning" / "nocut"
     assert (run / "depth_sweep.csv").is_file() and (run / "checkpoints" / "baseline.ckpt").is_file()
     assert not (run / "summary.json").exists()  # nothing that reads as a finished run
+    import wandb
+
+    assert wandb.run is None  # its W&B run was closed (marked failed), not left open for the next run

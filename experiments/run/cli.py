@@ -74,6 +74,15 @@ KNOWN_ERRORS: tuple[type[BaseException], ...] = (
 Main = TypeVar("Main", bound=Callable[..., Any])
 
 
+def finish_wandb_run(exit_code: int) -> None:
+    """Close a W&B run a failed command leaves open, marked failed (``exit_code``), so its dashboard does
+    not show it running and a later run in the same process starts a run of its own. Without ``wandb``
+    imported there is no run to close."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)
+
+
 def exits_cleanly(main: Main) -> Main:
     """Decorate an entry point's ``main``: a known error (:data:`KNOWN_ERRORS`), or an ``OSError`` about a
     named file, becomes ``SystemExit`` with the one-line message ``error: ...`` (printed on stderr, exit
@@ -88,15 +97,18 @@ def exits_cleanly(main: Main) -> Main:
             return main(*args, **kwargs)
         except KNOWN_ERRORS as err:
             message = " ".join(str(err).split())  # one line, whatever the source wrote
+            finish_wandb_run(1)
             raise SystemExit(f"error: {message}") from err
         except OSError as err:  # a file or folder named on the command line: missing, unreadable, disk full
             if err.filename is None:
                 raise
+            finish_wandb_run(1)
             raise SystemExit(f"error: {err.filename}: {err.strerror or err}") from err
         except (SystemExit, KeyboardInterrupt) as err:  # SIGTERM / Ctrl-C: never status 0 or 1
             signalled = interrupted_exit(err)
             if signalled is None:
                 raise
+            finish_wandb_run(signalled.code if isinstance(signalled.code, int) else 1)
             raise signalled from None
 
     return wrapper  # type: ignore[return-value]

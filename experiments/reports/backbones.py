@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.reports.format import count, pct, points
-from experiments.reports.protocol import dataset_of, difference, fmt_spread, schedule_span
+from experiments.reports.protocol import dataset_of, depth_schedule, difference, fmt_spread, schedule_span
 from experiments.reports.reproduce import baseline_of, checkpoint_producer, run_config, run_seed
 
 MOBILENET_V1 = "mobilenet_v1"
@@ -123,13 +123,7 @@ def protocol_table(seeds: dict[int, dict[str, dict]]) -> list[str]:
 
 def _schedule(seeds: dict[int, dict[str, dict]]) -> str:
     runs = next(iter(seeds.values()))
-    config = run_config(runs["depth"])
-    model, sweep, prune = config.get("model", {}), config.get("sweep", {}), config.get("prune", {})
-    start = sweep.get("start_epoch")
-    text = (f"baseline epochs 0–{start - 1 if isinstance(start, int) else '?'} ({model.get('optimizer')} lr "
-            f"{model.get('lr')}, own cosine schedule), sweep {sweep.get('epochs')} epoch(s) with head "
-            f"`{sweep.get('head')}`, cut at epoch {prune.get('epoch')}, fine-tune to epoch "
-            f"{runs['depth'].get('epochs')} (new cosine schedule)")
+    text = depth_schedule(runs["depth"], head=True)
     if runs.get("width"):
         text += f"; width row: prune at epoch 0 of {runs['width'].get('epochs')}, one cosine schedule"
     return text

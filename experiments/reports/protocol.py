@@ -218,20 +218,26 @@ def selection_warning(seeds: dict[int, dict[str, Any]]) -> list[str]:
             "a slightly optimistic figure; `--data.init_args.val_fraction 0.1` holds out a tenth of train instead."]
 
 
+def depth_schedule(summary: dict, head: bool = False) -> str:
+    """The schedule a per-stage depth run followed, read from its archived config (``head``: name the
+    sweep's head too)."""
+    config = run_config(summary)
+    sweep, prune, model = config.get("sweep", {}), config.get("prune", {}), config.get("model", {})
+    start = sweep.get("start_epoch")
+    heads = f" with head `{sweep.get('head')}`" if head else ""
+    return (f"baseline epochs 0–{start - 1 if isinstance(start, int) else '?'} (own cosine schedule, "
+            f"{model.get('optimizer')} lr {model.get('lr')}, warm-up {model.get('warmup_epochs')}), sweep "
+            f"{sweep.get('epochs')} epoch(s){heads}, cut at epoch {prune.get('epoch')}, fine-tune to epoch "
+            f"{summary.get('epochs')} (new cosine schedule)")
+
+
 def schedule_text(seeds: dict[int, dict[str, Any]]) -> str:
     """The schedule the runs followed, read from the first seed's configs."""
     runs = next(iter(seeds.values()), {})
     orig, control = runs.get("original"), runs.get("control")
     parts = []
     if orig is not None:
-        config = run_config(orig)
-        sweep, prune = config.get("sweep", {}), config.get("prune", {})
-        model = config.get("model", {})
-        total = orig.get("epochs")
-        parts.append(f"depth run: baseline epochs 0–{sweep.get('start_epoch', '?') - 1 if isinstance(sweep.get('start_epoch'), int) else '?'}"
-                     f" (own cosine schedule, {model.get('optimizer')} lr {model.get('lr')}, "
-                     f"warm-up {model.get('warmup_epochs')}), sweep {sweep.get('epochs')} epoch(s), cut at epoch "
-                     f"{prune.get('epoch')}, fine-tune to epoch {total} (new cosine schedule)")
+        parts.append(f"depth run: {depth_schedule(orig)}")
     if control is not None:
         parts.append(f"control: `train.py`, {control.get('epochs')} epochs, one cosine schedule")
     return "; ".join(parts)

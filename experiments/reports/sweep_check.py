@@ -139,7 +139,8 @@ def sweep_checks(runs_dir: str | Path = "docs/runs") -> list[dict[str, Any]]:
 def sweep_check_sections(runs_dir: str | Path = "docs/runs") -> list[str]:
     """A section per ``sweep_check_*.json`` under ``runs_dir`` (none: nothing)."""
     lines: list[str] = []
-    for result in sweep_checks(runs_dir):
+    checks = sweep_checks(runs_dir)
+    for result in checks:
         subset = result.get("train_subset") or "all"
         lines += [f"### One-run sweep vs one head per cut point ({result['_name']})", "",
                   f"`uv run {result['command'].removeprefix('python ')}`", "",
@@ -151,7 +152,6 @@ def sweep_check_sections(runs_dir: str | Path = "docs/runs") -> list[str]:
                   *sweep_check_table(result), "",
                   *(f"- {_COLUMN_TITLES.get(n, n)}: {where_text(result, n)}." for n in result["columns"]
                     if n != "per_point"), ""]
-    checks = sweep_checks(runs_dir)
     for line in repeat_text(checks):
         lines += [line, ""]
     return lines

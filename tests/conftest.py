@@ -57,3 +57,23 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def no_wandb_run_left_open(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test after which a W&B run is still open in this process (and close it, so the next test
+    starts clean): every command closes its run, failed or not, and an open run would be reused by the
+    next command's logger."""
+    import sys
+
+    yield
+    wandb = sys.modules.get("wandb")
+    if wandb is None:
+        return
+    from experiments.run.wandb_logger import wait_for_background_starts
+
+    wait_for_background_starts(timeout=120)
+    run = getattr(wandb, "run", None)
+    if run is not None:
+        wandb.finish()
+        pytest.fail(f"{request.node.nodeid} left the W&B run {run.id} open", pytrace=False)

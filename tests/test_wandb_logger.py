@@ -3,6 +3,7 @@ is one clear error, and the CLIs' offline runs hold every metric, the config and
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Iterator
@@ -12,7 +13,12 @@ from typing import Any
 import pytest
 
 from experiments import train
-from experiments.run.wandb_logger import BackgroundWandbLogger, WandbStartError, new_run_id
+from experiments.run.wandb_logger import (
+    BackgroundWandbLogger,
+    WandbStartError,
+    new_run_id,
+    wait_for_background_starts,
+)
 from lightning_modules.reporting.sweep import log_sweep_to_wandb, write_sweep_report
 from tests.helpers.sweep_rows import BASELINE, SWEEP
 from tests.helpers.wandb_records import read_offline_run
@@ -36,6 +42,7 @@ def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     """Hold every ``wandb.init`` until the test sets the event (the real init runs after it)."""
     opened, real_init = threading.Event(), wandb.init
 
+    @functools.wraps(real_init)  # the CLI reads wandb.init's signature for the logger's options (tags, ...)
     def held_init(*args: Any, **kwargs: Any) -> Any:
         opened.wait(timeout=120)
         return real_init(*args, **kwargs)
@@ -148,3 +155,23 @@ def test_a_run_refused_at_start_up_creates_no_wandb_run(folder: Path, tmp_path: 
     with pytest.raises(SystemExit, match="error: .*no-such.ckpt"):
         train.main(tiny_train_args(folder, tmp_path / "logs", "--ckpt_path", str(tmp_path / "no-such.ckpt")))
     assert not list((tmp_path / "logs").glob("wandb/*run-*"))
+
+
+def test_a_command_failing_while_its_run_starts_leaves_no_run_open(
+        folder: Path, tmp_path: Path, gate: threading.Event) -> None:
+    """The run is still starting (``wandb.init`` held) when training hits a corrupt image: the command
+    waits for the start, closes the run marked failed, and leaves nothing for the next command in this
+    process to attach to (Lightning's logger reuses an open ``wandb.run``)."""
+    import shutil
+
+    from tests.helpers.fake_data import corrupt_image
+
+    data = tmp_path / "data"
+    shutil.copytree(folder, data)
+    corrupt_image(next((data / "train").glob("*/*.jpg")))
+    threading.Timer(3.0, gate.set).start()  # the start finishes only after the failure
+    with pytest.raises(SystemExit, match="error: .*cannot decode"):
+        train.main(tiny_train_args(data, tmp_path / "logs", "--data.num_workers", "0"))
+    wait_for_background_starts(timeout=60)  # a start the command did not wait for would end only now
+    assert wandb.run is None
+    assert list((tmp_path / "logs").glob("wandb/offline-run-*"))  # the run did start, and was closed

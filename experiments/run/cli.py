@@ -55,6 +55,7 @@ from experiments.run.services import (  # noqa: F401 (the entry points' import p
     split_accuracy,
     write_summary,
 )
+from experiments.run.wandb_logger import wait_for_background_starts
 from lightning_modules.backbones import ArchitectureMismatch
 from lightning_modules.deploy.errors import DeploymentError
 from lightning_modules.deploy.tflite_file import MissingDependency
@@ -79,7 +80,10 @@ def finish_wandb_run(exit_code: int) -> None:
     not show it running and a later run in the same process starts a run of its own. Without ``wandb``
     imported there is no run to close."""
     wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
+    if wandb is None:
+        return
+    wait_for_background_starts()  # a run still starting would be left open after the close
+    if getattr(wandb, "run", None) is not None:
         wandb.finish(exit_code=exit_code)
 
 

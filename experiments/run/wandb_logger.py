@@ -29,6 +29,7 @@ import os
 import secrets
 import string
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -43,13 +44,26 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from experiments.run.checks import ExperimentError
 
-__all__ = ["BackgroundWandbLogger", "WandbStartError", "new_run_id"]
+__all__ = ["BackgroundWandbLogger", "WandbStartError", "new_run_id", "wait_for_background_starts"]
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
+
+# The loggers whose background ``wandb.init`` was started in this process. A command that fails while a
+# start is under way must wait for it before it closes the run: a start that finishes after the close
+# leaves ``wandb.run`` set, and Lightning's logger attaches the next command in this process to that run.
+_STARTED: weakref.WeakSet[BackgroundWandbLogger] = weakref.WeakSet()
 
 
 class WandbStartError(ExperimentError):
     """``wandb.init`` failed in the background."""
+
+
+def wait_for_background_starts(timeout: float | None = None) -> None:
+    """Wait until every ``wandb.init`` started in the background in this process has returned (or failed)."""
+    for logger in list(_STARTED):
+        thread = logger._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
 
 def new_run_id(length: int = 8) -> str:
@@ -109,6 +123,7 @@ class BackgroundWandbLogger(WandbLogger):
             if self._offline:  # what WandbLogger.experiment does before wandb.init
                 os.environ["WANDB_MODE"] = "dryrun"
             self._thread = threading.Thread(target=self._run_init, name="wandb-init", daemon=False)
+            _STARTED.add(self)
             self._thread.start()
 
     def _run_init(self) -> None:

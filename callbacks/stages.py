@@ -119,12 +119,14 @@ def check_same_structure(trainer: L.Trainer, pl_module: L.LightningModule) -> No
                            f"(first differences: {diff}); pruning decisions must be the same on every rank")
 
 
-def restart_optimization(trainer: L.Trainer, pl_module: L.LightningModule, epochs: int) -> None:
+def restart_optimization(trainer: L.Trainer, pl_module: L.LightningModule, epochs: int,
+                         optimizer: dict[str, Any] | None = None) -> None:
     """Start a new stage of ``epochs`` epochs: fresh optimiser over the trainable parameters and a fresh
     LR schedule, both built by the module's ``configure_optimizers`` through the strategy, on every rank
-    (after :func:`share_network`)."""
+    (after :func:`share_network`). ``optimizer`` sets this stage's own optimisation settings (the module's
+    otherwise)."""
     share_network(trainer, pl_module)
-    pl_module.start_stage(max(int(epochs), 1))
+    pl_module.start_stage(max(int(epochs), 1), optimizer)
     trainer.strategy.setup_optimizers(trainer)
 
 

@@ -34,6 +34,7 @@ from callbacks.auxiliary_sweep import AuxiliarySweep
 from datamodules import CIFAR10DataModule
 from experiments.run.arguments import OneLineArgumentParser, positive_int
 from experiments.run.checkpoint_io import check_checkpoint_file, write_json
+from experiments.run.checks import ExperimentError
 from experiments.run.cli import exits_cleanly
 from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.pruning.depth_cut import Baseline, CutPoint, choose_cut
@@ -55,13 +56,14 @@ class HeadHistory(L.Callback):
 
 
 def train_heads(ckpt: str, data: L.LightningDataModule, cuts: list[int] | None, epochs: int, lr: float,
-                head: str, seed: int) -> tuple[dict[int, list[float]], AuxiliarySweep]:
-    """Heads at ``cuts`` (all: ``None``) trained together on the frozen baseline in one fit; their
-    per-epoch validation accuracies and the sweep (costs, baseline accuracy)."""
+                head: str, seed: int, optimizer: str = "adam") -> tuple[dict[int, list[float]], AuxiliarySweep]:
+    """Heads at ``cuts`` (all: ``None``) trained together on the frozen baseline in one fit (``optimizer`` at
+    ``lr``, cosine over ``epochs``); their per-epoch validation accuracies and the sweep (costs, baseline
+    accuracy)."""
     L.seed_everything(seed, verbose=False)
-    module = ImageClassifier.load_from_checkpoint(ckpt, map_location="cpu", optimizer="adam", lr=lr,
-                                                  weight_decay=0.0, warmup_epochs=0, scheduler="cosine")
-    sweep, history = AuxiliarySweep(start_epoch=0, epochs=epochs, head=head, cut_points=cuts), HeadHistory()
+    module = ImageClassifier.load_from_checkpoint(ckpt, map_location="cpu", scheduler="cosine")
+    sweep = AuxiliarySweep(start_epoch=0, epochs=epochs, head=head, cut_points=cuts, optimizer=optimizer, lr=lr)
+    history = HeadHistory()
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[sweep, history],
                         num_sanity_val_steps=0)
@@ -100,7 +102,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tolerance", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write the comparison as JSON here")
+    parser.add_argument("--default_sweep", action="store_true",
+                        help="add a column: the one-run sweep as depth_prune.py runs it by default (its optimiser "
+                             "and learning rate, --sweep_epochs epochs on the whole training split)")
+    parser.add_argument("--sweep_epochs", type=positive_int, default=1, help="epochs of --default_sweep")
+    parser.add_argument("--per_point_from", default=None,
+                        help="take the per-point column from this earlier check of the same baseline and recipe "
+                             "instead of training it again")
     return parser
+
+
+def check_earlier(opts: argparse.Namespace) -> dict[str, Any]:
+    """The check named by ``--per_point_from``, refused unless it measured the same baseline the same way."""
+    try:
+        earlier = json.loads(Path(opts.per_point_from).read_text())
+    except json.JSONDecodeError as err:
+        raise ExperimentError(f"--per_point_from {opts.per_point_from} is not a sweep check's JSON ({err})") from err
+    ours = {"baseline_ckpt": opts.baseline_ckpt, "epochs": opts.epochs, "lr": opts.lr, "head": opts.head,
+            "train_subset": opts.train_subset, "batch_size": opts.batch_size, "seed": opts.seed}
+    differ = [f"{k} {earlier.get(k)!r} (here {v!r})" for k, v in ours.items() if earlier.get(k) != v]
+    if differ:
+        raise ExperimentError(f"--per_point_from {opts.per_point_from} measured another recipe: {', '.join(differ)}")
+    return earlier
+
+
+def default_sweep_recipe(epochs: int) -> dict[str, Any]:
+    """How :class:`AuxiliarySweep` trains its heads by default, for ``epochs`` epochs on the whole split."""
+    defaults = AuxiliarySweep()
+    return {"optimizer": defaults.optimizer, "lr": defaults.lr, "epochs": epochs, "train_subset": None}
+
+
+def default_sweep_column(opts: argparse.Namespace) -> tuple[dict[int, float], AuxiliarySweep]:
+    """The one-run sweep with :class:`AuxiliarySweep`'s default optimiser and learning rate, ``--sweep_epochs``
+    epochs on the whole training split (what ``depth_prune.py`` measures unless told otherwise), and the sweep."""
+    recipe = default_sweep_recipe(opts.sweep_epochs)
+    data = CIFAR10DataModule(root=opts.data_root, image_size=opts.image_size, batch_size=opts.batch_size,
+                             num_workers=0)
+    history, sweep = train_heads(opts.baseline_ckpt, data, opts.cuts, recipe["epochs"], recipe["lr"], opts.head,
+                                 opts.seed, recipe["optimizer"])
+    return {k: h[-1] for k, h in history.items()}, sweep
 
 
 @exits_cleanly
@@ -110,20 +150,35 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     started = time.time()
     data = CIFAR10DataModule(root=opts.data_root, image_size=opts.image_size, batch_size=opts.batch_size,
                              num_workers=0, train_subset=opts.train_subset)
-    one_run, sweep = train_heads(opts.baseline_ckpt, data, opts.cuts, opts.epochs, opts.lr, opts.head, opts.seed)
+    earlier = check_earlier(opts) if opts.per_point_from else None
+    if earlier is not None and not opts.default_sweep:
+        raise ExperimentError("--per_point_from reuses an earlier check's columns: add --default_sweep, the column "
+                              "to measure against them")
+    default, sweep = default_sweep_column(opts) if opts.default_sweep else ({}, None)
+    if earlier is None:
+        one_run, sweep = train_heads(opts.baseline_ckpt, data, opts.cuts, opts.epochs, opts.lr, opts.head, opts.seed)
+        per_point: dict[int, list[float]] = {}
+        for i, k in enumerate(sorted(one_run), 1):
+            history, _ = train_heads(opts.baseline_ckpt, data, [k], opts.epochs, opts.lr, opts.head, opts.seed)
+            per_point[k] = history[k]
+            print(f"per point {i}/{len(one_run)}: cut {k} → {100 * history[k][-1]:.2f} % "
+                  f"(epochs: {', '.join(f'{100 * a:.2f}' for a in history[k])})", flush=True)
+    else:
+        per_point, one_run = ({int(k): v for k, v in earlier["history"][name].items()} for name in ("per_point", "one_run"))
+        if sorted(per_point) != sorted(default):
+            raise ExperimentError(f"--per_point_from {opts.per_point_from} holds cuts {sorted(per_point)}, this check "
+                                  f"measures {sorted(default)}")
     cuts = sorted(one_run)
-    per_point: dict[int, list[float]] = {}
-    for i, k in enumerate(cuts, 1):
-        history, _ = train_heads(opts.baseline_ckpt, data, [k], opts.epochs, opts.lr, opts.head, opts.seed)
-        per_point[k] = history[k]
-        print(f"per point {i}/{len(cuts)}: cut {k} → {100 * history[k][-1]:.2f} % "
-              f"(epochs: {', '.join(f'{100 * a:.2f}' for a in history[k])})", flush=True)
     baseline = Baseline(params=sweep.baseline["params"], macs=sweep.baseline["macs"], acc=sweep.baseline["acc"])
     columns = {"per_point": {k: h[-1] for k, h in per_point.items()}, "one_run": {k: h[-1] for k, h in one_run.items()}}
+    if opts.default_sweep:
+        columns["default_sweep"] = default
     if opts.sweep:
         rows = json.loads(Path(opts.sweep).read_text())["rows"]
         columns["depth_run_sweep"] = {int(r["cut"]): float(r["acc"]) for r in rows if int(r["cut"]) in per_point}
     result = {
+        "per_point_from": opts.per_point_from,
+        "default_sweep": default_sweep_recipe(opts.sweep_epochs) if opts.default_sweep else None,
         "baseline_ckpt": opts.baseline_ckpt, "baseline_val_acc": baseline.acc, "epochs": opts.epochs, "lr": opts.lr,
         "optimizer": "adam, cosine", "head": opts.head, "seed": opts.seed, "train_subset": opts.train_subset,
         "batch_size": opts.batch_size,
@@ -134,7 +189,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         "last_epoch_change": {str(k): h[-1] - h[-2] if len(h) > 1 else None for k, h in per_point.items()},
         "spearman_vs_per_point": {name: rank_correlation(col, columns["per_point"]) for name, col in columns.items()},
         "rules": {name: rules(col, sweep.costs, baseline, opts.tolerance) for name, col in columns.items()},
-        "wall_time_s": round(time.time() - started, 1),
+        "wall_time_s": round(time.time() - started, 1),  # this command's (the reused columns' are the earlier's)
         "command": "python experiments/sweep_check.py " + " ".join(sys.argv[1:] if args is None else args),
     }
     print(json.dumps({k: result[k] for k in ("spearman_vs_per_point", "rules")}, indent=1))

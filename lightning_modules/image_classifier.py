@@ -127,6 +127,7 @@ class ImageClassifier(L.LightningModule):
         # The LR schedule covers the current training stage; pruning callbacks start a new stage.
         self.stage_start_step = 0
         self.stage_epochs: int | None = None
+        self.stage_optimizer: dict[str, Any] | None = None  # this stage's own optimiser settings, if any
         # The BatchNorm-folded copy validated and tested on (``fuse_eval``); not part of the state.
         self.folded_eval = FoldedEvalCopy()
 
@@ -337,17 +338,21 @@ class ImageClassifier(L.LightningModule):
         # timm schedulers are stepped with the number of updates done in the current stage.
         scheduler.step_update(num_updates=self.global_step - self.stage_start_step)
 
-    def start_stage(self, epochs: int | None = None) -> None:
-        """Begin a new training stage: the LR schedule restarts and spans ``epochs`` epochs.
+    def start_stage(self, epochs: int | None = None, optimizer: dict[str, Any] | None = None) -> None:
+        """Begin a new training stage: the LR schedule restarts and spans ``epochs`` epochs; ``optimizer``
+        (keys of :data:`~lightning_modules.optimisation.STAGE_KEYS`) replaces the module's own settings for
+        this stage only.
 
         Call from a callback, then rebuild the optimiser with ``trainer.strategy.setup_optimizers``.
         """
         self.stage_start_step = self.global_step
         self.stage_epochs = epochs
+        self.stage_optimizer = dict(optimizer) if optimizer else None
 
     # ------------------------------------------------------------------------------ checkpointing
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["stage"] = {"start_step": self.stage_start_step, "epochs": self.stage_epochs}
+        checkpoint["stage"] = {"start_step": self.stage_start_step, "epochs": self.stage_epochs,
+                               "optimizer": self.stage_optimizer}
         checkpoint["frozen"] = list(self.frozen)
         if self.aux_heads is not None:
             checkpoint["aux_heads"] = {
@@ -378,3 +383,4 @@ class ImageClassifier(L.LightningModule):
         stage = checkpoint.get("stage", {})
         self.stage_start_step = int(stage.get("start_step", 0))
         self.stage_epochs = stage.get("epochs")
+        self.stage_optimizer = stage.get("optimizer")

@@ -44,32 +44,50 @@ def parameter_groups(module: nn.Module) -> list[dict[str, Any]]:
     return [g for g in groups if g["params"]]
 
 
+#: The optimisation settings a stage may set for itself (:func:`stage_settings`).
+STAGE_KEYS: tuple[str, ...] = ("optimizer", "lr", "weight_decay", "momentum", "scheduler", "warmup_epochs",
+                               "warmup_lr", "min_lr")
+
+
+def stage_settings(module: L.LightningModule) -> dict[str, Any]:
+    """The optimisation settings of the current stage: the module's hyper-parameters, with what the stage
+    set for itself (``module.stage_optimizer``, e.g. the auxiliary sweep's Adam for its heads) on top."""
+    settings = {key: module.hparams[key] for key in STAGE_KEYS}
+    overrides = getattr(module, "stage_optimizer", None) or {}
+    unknown = set(overrides) - set(STAGE_KEYS)
+    if unknown:
+        raise ValueError(f"unknown stage optimisation settings {sorted(unknown)}; expected some of {list(STAGE_KEYS)}")
+    if "optimizer" in overrides and overrides["optimizer"] not in OPTIMIZERS:
+        raise ValueError(f"unknown optimiser {overrides['optimizer']!r}; expected one of {list(OPTIMIZERS)}")
+    return settings | overrides
+
+
 def configure_optimisation(module: L.LightningModule, stage_epochs: int | None = None) -> dict[str, Any]:
     """``configure_optimizers``' answer for ``module``: the optimiser named by its hyper-parameters and,
     unless ``scheduler`` is ``none``, a schedule stepped every update that spans ``stage_epochs`` epochs
     (the whole fit when ``None``)."""
-    hp = module.hparams
+    hp = stage_settings(module)
     optimizer = create_optimizer_v2(
         parameter_groups(module),
-        opt=OPTIMIZERS[hp.optimizer],
-        lr=hp.lr,
-        weight_decay=hp.weight_decay,
-        momentum=hp.momentum,
+        opt=OPTIMIZERS[hp["optimizer"]],
+        lr=hp["lr"],
+        weight_decay=hp["weight_decay"],
+        momentum=hp["momentum"],
     )
-    if hp.scheduler == "none":
+    if hp["scheduler"] == "none":
         return {"optimizer": optimizer}
     total_epochs = max(int(module.trainer.max_epochs or 1), 1)
     epochs = stage_epochs or total_epochs
     steps_per_epoch = max(int(module.trainer.estimated_stepping_batches) // total_epochs, 1)
     scheduler, _ = create_scheduler_v2(
         optimizer,
-        sched=hp.scheduler,
+        sched=hp["scheduler"],
         num_epochs=epochs,
         decay_epochs=max(epochs // 3, 1),
-        warmup_epochs=hp.warmup_epochs,
-        warmup_lr=hp.warmup_lr,
+        warmup_epochs=hp["warmup_epochs"],
+        warmup_lr=hp["warmup_lr"],
         warmup_prefix=True,  # the cosine starts at the base LR once warm-up ends
-        min_lr=hp.min_lr,
+        min_lr=hp["min_lr"],
         step_on_epochs=False,
         updates_per_epoch=steps_per_epoch,
     )

@@ -244,6 +244,9 @@ CASES: dict[str, Case] = {
     "sweep and cut epochs disagree": Case(depth_prune.main, tiny(*DEPTH[:-4], "--prune.epoch", "1", *DEPTH[-2:]),
                                           ("--prune.epoch", "--sweep.start_epoch")),
     "cut block out of range": Case(depth_prune.main, tiny(*DEPTH, "--prune.block", "20"), ("block", "20")),
+    "sweep learning rate 0": Case(depth_prune.main, tiny(*DEPTH, "--sweep.lr", "0"), ("--sweep.lr", "positive")),
+    "unknown sweep optimiser": Case(depth_prune.main, tiny(*DEPTH, "--sweep.optimizer", "lion"),
+                                    ("sweep.optimizer", "lion")),
     "width prune without a baseline": Case(width_prune.main, tiny(), ("--baseline_ckpt",)),
     "two pruning callbacks": Case(width_prune.main, with_baseline(
         "--trainer.callbacks+=callbacks.OneShotPrune", "--trainer.callbacks+=callbacks.GradualPrune"),

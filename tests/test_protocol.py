@@ -22,6 +22,7 @@ from tests.helpers.stop_after import StopAfterEpoch
 from tests.helpers.tiny_fit import tiny_datamodule, tiny_folder, tiny_module, tiny_trainer
 
 LR = 0.05  # tiny_module's
+SWEEP_LR = 2e-3  # the heads' own (Adam)
 
 
 class LrTrace(L.Callback):
@@ -29,10 +30,12 @@ class LrTrace(L.Callback):
 
     def __init__(self) -> None:
         self.by_epoch: dict[int, list[float]] = {}
+        self.optimizer_by_epoch: dict[int, str] = {}
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx) -> None:
         lr = trainer.optimizers[0].param_groups[0]["lr"]
         self.by_epoch.setdefault(trainer.current_epoch, []).append(float(lr))
+        self.optimizer_by_epoch[trainer.current_epoch] = type(trainer.optimizers[0]).__name__
 
 
 def cosine_lr(step: int, steps: int, peak: float = LR) -> float:
@@ -49,10 +52,14 @@ def test_first_stage_epochs_is_the_earliest_restart() -> None:
 
 
 def depth_fit(tmp_path: Path, schedule_span: str = "stage", stop_after: int | None = None,
-              ckpt_path: str | None = None) -> tuple[ImageClassifier, LrTrace]:
-    """Baseline epochs 0-2, sweep epoch 3, cut after block 2 and fine-tune epochs 4-5 (6 steps per epoch)."""
+              ckpt_path: str | None = None, sweep_epochs: int = 1,
+              sweep_optimizer: str | None = "adam") -> tuple[ImageClassifier, LrTrace]:
+    """Baseline epochs 0 to 3 - ``sweep_epochs`` - 1, the sweep up to epoch 3, cut after block 2 and
+    fine-tune epochs 4-5 (6 steps per epoch)."""
     trace = LrTrace()
-    callbacks = [AuxiliarySweep(start_epoch=3, epochs=1, head=[8]), DepthPrune(epoch=4, block=2), trace]
+    sweep = AuxiliarySweep(start_epoch=4 - sweep_epochs, epochs=sweep_epochs, head=[8], optimizer=sweep_optimizer,
+                           lr=SWEEP_LR)
+    callbacks = [sweep, DepthPrune(epoch=4, block=2), trace]
     if stop_after is not None:
         callbacks.append(StopAfterEpoch(stop_after))
     module = tiny_module(schedule_span=schedule_span)
@@ -69,10 +76,32 @@ def test_baseline_schedule_reaches_its_floor_before_the_sweep(tmp_path: Path) ->
     # the baseline's cosine spans its own 3 epochs: its last update is at the floor's doorstep
     assert baseline == pytest.approx([cosine_lr(i, 3 * steps) for i in range(3 * steps)])
     assert baseline[-1] < 0.01 * LR
-    # the sweep and the fine-tuning each restart at the peak and decay over their own epochs
-    assert trace.by_epoch[3] == pytest.approx([cosine_lr(i, steps) for i in range(steps)])
+    # the sweep trains its heads with its own optimiser (the paper's heads': Adam) from its own peak; the
+    # fine-tuning goes back to the model's optimiser at the model's peak; each decays over its own epochs
+    assert trace.by_epoch[3] == pytest.approx([cosine_lr(i, steps, SWEEP_LR) for i in range(steps)])
+    assert [trace.optimizer_by_epoch[e] for e in range(6)] == ["SGD"] * 3 + ["Adam"] + ["SGD"] * 2
     finetune = trace.by_epoch[4] + trace.by_epoch[5]
     assert finetune == pytest.approx([cosine_lr(i, 2 * steps) for i in range(2 * steps)])
+
+
+def test_a_sweep_without_its_own_optimiser_uses_the_models(tmp_path: Path) -> None:
+    _, trace = depth_fit(tmp_path, sweep_optimizer=None)
+    steps = len(trace.by_epoch[0])
+    assert trace.by_epoch[3] == pytest.approx([cosine_lr(i, steps) for i in range(steps)])
+    assert set(trace.optimizer_by_epoch.values()) == {"SGD"}
+
+
+def test_a_run_killed_inside_the_sweep_resumes_with_the_sweeps_optimiser(tmp_path: Path) -> None:
+    straight, straight_trace = depth_fit(tmp_path / "straight", sweep_epochs=2)
+    depth_fit(tmp_path / "killed", sweep_epochs=2, stop_after=2)  # after the sweep's first epoch
+    last = tmp_path / "killed" / "ckpt" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["stage"]["optimizer"]["optimizer"] == "adam"
+    resumed, resumed_trace = depth_fit(tmp_path / "killed", sweep_epochs=2, ckpt_path=str(last))
+    assert resumed_trace.optimizer_by_epoch[3] == "Adam"
+    for epoch in range(3, 6):
+        assert resumed_trace.by_epoch[epoch] == pytest.approx(straight_trace.by_epoch[epoch], rel=0, abs=0)
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
 
 
 def test_whole_fit_span_keeps_the_archived_protocol(tmp_path: Path) -> None:

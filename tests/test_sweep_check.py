@@ -49,6 +49,32 @@ def test_per_point_heads_and_the_one_run_sweep_from_one_baseline(tmp_path: Path)
     assert any(line.startswith("`uv run experiments/sweep_check.py --baseline_ckpt") for line in section)
 
 
+def test_the_default_sweep_is_measured_against_an_earlier_checks_heads(tmp_path: Path) -> None:
+    """``--default_sweep --per_point_from``: the per-point and one-run columns are the earlier check's, not
+    trained again; the new column is the sweep as depth_prune.py runs it by default; another recipe is refused."""
+    root = fake_data.make_image_folder(tmp_path / "cifar", {"train": 8, "test": 4})
+    module = ImageClassifier(num_classes=3, width_mult=0.25)
+    trained_like(module.net)
+    ckpt = save_checkpoint(module, tmp_path / "baseline.ckpt")
+    common = ["--baseline_ckpt", str(ckpt), "--data_root", str(root), "--cuts", "0", "2", "5", "--epochs", "2",
+              "--batch_size", "8"]
+    earlier = tmp_path / "runs" / "sweep_check_first.json"
+    first = sweep_check.main([*common, "--out", str(earlier)])
+    later = sweep_check.main([*common, "--default_sweep", "--per_point_from", str(earlier)])
+    for name in ("per_point", "one_run"):
+        assert later["columns"][name] == first["columns"][name]
+        assert later["history"][name] == first["history"][name]
+    assert set(later["columns"]["default_sweep"]) == {"0", "2", "5"}
+    assert later["default_sweep"] == {"optimizer": "adam", "lr": 1e-3, "epochs": 1, "train_subset": None}
+    assert set(later["rules"]["default_sweep"]) == {"tolerance", "knee"}
+    for wrong in (["--epochs", "3"], ["--seed", "1"]):  # the earlier heads were trained another way
+        with pytest.raises(SystemExit, match="error: --per_point_from .* measured another recipe"):
+            sweep_check.main([*common[:-4], *wrong, "--batch_size", "8", "--default_sweep", "--per_point_from",
+                              str(earlier)])
+    with pytest.raises(SystemExit, match="error: --per_point_from .* add --default_sweep"):
+        sweep_check.main([*common, "--per_point_from", str(earlier)])
+
+
 def test_a_missing_baseline_is_one_error_line(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:  # a string: printed on stderr, exit status 1
         sweep_check.main(["--baseline_ckpt", str(tmp_path / "none.ckpt")])

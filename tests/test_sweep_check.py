@@ -131,3 +131,30 @@ def test_disagreements_are_located_and_judged_against_the_heads_own_seed_change(
     assert head_noise([first, other]) is None
     rows = sweep_findings([first, repeat, other])
     assert "(2 baselines, 4 epochs)" in rows[0] and rows[1].endswith("| does not hold |")
+
+
+def test_a_default_sweep_check_joins_the_check_whose_heads_it_reused() -> None:
+    from experiments.reports.sweep_check import head_noise, merge_default_sweeps, sweep_findings
+
+    per_point = {"0": 0.30, "1": 0.50, "2": 0.730}
+    first = check_record("sweep_check_b", 0, per_point, per_point)
+    repeat = check_record("sweep_check_b_seed1", 1, per_point, per_point)
+
+    def default(name: str, of: str, tolerance: int, rho: float) -> dict:
+        return {"_name": name, "per_point_from": f"docs/runs/{of}.json", "seed": 0, "command": "python x",
+                "wall_time_s": 60.0, "default_sweep": {"optimizer": "adam", "lr": 1e-3, "epochs": 1},
+                "columns": {"default_sweep": {"0": 0.2, "1": 0.4, "2": 0.7}},
+                "spearman_vs_per_point": {"default_sweep": rho},
+                "rules": {"default_sweep": {"tolerance": tolerance, "knee": 4}}}
+
+    checks = merge_default_sweeps([first, repeat, default("sweep_check_b_default", "sweep_check_b", 7, 1.0)])
+    assert [c["_name"] for c in checks] == ["sweep_check_b", "sweep_check_b_seed1"]  # the heads counted once
+    assert checks[0]["columns"]["default_sweep"]["2"] == 0.7 and "default_sweep" not in checks[1]["columns"]
+    assert head_noise(checks) == 0.0  # the default check is no seed repeat of the per-point heads
+    rows = sweep_findings(checks)
+    assert len(rows) == 3 and "runs by default (adam lr 0.001, 1 epoch(s)" in rows[1] and rows[1].endswith("| holds |")
+    wrong = merge_default_sweeps([check_record("sweep_check_b", 0, per_point, per_point),
+                                  default("sweep_check_b_default", "sweep_check_b", 9, 1.0)])
+    assert sweep_findings(wrong)[1].endswith("| does not hold |")  # another tolerance cut than the heads'
+    with pytest.raises(FileNotFoundError, match="sweep_check_gone"):
+        merge_default_sweeps([default("sweep_check_x_default", "sweep_check_gone", 7, 1.0)])

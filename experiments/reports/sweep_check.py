@@ -11,6 +11,7 @@ from typing import Any
 RHO_BAR: float = 0.9
 
 _COLUMN_TITLES = {"per_point": "per point (one head per fit)", "one_run": "one run (all heads in one fit)",
+                  "default_sweep": "one run, depth_prune.py's default sweep",
                   "depth_run_sweep": "the depth run's sweep"}
 
 
@@ -120,6 +121,7 @@ def sweep_findings(checks: list[dict[str, Any]]) -> list[str]:
                                                                     check["columns"]["one_run"])))
     n = f"{baselines} baseline{'s' if baselines > 1 else ''}, {checks[0]['epochs']} epochs"
     rows = [f"{claim} | {'; '.join(parts)} ({n}) | {'holds' if all(ok) else 'does not hold'} |"]
+    rows += default_sweep_findings(checks)
     second = ("| the same, only for pairs of cut points the per-point heads separate by more than their own "
               "seed-to-seed change (asked after the first check: its disagreements were all on a plateau)")
     if noise is None:
@@ -131,9 +133,60 @@ def sweep_findings(checks: list[dict[str, Any]]) -> list[str]:
     return rows
 
 
+def merge_default_sweeps(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A check that measured only the default sweep against an earlier check's heads (``per_point_from``)
+    becomes that check's ``default_sweep`` column (its Spearman ρ, its rules' cuts, its command), so the
+    per-point heads are counted once."""
+    by_name = {c["_name"]: c for c in checks}
+    merged = [c for c in checks if not c.get("per_point_from")]
+    for extra in (c for c in checks if c.get("per_point_from")):
+        earlier = by_name.get(Path(extra["per_point_from"]).stem)
+        if earlier is None:
+            raise FileNotFoundError(f"{extra['_name']}.json reuses {extra['per_point_from']}, which is not among the checks")
+        for key in ("columns", "spearman_vs_per_point", "rules"):
+            earlier[key] = {**earlier[key], "default_sweep": extra[key]["default_sweep"]}
+        earlier["default_sweep"] = {**extra["default_sweep"], "command": extra["command"],
+                                    "wall_time_s": extra["wall_time_s"], "_name": extra["_name"]}
+    return merged
+
+
+def default_sweep_findings(checks: list[dict[str, Any]]) -> list[str]:
+    """The Findings row of the sweep that ``depth_prune.py`` runs by default, where it was measured: the same
+    bar (ρ ≥ 0.9 and both rules on the per-point heads' cut), beside what the depth runs' own sweeps chose."""
+    measured = [c for c in checks if "default_sweep" in c["columns"]]
+    if not measured:
+        return []
+    recipe = measured[0]["default_sweep"]
+    parts, ok = [], []
+    for check in measured:
+        rho = check["spearman_vs_per_point"]["default_sweep"]
+        rules, per_point = check["rules"]["default_sweep"], check["rules"]["per_point"]
+        ok.append(rho is not None and rho >= RHO_BAR and all(rules[r] == per_point[r] for r in ("tolerance", "knee")))
+        earlier = check["rules"].get("depth_run_sweep")
+        before = f" (the depth run's own sweep: tolerance {earlier['tolerance']}, knee {earlier['knee']})" if earlier else ""
+        parts.append(f"`{check['_name']}`: ρ {'—' if rho is None else f'{rho:.3f}'}; tolerance {rules['tolerance']} vs "
+                     f"{per_point['tolerance']}, knee {rules['knee']} vs {per_point['knee']}{before}")
+    return [f"| the same for the sweep `depth_prune.py` runs by default ({recipe['optimizer']} lr {recipe['lr']:g}, "
+            f"{recipe['epochs']} epoch(s) on the whole split) | {'; '.join(parts)} | "
+            f"{'holds' if all(ok) else 'does not hold'} |"]
+
+
 def sweep_checks(runs_dir: str | Path = "docs/runs") -> list[dict[str, Any]]:
-    """Every ``sweep_check_*.json`` under ``runs_dir``, with its file stem as ``_name``."""
-    return [{**json.loads(p.read_text()), "_name": p.stem} for p in sorted(Path(runs_dir).glob("sweep_check_*.json"))]
+    """Every ``sweep_check_*.json`` under ``runs_dir``, with its file stem as ``_name`` (a default-sweep
+    check merged into the check whose heads it reused)."""
+    return merge_default_sweeps([{**json.loads(p.read_text()), "_name": p.stem}
+                                 for p in sorted(Path(runs_dir).glob("sweep_check_*.json"))])
+
+
+def default_sweep_text(result: dict[str, Any]) -> list[str]:
+    """How the default-sweep column was measured (nothing without one)."""
+    extra = result.get("default_sweep")
+    if not extra:
+        return []
+    return [f"The column *{_COLUMN_TITLES['default_sweep']}* is the sweep as `depth_prune.py` trains it unless told "
+            f"otherwise: all heads in one fit, {extra['optimizer']} lr {extra['lr']:g}, {extra['epochs']} epoch(s) on the "
+            f"whole training split, from the same baseline ({extra['wall_time_s'] / 60:.1f} min):", "",
+            f"`uv run {extra['command'].removeprefix('python ')}`", ""]
 
 
 def sweep_check_sections(runs_dir: str | Path = "docs/runs") -> list[str]:
@@ -149,6 +202,7 @@ def sweep_check_sections(runs_dir: str | Path = "docs/runs") -> list[str]:
                   f"{subset} training images per epoch, seed {result['seed']}, frozen base; "
                   f"{result['wall_time_s'] / 60:.1f} min. The depth run's sweep column is its own stage "
                   "(its optimiser and epochs, see its config).", "",
+                  *default_sweep_text(result),
                   *sweep_check_table(result), "",
                   *(f"- {_COLUMN_TITLES.get(n, n)}: {where_text(result, n)}." for n in result["columns"]
                     if n != "per_point"), ""]

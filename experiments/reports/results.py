@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from experiments.reports.auto_cut import auto_cut_section
 from experiments.reports.backbones import MOBILENET_V1, backbone_of, backbone_section
 from experiments.reports.cost import budget_of, cost_figure
 from experiments.reports.curves import curve_lines
@@ -255,6 +256,7 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
         "## Depth pruning with auxiliary networks",
         "",
         *protocol_section(summaries),
+        *auto_cut_section(summaries),
         *sweep_check_sections(out.parent / "runs"),
         "### Every depth run",
         "",

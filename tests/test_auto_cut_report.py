@@ -69,3 +69,25 @@ def test_the_table_gives_paired_differences_against_the_baseline_and_cut6(runs: 
     assert rows[3].startswith("| mean ± std | 75.00 ± 1.41") and "the same on every seed" in rows[3]
     assert "+3.00 ± 0.00" in rows[3]
     assert "heads trained with adam lr 0.001" in section[start + 2] and "fine-tuning for 5 epoch(s)" in section[start + 2]
+
+
+def test_depth_then_width_runs_pair_per_seed_and_whole_fit_runs_stay_apart(tmp_path: Path) -> None:
+    from experiments.reports.combined import combined_section
+
+    logs = tmp_path / "logs"
+    stages = [{"stage": "depth", "cut": 6, "params": 300, "val_acc": 0.60},
+              {"stage": "width", "method": "oneshot", "criterion": "l2_norm", "sparsity": 0.5, "params": 80,
+               "test_acc": None}]
+    for seed, (base, final) in enumerate([(0.74, 0.72), (0.76, 0.75), (0.76, 0.73)]):
+        write_run(logs, f"c6w50p{seed}", {"seed": seed, "chosen_cut": 6, "stages": [stages[0], {**stages[1], "test_acc": final}],
+                                           "baseline": {"test_acc": base, "params": 1000}}, config(6))
+    write_run(logs, "wholefit", {"seed": 0, "chosen_cut": 6, "schedule_span": "fit", "stages": [stages[0], {**stages[1], "test_acc": 0.7}],
+                                 "baseline": {"test_acc": 0.6, "params": 1000}}, config(6))
+    section = combined_section(report.load_summaries(logs))
+    title = section.index("### CIFAR10 @32 px: cut after block 6, then oneshot l2_norm, sparsity 0.5, per-stage protocol")
+    rows = section[title + 2:title + 8]
+    assert rows[2].startswith("| 0 | 74.00 | 60.00 | 80 (8.0 %) | 72.00 | -2.00 | `c6w50p0` |")
+    assert rows[5].startswith("| mean ± std | 75.33 ± 1.15") and "-2.00 ± 1.00" in rows[5]
+    archived = section[section.index("### Archived whole-fit runs (not evidence)"):]
+    assert any(line.startswith("| wholefit | width |") for line in archived)
+    assert not any("wholefit" in line for line in section[title:title + 8])

@@ -17,6 +17,7 @@ from typing import Any
 
 from experiments.reports.auto_cut import auto_cut_section
 from experiments.reports.backbones import MOBILENET_V1, backbone_of, backbone_section
+from experiments.reports.combined import combined_section
 from experiments.reports.cost import budget_of, cost_figure
 from experiments.reports.curves import curve_lines
 from experiments.reports.deploy import deployment_sections
@@ -168,8 +169,8 @@ def onnx_profile_table(profiles: list[tuple[str, dict]]) -> list[str]:
     return lines
 
 
-def width_section(rows: list[dict], depth_rows: list[dict], out: Path) -> list[str]:
-    """Width-pruning tables per dataset and image size, the figure, and depth + width pipeline stages."""
+def width_section(rows: list[dict], out: Path) -> list[str]:
+    """Width-pruning tables per dataset and image size, and their figures."""
     lines: list[str] = []
     if rows:
         lines += ["## Width (channel) pruning", "",
@@ -192,21 +193,6 @@ def width_section(rows: list[dict], depth_rows: list[dict], out: Path) -> list[s
                 lines += [f"![width pruning {dataset} {size} px from {run}]({figure.relative_to(out.parent).as_posix()})", ""]
             if span == "stage":
                 lines += orderings_section(group, run)
-    combined = [s for s in depth_rows if len(s.get("stages", [])) > 1]
-    if combined:
-        lines += ["## Depth + width in one pipeline", "",
-                  "`uv run experiments/depth_prune.py --config experiments/configs/depth_cifar10_32_width.yaml`: "
-                  "cut after the sweep, then a width-pruning callback thins the kept blocks. Accuracy: "
-                  "validation right before the next stage; the last row's is the test accuracy.", "",
-                  "| run | stage | method | params | MACs | acc % |", "|---|---|---|---|---|---|"]
-        for s in combined:
-            for row in s["stages"]:
-                method = f"cut after block {row.get('cut')}" if row["stage"] == "depth" else \
-                    f"{row.get('method')} {row.get('criterion')}, sparsity {row.get('sparsity')}"
-                acc = row.get("test_acc", row.get("val_acc"))
-                lines.append(f"| {Path(s['_path']).parent.name} | {row['stage']} | {method} "
-                             f"| {count(row.get('params'))} | {count(row.get('macs'))} | {pct(acc)} |")
-        lines.append("")
     return lines
 
 
@@ -270,7 +256,8 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
         "bit-identical across machines: see *Runs and how to reproduce them*.",
         "",
     ]
-    lines += width_section(width, depth_rows, out)
+    lines += width_section(width, out)
+    lines += combined_section(depth)
     lines += curve_lines(summaries, out)
     lines += cost_figure(depth_rows, baselines, out, latency_runs)
     for s in depth_rows:

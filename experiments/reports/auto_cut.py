@@ -3,17 +3,12 @@ depth run's sweep, the pruned net against that baseline and against the same see
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from experiments.reports.backbones import MOBILENET_V1, backbone_of
-from experiments.reports.format import count, pct, points
+from experiments.reports.format import count, pct, points, run_id
 from experiments.reports.protocol import dataset_of, difference, fmt_spread, schedule_span
 from experiments.reports.reproduce import baseline_of, checkpoint_producer, run_config, run_seed
-
-
-def _run_id(summary: dict) -> str:
-    return Path(summary["_path"]).parent.name
 
 
 def rule_of(summary: dict) -> str | None:
@@ -37,7 +32,7 @@ def auto_cut_groups(summaries: list[dict]) -> dict[tuple[str, int, str, str], di
     """``(dataset, px, rule, sweep recipe)`` → seed → ``{"auto": run, "fixed": the depth run whose baseline it
     started from}``: MobileNetV1 runs under the per-stage protocol that cut by a rule from a baseline
     checkpoint of a depth run of the same seed. Input order is age order: a newer run replaces an older one."""
-    by_id = {_run_id(s): s for s in summaries}
+    by_id = {run_id(s): s for s in summaries}
     groups: dict[tuple[str, int, str, str], dict[int, dict[str, dict]]] = {}
     for s in summaries:
         if backbone_of(s) != MOBILENET_V1 or s.get("stage") != "depth_prune" or schedule_span(s) != "stage":
@@ -68,7 +63,7 @@ def auto_cut_table(seeds: dict[int, dict[str, dict]]) -> list[str]:
             cols[key].append(value)
         lines.append(f"| {seed} | {pct(base)} | {auto.get('chosen_cut')} | {count(params)}{share} | {pct(cut)} "
                      f"| {points(cols['d_base'][-1])} | {pct(at6)} | {points(cols['d_fixed'][-1])} "
-                     f"| auto `{_run_id(auto)}`, cut@6 and baseline `{_run_id(fixed)}` |")
+                     f"| auto `{run_id(auto)}`, cut@6 and baseline `{run_id(fixed)}` |")
     cuts = {runs["auto"].get("chosen_cut") for runs in seeds.values()}
     lines.append(f"| mean ± std | {fmt_spread(cols['base'])} "
                  f"| {'the same on every seed' if len(cuts) == 1 else 'differs between seeds'} | "

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from experiments.reports.format import count, pct, points
+from experiments.reports.format import count, pct, points, run_id
 from experiments.reports.protocol import dataset_of, depth_schedule, difference, fmt_spread, schedule_span
 from experiments.reports.reproduce import baseline_of, checkpoint_producer, run_config, run_seed
 
@@ -44,15 +44,12 @@ def backbone_rows(summary: dict) -> list[tuple[str, str, dict, float | None]]:
     return [("baseline", "train.py", summary, summary.get("metrics", {}).get("test/acc"))]
 
 
-def _run_id(summary: dict) -> str:
-    return Path(summary["_path"]).parent.name
-
 
 def protocol_groups(summaries: list[dict]) -> dict[tuple[str, str, int], dict[int, dict[str, dict]]]:
     """``(backbone, dataset, px)`` → seed → ``{"depth": …, "width": …}``: depth runs under the per-stage
     protocol that trained their own baseline, and the width run that started from that baseline (the newest
     one when several did). Input order is age order: a newer run of the same seed replaces an older one."""
-    depth = {_run_id(s): s for s in summaries if backbone_of(s) != MOBILENET_V1 and s.get("stage") == "depth_prune"
+    depth = {run_id(s): s for s in summaries if backbone_of(s) != MOBILENET_V1 and s.get("stage") == "depth_prune"
              and schedule_span(s) == "stage" and not baseline_of(s) and run_seed(s) is not None}
     groups: dict[tuple[str, str, int], dict[int, dict[str, dict]]] = {}
     for s in depth.values():
@@ -108,7 +105,7 @@ def protocol_table(seeds: dict[int, dict[str, dict]]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, (seed, runs) in enumerate(seeds.items()):
         width = runs.get("width")
-        ids = ", ".join(f"{k} `{_run_id(s)}`" for k, s in runs.items())
+        ids = ", ".join(f"{k} `{run_id(s)}`" for k, s in runs.items())
         lines.append(f"| {seed} | {pct(cols['val'][i])} | {pct(cols['base'][i])} | {_cut_what(runs['depth'])} "
                      f"| {count(cols['cut_params'][i])} | {pct(cols['cut'][i])} | {points(cols['d_cut'][i])} "
                      f"| {_width_what(width) if width else '—'} | {count(cols['width_params'][i])} "
@@ -141,7 +138,7 @@ def backbone_protocol_section(summaries: list[dict]) -> tuple[list[str], set[str
                   "The automatic cut: the rule named, applied by the depth run to its sweep; the width row starts "
                   "from the same seed's baseline checkpoint. Commands: *Runs and how to reproduce them*.", "",
                   *protocol_table(seeds), ""]
-        used |= {_run_id(s) for runs in seeds.values() for s in runs.values()}
+        used |= {run_id(s) for runs in seeds.values() for s in runs.values()}
     return lines, used
 
 
@@ -151,7 +148,7 @@ def backbone_section(summaries: list[dict]) -> list[str]:
     if not runs:
         return []
     protocol, used = backbone_protocol_section(runs)
-    smoke = [s for s in runs if _run_id(s) not in used]
+    smoke = [s for s in runs if run_id(s) not in used]
     lines = ["## Other backbones (timm)", "", *protocol]
     if not smoke:
         return lines

@@ -3,18 +3,14 @@ prune against the baseline it started from; runs from before the per-stage proto
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from experiments.reports.format import count, pct, points
+from experiments.reports.format import count, pct, points, run_id
 from experiments.reports.protocol import dataset_of, difference, fmt_spread, schedule_span
 from experiments.reports.reproduce import run_seed
 
 COMMAND = "uv run experiments/depth_prune.py --config experiments/configs/depth_cifar10_32_width.yaml"
 
-
-def _run_id(summary: dict) -> str:
-    return Path(summary["_path"]).parent.name
 
 
 def stage_text(row: dict) -> str:
@@ -51,7 +47,7 @@ def combined_table(seeds: dict[int, dict]) -> list[str]:
                            ("delta", difference(final, base))):
             cols[key].append(value)
         lines.append(f"| {seed} | {pct(base)} | {pct(cols['cut'][-1])} | {count(params)}{share} | {pct(final)} "
-                     f"| {points(cols['delta'][-1])} | `{_run_id(s)}` |")
+                     f"| {points(cols['delta'][-1])} | `{run_id(s)}` |")
     lines.append(f"| mean ± std | {fmt_spread(cols['base'])} | {fmt_spread(cols['cut'])} | "
                  f"| {fmt_spread(cols['final'])} | {fmt_spread(cols['delta'], signed=True)} | |")
     return lines
@@ -62,7 +58,7 @@ def archived_table(runs: list[dict]) -> list[str]:
     lines = ["| run | stage | method | params | MACs | acc % |", "|---|---|---|---|---|---|"]
     for s in runs:
         for row in s["stages"]:
-            lines.append(f"| {_run_id(s)} | {row['stage']} | {stage_text(row)} | {count(row.get('params'))} "
+            lines.append(f"| {run_id(s)} | {row['stage']} | {stage_text(row)} | {count(row.get('params'))} "
                          f"| {count(row.get('macs'))} | {pct(row.get('test_acc', row.get('val_acc')))} |")
     return lines
 

@@ -5,10 +5,17 @@ A missing value (``None``) reads as an em dash in every table.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 #: What a table shows for a value a run did not record.
 MISSING = "—"
 #: Sizes are given in KB of 1024 bytes, as the budgets are (:data:`lightning_modules.pruning.budget.KB`).
 KB = 1024
+
+
+def run_id(summary: dict) -> str:
+    """The run's id: the name of the folder its ``summary.json`` was read from."""
+    return Path(summary["_path"]).parent.name
 
 
 def pct(value: float | None) -> str:

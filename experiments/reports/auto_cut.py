@@ -7,7 +7,7 @@ from typing import Any
 
 from experiments.reports.backbones import MOBILENET_V1, backbone_of
 from experiments.reports.format import count, pct, points, run_id
-from experiments.reports.protocol import dataset_of, difference, fmt_spread, schedule_span
+from experiments.reports.protocol import dataset_of, difference, fmt_spread, schedule_span, sweep_recipe
 from experiments.reports.reproduce import baseline_of, checkpoint_producer, run_config, run_seed
 
 
@@ -19,13 +19,6 @@ def rule_of(summary: dict) -> str | None:
     if prune.get("rule") == "tolerance" and prune.get("tolerance") is not None:
         return f"tolerance {100 * prune['tolerance']:g} pt"
     return prune.get("rule")
-
-
-def sweep_recipe(summary: dict) -> str:
-    """How the run's sweep trained its heads (``sweep.optimizer`` / ``sweep.lr`` of its config)."""
-    sweep = run_config(summary).get("sweep") or {}
-    optimizer = sweep.get("optimizer", "adam")  # the default since the sweep has its own optimiser
-    return "the model's optimiser" if optimizer is None else f"{optimizer} lr {sweep.get('lr', 1e-3):g}"
 
 
 def auto_cut_groups(summaries: list[dict]) -> dict[tuple[str, int, str, str], dict[int, dict[str, dict]]]:

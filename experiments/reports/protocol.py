@@ -218,6 +218,13 @@ def selection_warning(seeds: dict[int, dict[str, Any]]) -> list[str]:
             "a slightly optimistic figure; `--data.init_args.val_fraction 0.1` holds out a tenth of train instead."]
 
 
+def sweep_recipe(summary: dict) -> str:
+    """How the run's sweep trained its heads (``sweep.optimizer`` / ``sweep.lr`` of its config)."""
+    sweep = run_config(summary).get("sweep") or {}
+    optimizer = sweep.get("optimizer", "adam")  # the default since the sweep has its own optimiser
+    return "the model's optimiser" if optimizer is None else f"{optimizer} lr {sweep.get('lr', 1e-3):g}"
+
+
 def depth_schedule(summary: dict, head: bool = False) -> str:
     """The schedule a per-stage depth run followed, read from its archived config (``head``: name the
     sweep's head too)."""
@@ -227,7 +234,7 @@ def depth_schedule(summary: dict, head: bool = False) -> str:
     heads = f" with head `{sweep.get('head')}`" if head else ""
     return (f"baseline epochs 0–{start - 1 if isinstance(start, int) else '?'} (own cosine schedule, "
             f"{model.get('optimizer')} lr {model.get('lr')}, warm-up {model.get('warmup_epochs')}), sweep "
-            f"{sweep.get('epochs')} epoch(s){heads}, cut at epoch {prune.get('epoch')}, fine-tune to epoch "
+            f"{sweep.get('epochs')} epoch(s){heads} (heads trained with {sweep_recipe(summary)}), cut at epoch {prune.get('epoch')}, fine-tune to epoch "
             f"{summary.get('epochs')} (new cosine schedule)")
 
 

@@ -66,7 +66,7 @@ def test_the_table_gives_paired_differences_against_the_baseline_and_cut6(runs: 
     # the baseline test accuracy comes from the run that trained it when the auto run has none
     assert rows[1].startswith("| 0 | 74.00 | 7 | 250 (25.0 %) | 77.00 | +3.00 | 77.50 | -0.50 |")
     assert rows[2].startswith("| 1 | 76.00 | 7 | 250 (25.0 %) | 79.00 | +3.00 | 78.60 | +0.40 |")
-    assert rows[3].startswith("| mean ± std | 75.00 ± 1.41") and "the same on every seed" in rows[3]
+    assert rows[3].startswith("| mean ± std | 75.00 ± 1.41") and "the same cut on every seed" in rows[3]
     assert "+3.00 ± 0.00" in rows[3]
     assert "heads trained with adam lr 0.001" in section[start + 2] and "fine-tuning for 5 epoch(s)" in section[start + 2]
 

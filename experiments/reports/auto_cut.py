@@ -7,7 +7,14 @@ from typing import Any
 
 from experiments.reports.backbones import MOBILENET_V1, backbone_of
 from experiments.reports.format import count, pct, points, run_id
-from experiments.reports.protocol import dataset_of, difference, fmt_spread, schedule_span, sweep_recipe
+from experiments.reports.protocol import (
+    cut_agreement,
+    dataset_of,
+    difference,
+    fmt_spread,
+    schedule_span,
+    sweep_recipe,
+)
 from experiments.reports.reproduce import baseline_of, checkpoint_producer, run_config, run_seed
 
 
@@ -57,9 +64,8 @@ def auto_cut_table(seeds: dict[int, dict[str, dict]]) -> list[str]:
         lines.append(f"| {seed} | {pct(base)} | {auto.get('chosen_cut')} | {count(params)}{share} | {pct(cut)} "
                      f"| {points(cols['d_base'][-1])} | {pct(at6)} | {points(cols['d_fixed'][-1])} "
                      f"| auto `{run_id(auto)}`, cut@6 and baseline `{run_id(fixed)}` |")
-    cuts = {runs["auto"].get("chosen_cut") for runs in seeds.values()}
-    lines.append(f"| mean ± std | {fmt_spread(cols['base'])} "
-                 f"| {'the same on every seed' if len(cuts) == 1 else 'differs between seeds'} | "
+    cuts = [runs["auto"].get("chosen_cut") for runs in seeds.values()]
+    lines.append(f"| mean ± std | {fmt_spread(cols['base'])} | {cut_agreement(cuts)} | "
                  f"| {fmt_spread(cols['cut'])} | {fmt_spread(cols['d_base'], signed=True)} | {fmt_spread(cols['fixed'])} "
                  f"| {fmt_spread(cols['d_fixed'], signed=True)} | |")
     return lines

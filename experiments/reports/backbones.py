@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from experiments.reports.format import count, pct, points, run_id
-from experiments.reports.protocol import dataset_of, depth_schedule, difference, fmt_spread, schedule_span
+from experiments.reports.protocol import (
+    cut_agreement,
+    dataset_of,
+    depth_schedule,
+    difference,
+    fmt_spread,
+    schedule_span,
+)
 from experiments.reports.reproduce import baseline_of, checkpoint_producer, run_config, run_seed
 
 MOBILENET_V1 = "mobilenet_v1"
@@ -110,9 +117,8 @@ def protocol_table(seeds: dict[int, dict[str, dict]]) -> list[str]:
                      f"| {count(cols['cut_params'][i])} | {pct(cols['cut'][i])} | {points(cols['d_cut'][i])} "
                      f"| {_width_what(width) if width else '—'} | {count(cols['width_params'][i])} "
                      f"| {pct(cols['width'][i])} | {points(cols['d_width'][i])} | {ids} |")
-    cuts = {runs["depth"].get("chosen_cut") for runs in seeds.values()}
-    lines.append(f"| mean ± std | {fmt_spread(cols['val'])} | {fmt_spread(cols['base'])} "
-                 f"| {'—' if len(seeds) == 1 else 'the same cut on every seed' if len(cuts) == 1 else 'cuts differ between seeds'} | "
+    cuts = [runs["depth"].get("chosen_cut") for runs in seeds.values()]
+    lines.append(f"| mean ± std | {fmt_spread(cols['val'])} | {fmt_spread(cols['base'])} | {cut_agreement(cuts)} | "
                  f"| {fmt_spread(cols['cut'])} | {fmt_spread(cols['d_cut'], signed=True)} | | "
                  f"| {fmt_spread(cols['width'])} | {fmt_spread(cols['d_width'], signed=True)} | |")
     return lines

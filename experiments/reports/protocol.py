@@ -122,6 +122,13 @@ def _acc(summary: dict | None, key: str) -> float | None:
     return summary.get("metrics", {}).get("test/acc")
 
 
+def cut_agreement(cuts: list[int | None]) -> str:
+    """Whether the seeds' automatic cuts agree, in words (one seed: nothing to compare)."""
+    if len(cuts) < 2:
+        return "—"
+    return "the same cut on every seed" if len(set(cuts)) == 1 else "cuts differ between seeds"
+
+
 def difference(a: float | None, b: float | None) -> float | None:
     """``a − b``, or ``None`` when either is missing."""
     return None if a is None or b is None else a - b

@@ -158,3 +158,23 @@ def test_a_default_sweep_check_joins_the_check_whose_heads_it_reused() -> None:
     assert sweep_findings(wrong)[1].endswith("| does not hold |")  # another tolerance cut than the heads'
     with pytest.raises(FileNotFoundError, match="sweep_check_gone"):
         merge_default_sweeps([default("sweep_check_x_default", "sweep_check_gone", 7, 1.0)])
+
+
+def test_a_knee_that_differs_is_shown_against_the_per_point_heads_own_margin() -> None:
+    from experiments.reports.sweep_check import knee_margin_text
+    from lightning_modules.pruning.depth_cut import CutPoint, knee_distances, knee_point, pareto_front
+
+    params = {"0": 10, "1": 100, "2": 1000, "3": 10000}
+    per_point = {"0": 0.30, "1": 0.60, "2": 0.68, "3": 0.70}
+    front = pareto_front([CutPoint(int(k), p, p, per_point[k]) for k, p in params.items()])
+    dists = knee_distances(front)
+    # log10 params 1..4 → x 0, 1/3, 2/3, 1; accuracy 0.3..0.7 → y 0, 0.75, 0.95, 1: cut 1 is farthest above
+    assert dists[1] == pytest.approx((0.75 - 1 / 3) / 2 ** 0.5) and dists[0] == dists[3] == pytest.approx(0.0)
+    assert knee_point(front).cut == max(dists, key=dists.get) == 1
+    check = {"costs": {k: {"params": p, "macs": p} for k, p in params.items()},
+             "columns": {"per_point": per_point, "one_run": per_point},
+             "rules": {"per_point": {"knee": 1}, "one_run": {"knee": 2}}}
+    text = knee_margin_text(check, "one_run")
+    assert text == (f"its knee is cut 2, the per-point heads' cut 1: on the per-point column cut 1 lies {dists[1]:.3f} "
+                    f"above the chord and cut 2 {dists[2]:.3f} above the chord")
+    assert knee_margin_text({**check, "rules": {"per_point": {"knee": 1}, "one_run": {"knee": 1}}}, "one_run") is None

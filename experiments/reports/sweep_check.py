@@ -62,6 +62,27 @@ def where_text(result: dict[str, Any], name: str) -> str:
             f"{', '.join(cuts)}, where the per-point heads are at most {100 * max(g for *_, g in pairs):.2f} pp apart")
 
 
+def knee_margin_text(result: dict[str, Any], name: str) -> str | None:
+    """Where a column's knee differs from the per-point heads': how far above the chord the per-point
+    column puts both cuts (:func:`~lightning_modules.pruning.depth_cut.knee_distances`), i.e. how clear
+    the per-point knee itself is. ``None`` where the knees agree."""
+    from lightning_modules.pruning.depth_cut import CutPoint, knee_distances, pareto_front
+
+    ours, theirs = result["rules"]["per_point"]["knee"], result["rules"][name]["knee"]
+    if ours == theirs:
+        return None
+    costs = result["costs"]
+    rows = [CutPoint(cut=int(k), params=costs[k]["params"], macs=costs[k]["macs"], acc=a)
+            for k, a in result["columns"]["per_point"].items()]
+    dists = knee_distances(pareto_front(rows))
+
+    def where(cut: int) -> str:
+        return f"{dists[cut]:.3f} above the chord" if cut in dists else "off the knee's front"
+
+    return (f"its knee is cut {theirs}, the per-point heads' cut {ours}: on the per-point column cut {ours} lies "
+            f"{where(ours)} and cut {theirs} {where(theirs)}")
+
+
 def _protocol(check: dict[str, Any]) -> tuple:
     return tuple(check.get(k) for k in ("baseline_ckpt", "epochs", "lr", "head", "train_subset", "optimizer"))
 
@@ -204,8 +225,9 @@ def sweep_check_sections(runs_dir: str | Path = "docs/runs") -> list[str]:
                   "(its optimiser and epochs, see its config).", "",
                   *default_sweep_text(result),
                   *sweep_check_table(result), "",
-                  *(f"- {_COLUMN_TITLES.get(n, n)}: {where_text(result, n)}." for n in result["columns"]
-                    if n != "per_point"), ""]
+                  *(f"- {_COLUMN_TITLES.get(n, n)}: {where_text(result, n)}"
+                    + (f"; {knee}." if (knee := knee_margin_text(result, n)) else ".")
+                    for n in result["columns"] if n != "per_point"), ""]
     for line in repeat_text(checks):
         lines += [line, ""]
     return lines

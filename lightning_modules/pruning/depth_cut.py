@@ -74,15 +74,12 @@ def pareto_front(rows: Sequence[CutPoint]) -> list[CutPoint]:
     return front
 
 
-def knee_point(front: Sequence[CutPoint]) -> CutPoint:
-    """Knee of a Pareto front (Kneedle-style): with log10(params) and accuracy normalised to [0, 1] over
-    the front, the point farthest above the chord joining the front's endpoints. With fewer than three
-    points, or none above the chord, the most accurate point is returned."""
-    if not front:
-        raise ValueError("knee_point needs at least one point")
-    most_accurate = max(front, key=lambda r: (r.acc, -r.params))
+def knee_distances(front: Sequence[CutPoint]) -> dict[int, float]:
+    """Each front point's signed distance above the chord joining the front's endpoints, with log10(params)
+    and accuracy normalised to [0, 1] over the front (Kneedle-style): the knee is the farthest, and the gap
+    to the runner-up says how clear it is. Empty with fewer than three points or a front of one point."""
     if len(front) < 3:
-        return most_accurate
+        return {}
     pts = sorted(front, key=lambda r: r.params)
     logs = [math.log10(max(r.params, 1)) for r in pts]
     accs = [r.acc for r in pts]
@@ -95,11 +92,23 @@ def knee_point(front: Sequence[CutPoint]) -> CutPoint:
     dx, dy = xs[-1] - xs[0], ys[-1] - ys[0]
     length = math.hypot(dx, dy)
     if length == 0.0:
-        return most_accurate
+        return {}
     # Signed perpendicular distance: positive above the chord (the concave, "knee" side).
-    dists = [(dx * (y - ys[0]) - dy * (x - xs[0])) / length for x, y in zip(xs, ys, strict=True)]
-    best = max(range(len(pts)), key=lambda i: dists[i])
-    return pts[best] if dists[best] > 1e-12 else most_accurate
+    return {r.cut: (dx * (y - ys[0]) - dy * (x - xs[0])) / length for r, x, y in zip(pts, xs, ys, strict=True)}
+
+
+def knee_point(front: Sequence[CutPoint]) -> CutPoint:
+    """Knee of a Pareto front: the point farthest above the chord (:func:`knee_distances`). With fewer than
+    three points, or none above the chord, the most accurate point is returned."""
+    if not front:
+        raise ValueError("knee_point needs at least one point")
+    most_accurate = max(front, key=lambda r: (r.acc, -r.params))
+    dists = knee_distances(front)
+    if not dists:
+        return most_accurate
+    pts = sorted(front, key=lambda r: r.params)
+    best = max(range(len(pts)), key=lambda i: dists[pts[i].cut])
+    return pts[best] if dists[pts[best].cut] > 1e-12 else most_accurate
 
 
 def _describe(row: CutPoint, baseline: Baseline) -> str:

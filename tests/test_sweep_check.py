@@ -150,12 +150,29 @@ def test_a_default_sweep_check_joins_the_check_whose_heads_it_reused() -> None:
     checks = merge_default_sweeps([first, repeat, default("sweep_check_b_default", "sweep_check_b", 7, 1.0)])
     assert [c["_name"] for c in checks] == ["sweep_check_b", "sweep_check_b_seed1"]  # the heads counted once
     assert checks[0]["columns"]["default_sweep"]["2"] == 0.7 and "default_sweep" not in checks[1]["columns"]
+    assert checks[0]["sweep_variants"]["default_sweep"]["_name"] == "sweep_check_b_default"
     assert head_noise(checks) == 0.0  # the default check is no seed repeat of the per-point heads
     rows = sweep_findings(checks)
     assert len(rows) == 3 and "runs by default (adam lr 0.001, 1 epoch(s)" in rows[1] and rows[1].endswith("| holds |")
     wrong = merge_default_sweeps([check_record("sweep_check_b", 0, per_point, per_point),
                                   default("sweep_check_b_default", "sweep_check_b", 9, 1.0)])
     assert sweep_findings(wrong)[1].endswith("| does not hold |")  # another tolerance cut than the heads'
+    longer = default("sweep_check_b_default2", "sweep_check_b", 6, 0.5)
+    longer["default_sweep"] = {**longer["default_sweep"], "epochs": 2}
+    both = merge_default_sweeps([check_record("sweep_check_b", 0, per_point, per_point),
+                                 default("sweep_check_b_default", "sweep_check_b", 7, 1.0), longer])
+    assert set(both[0]["columns"]) == {"per_point", "one_run", "default_sweep", "sweep_2_epochs"}
+    assert both[0]["rules"]["sweep_2_epochs"]["tolerance"] == 6
+    assert sweep_findings(both)[1].endswith("| holds |")  # the Findings row judges the default length only
+    # the 2-epoch column (0.5 + …) against the per-point heads (0.30, 0.50, 0.73): it leads nowhere here
+    from experiments.reports.sweep_check import reference_gap, reference_gap_text
+
+    assert reference_gap_text(both[0]) is None
+    ahead = {**both[0], "columns": {**both[0]["columns"], "sweep_2_epochs": {"0": 0.40, "1": 0.52, "2": 0.70}}}
+    assert reference_gap(ahead) == ("sweep_2_epochs", "0", pytest.approx(0.10))
+    assert reference_gap_text(ahead).startswith("*one run, the default's optimiser for 2 epochs* beats the per-point "
+                                                "heads by up to 10.00 pp (cut 0)")
+    assert "the reference had not converged" in sweep_findings([ahead])[1]
     with pytest.raises(FileNotFoundError, match="sweep_check_gone"):
         merge_default_sweeps([default("sweep_check_x_default", "sweep_check_gone", 7, 1.0)])
 

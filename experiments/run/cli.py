@@ -82,7 +82,8 @@ def finish_wandb_run(exit_code: int) -> None:
     wandb = sys.modules.get("wandb")
     if wandb is None:
         return
-    wait_for_background_starts()  # a run still starting would be left open after the close
+    wait_for_background_starts(timeout=120)  # a run still starting would be left open after the close (wandb.init
+    # gives up after its own init_timeout, 90 s by default; the bound keeps a failing command from hanging)
     if getattr(wandb, "run", None) is not None:
         wandb.finish(exit_code=exit_code)
 

@@ -46,6 +46,9 @@ def runs(tmp_path: Path) -> Path:
         write_run(logs, f"r10tp{seed}", depth(seed, b, c), DEPTH_CONFIG)
         # the width row of seed s is the one that started from seed s's baseline, whatever its own seed
         write_run(logs, f"r10tw{seed}", width(7, f"r10tp{seed}", w))
+    # seed 0's same-budget control (train.py, the unpruned net: the depth run's baseline params)
+    write_run(logs, "r10tc0", {"stage": "baseline", "seed": 0, "epochs": 15, "metrics": {"test/acc": 0.79}})
+    write_run(logs, "r10tsmall", {"stage": "baseline", "seed": 1, "params": 7, "metrics": {"test/acc": 0.5}})  # another net
     write_run(logs, "smoke", depth(0, 0.35, 0.32) | {"schedule_span": "fit"})  # whole-fit: never paired
     write_run(logs, "fromtrain", width(0, "trainrun", 0.30))  # from a train.py baseline: not this protocol
     write_run(logs, "mbv1", depth(0, 0.70, 0.72) | {"arch": {"num_blocks": 6}})  # MobileNetV1: its own tables
@@ -58,8 +61,11 @@ def test_width_rows_pair_with_the_depth_run_whose_baseline_they_start_from(runs:
     seeds = groups[("resnet10t", "CIFAR10", 32)]
     assert sorted(seeds) == [0, 1]
     assert {k: Path(s["_path"]).parent.name for k, s in seeds[1].items()} == {"depth": "r10tp1", "width": "r10tw1"}
+    assert Path(groups[("resnet10t", "CIFAR10", 32)][0]["control"]["_path"]).parent.name == "r10tc0"
+    assert "control" not in seeds[1]  # a train.py run of another size is no control
     cols = protocol_columns(seeds)
     assert cols["d_cut"] == pytest.approx([-0.02, -0.01])
+    assert cols["control"] == [pytest.approx(0.79), None] and cols["d_control"] == [pytest.approx(-0.01), None]
     assert cols["d_width"] == pytest.approx([-0.04, -0.05])
 
 
@@ -67,7 +73,9 @@ def test_smoke_runs_are_kept_out_of_the_protocol_table(runs: Path) -> None:
     text = "\n".join(backbone_section(report.load_summaries(runs)))
     protocol, smoke = text.split("### Smoke and archived runs (not evidence)")
     assert "### resnet10t on CIFAR10 @32 px (100 params), per-stage protocol" in protocol
-    assert "| 1 | 82.00 | 82.00 | 3 (layer3), tolerance 1 pt | 30 | 81.00 | -1.00 |" in protocol
+    assert "| 1 | 82.00 | 82.00 | 3 (layer3), tolerance 1 pt | 30 | 81.00 | -1.00 | — | — |" in protocol
+    assert "| 0 | 80.00 | 80.00 | 3 (layer3), tolerance 1 pt | 30 | 78.00 | -2.00 | 79.00 | -1.00 |" in protocol
+    assert "same-budget control: `train.py`, 15 epochs" in protocol
     assert "| mean ± std | 81.00 ± 1.41 (80.00 to 82.00, 2 seeds) |" in protocol
     assert "-4.50 ± 0.71 (-5.00 to -4.00, 2 seeds) |" in protocol  # paired width differences
     assert "smoke/config.yaml" in smoke and "fromtrain/config.yaml" in smoke

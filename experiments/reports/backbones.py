@@ -53,9 +53,10 @@ def backbone_rows(summary: dict) -> list[tuple[str, str, dict, float | None]]:
 
 
 def protocol_groups(summaries: list[dict]) -> dict[tuple[str, str, int], dict[int, dict[str, dict]]]:
-    """``(backbone, dataset, px)`` → seed → ``{"depth": …, "width": …}``: depth runs under the per-stage
-    protocol that trained their own baseline, and the width run that started from that baseline (the newest
-    one when several did). Input order is age order: a newer run of the same seed replaces an older one."""
+    """``(backbone, dataset, px)`` → seed → ``{"depth": …, "width": …, "control": …}``: depth runs under the
+    per-stage protocol that trained their own baseline, the width run that started from that baseline, and
+    the same-budget control (``train.py``, same network and seed). Input order is age order: a newer run of
+    the same kind and seed replaces an older one."""
     depth = {run_id(s): s for s in summaries if backbone_of(s) != MOBILENET_V1 and s.get("stage") == "depth_prune"
              and schedule_span(s) == "stage" and not baseline_of(s) and run_seed(s) is not None}
     groups: dict[tuple[str, str, int], dict[int, dict[str, dict]]] = {}
@@ -70,6 +71,11 @@ def protocol_groups(summaries: list[dict]) -> dict[tuple[str, str, int], dict[in
         runs = groups[(backbone_of(base), dataset_of(base), base.get("image_size"))].get(run_seed(base))
         if runs is not None and runs["depth"] is base:
             runs["width"] = s
+    for s in summaries:  # the same-budget control: train.py on the same network, seed, data and size
+        runs = groups.get((backbone_of(s), dataset_of(s), s.get("image_size")), {}).get(run_seed(s))
+        if s.get("stage") == "baseline" and runs is not None \
+                and s.get("params") == runs["depth"].get("baseline", {}).get("params"):
+            runs["control"] = s
     return {key: dict(sorted(seeds.items())) for key, seeds in sorted(groups.items())}
 
 
@@ -88,16 +94,18 @@ def _cut_what(summary: dict) -> str:
 
 def protocol_columns(seeds: dict[int, dict[str, dict]]) -> dict[str, list[Any]]:
     """Per-seed accuracies, parameter counts and paired differences (pruned − that seed's baseline test)."""
-    cols: dict[str, list[Any]] = {k: [] for k in ("val", "base", "cut", "cut_params", "d_cut", "width",
-                                                   "width_params", "d_width")}
+    cols: dict[str, list[Any]] = {k: [] for k in ("val", "base", "cut", "cut_params", "d_cut", "control",
+                                                   "d_control", "width", "width_params", "d_width")}
     for runs in seeds.values():
         depth, width = runs["depth"], runs.get("width")
+        control = (runs.get("control") or {}).get("metrics", {}).get("test/acc")
         base = depth.get("baseline", {}).get("test_acc")
         cut = depth.get("pruned", {}).get("acc")
         acc_w = width.get("acc_after") if width else None
         for key, value in (("val", depth.get("baseline", {}).get("val_acc")), ("base", base), ("cut", cut),
                            ("cut_params", depth.get("pruned", {}).get("params")),
-                           ("d_cut", difference(cut, base)), ("width", acc_w),
+                           ("d_cut", difference(cut, base)), ("control", control),
+                           ("d_control", difference(cut, control)), ("width", acc_w),
                            ("width_params", width.get("params") if width else None),
                            ("d_width", difference(acc_w, base))):
             cols[key].append(value)
@@ -108,18 +116,20 @@ def protocol_table(seeds: dict[int, dict[str, dict]]) -> list[str]:
     """One row per seed and a row of mean ± std (accuracies in %, differences in points)."""
     cols = protocol_columns(seeds)
     lines = ["| seed | baseline val % (rule) | baseline test % | automatic cut | cut params | cut % | Δ cut (pp) "
-             "| width row | width params | width % | Δ width (pp) | runs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| same-budget control % | cut − control (pp) | width row | width params | width % | Δ width (pp) | runs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, (seed, runs) in enumerate(seeds.items()):
         width = runs.get("width")
         ids = ", ".join(f"{k} `{run_id(s)}`" for k, s in runs.items())
         lines.append(f"| {seed} | {pct(cols['val'][i])} | {pct(cols['base'][i])} | {_cut_what(runs['depth'])} "
                      f"| {count(cols['cut_params'][i])} | {pct(cols['cut'][i])} | {points(cols['d_cut'][i])} "
+                     f"| {pct(cols['control'][i])} | {points(cols['d_control'][i])} "
                      f"| {_width_what(width) if width else '—'} | {count(cols['width_params'][i])} "
                      f"| {pct(cols['width'][i])} | {points(cols['d_width'][i])} | {ids} |")
     cuts = [runs["depth"].get("chosen_cut") for runs in seeds.values()]
     lines.append(f"| mean ± std | {fmt_spread(cols['val'])} | {fmt_spread(cols['base'])} | {cut_agreement(cuts)} | "
-                 f"| {fmt_spread(cols['cut'])} | {fmt_spread(cols['d_cut'], signed=True)} | | "
+                 f"| {fmt_spread(cols['cut'])} | {fmt_spread(cols['d_cut'], signed=True)} "
+                 f"| {fmt_spread(cols['control'])} | {fmt_spread(cols['d_control'], signed=True)} | | "
                  f"| {fmt_spread(cols['width'])} | {fmt_spread(cols['d_width'], signed=True)} | |")
     return lines
 
@@ -129,6 +139,9 @@ def _schedule(seeds: dict[int, dict[str, dict]]) -> str:
     text = depth_schedule(runs["depth"], head=True)
     if runs.get("width"):
         text += f"; width row: prune at epoch 0 of {runs['width'].get('epochs')}, one cosine schedule"
+    control = next((r["control"] for r in seeds.values() if r.get("control")), None)
+    if control is not None:
+        text += f"; same-budget control: `train.py`, {control.get('epochs')} epochs, one cosine schedule"
     return text
 
 

@@ -139,7 +139,9 @@ def test_depth_prune_from_baseline_checkpoint_with_random_init(real_data_dir: Pa
     assert len(rows) == 2 and any("| original |" in r for r in rows) and any("| random |" in r for r in rows)
     assert f"{100 * full['pruned']['acc']:.2f}" in text and f"{100 * summary['pruned']['acc']:.2f}" in text
     assert text.count("← chosen") == 1  # one sweep table (the random-init run had no sweep)
-    assert (tmp_path / "docs" / "figures" / "depth_sweep_cifar10_32.png").is_file()
+    # the one sweep's figure, named by its run (several runs of one dataset and size each get their own)
+    assert [p.name for p in (tmp_path / "docs" / "figures").glob("depth_sweep_*.png")] == \
+        [f"depth_sweep_cifar10_32_{full['last_checkpoint'].split('/')[-3]}.png"]
     archived = sorted((tmp_path / "docs" / "runs").glob("*/summary.json"))
     assert len(archived) == 2  # the page can be regenerated from the archived copies alone
     again = report.main(["--runs", str(tmp_path / "docs" / "runs"), "--out", str(tmp_path / "again.md"),

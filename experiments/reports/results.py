@@ -21,7 +21,7 @@ from experiments.reports.combined import combined_section
 from experiments.reports.cost import budget_of, cost_figure
 from experiments.reports.curves import curve_lines
 from experiments.reports.deploy import deployment_sections
-from experiments.reports.format import count, kb, minutes, pct, ratio
+from experiments.reports.format import count, kb, minutes, pct, ratio, run_id
 from experiments.reports.orderings import orderings_finding, orderings_section
 from experiments.reports.protocol import findings, protocol_section, schedule_span
 from experiments.reports.reproduce import (
@@ -269,8 +269,8 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
                   f"Chosen: {s.get('cut_reason')}", "", automatic_choices(s), "", *sweep_table(s), ""]
         png = Path(s["_path"]).parent / "depth_sweep.png"
         if png.is_file():
-            suffix = "_nchw" if layout_note(s) else ""
-            figure = out.parent / "figures" / f"depth_sweep_{s['dataset'].lower()}_{s['image_size']}{suffix}.png"
+            # one file per run: several runs of one dataset and size each have a sweep section
+            figure = out.parent / "figures" / f"depth_sweep_{s['dataset'].lower()}_{s['image_size']}_{run_id(s)}.png"
             figure.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(png, figure)
             lines += [f"![sweep {title}]({figure.relative_to(out.parent).as_posix()})", ""]

@@ -78,7 +78,10 @@ def test_depth_pipeline_kill_after_cut_and_resume(real_data_dir: Path, tmp_path:
     curve = read_epochs(run_dir / "epochs.csv")
     assert [(r["epoch"], r["stage"]) for r in curve] == [(0, "baseline"), (1, "sweep"), (2, "after DepthPrune"),
                                                          (3, "after DepthPrune")]
-    assert all(r["val_acc"] is not None and r["lr"] > 0 for r in curve)
+    # every row has its accuracy and learning rate; a stage's schedule may end at its floor (the sweep's
+    # one-epoch cosine does), the fine-tuning restarts from its peak
+    assert all(r["val_acc"] is not None and r["lr"] is not None and r["lr"] >= 0 for r in curve)
+    assert curve[2]["lr"] > curve[3]["lr"] > 0
     assert plot_curves(curve, tmp_path / "curve.png").stat().st_size > 0
 
     killed = json.loads(depth_prune.main([*args, *STOP_AFTER, "2"]).read_text())

@@ -195,3 +195,10 @@ def test_a_knee_that_differs_is_shown_against_the_per_point_heads_own_margin() -
     assert text == (f"its knee is cut 2, the per-point heads' cut 1: on the per-point column cut 1 lies {dists[1]:.3f} "
                     f"above the chord and cut 2 {dists[2]:.3f} above the chord")
     assert knee_margin_text({**check, "rules": {"per_point": {"knee": 1}, "one_run": {"knee": 1}}}, "one_run") is None
+
+
+def test_the_reports_default_sweep_length_is_the_callbacks() -> None:
+    from callbacks.auxiliary_sweep import AuxiliarySweep
+    from experiments.reports.sweep_check import DEFAULT_SWEEP_EPOCHS
+
+    assert DEFAULT_SWEEP_EPOCHS == AuxiliarySweep().epochs

@@ -227,9 +227,11 @@ def selection_warning(seeds: dict[int, dict[str, Any]]) -> list[str]:
 
 def sweep_recipe(summary: dict) -> str:
     """How the run's sweep trained its heads (``sweep.optimizer`` / ``sweep.lr`` of its config)."""
-    sweep = run_config(summary).get("sweep") or {}
-    optimizer = sweep.get("optimizer", "adam")  # the default since the sweep has its own optimiser
-    return "the model's optimiser" if optimizer is None else f"{optimizer} lr {sweep.get('lr', 1e-3):g}"
+    from callbacks.auxiliary_sweep import AuxiliarySweep
+
+    sweep, defaults = run_config(summary).get("sweep") or {}, AuxiliarySweep()  # a config without the keys ran the defaults
+    optimizer = sweep.get("optimizer", defaults.optimizer)
+    return "the model's optimiser" if optimizer is None else f"{optimizer} lr {sweep.get('lr', defaults.lr):g}"
 
 
 def depth_schedule(summary: dict, head: bool = False) -> str:

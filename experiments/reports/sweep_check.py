@@ -156,7 +156,7 @@ def sweep_findings(checks: list[dict[str, Any]]) -> list[str]:
 
 #: Epochs of the sweep the depth configs run (``sweep.epochs``): a default-sweep check of this length is
 #: *the* default sweep, one of another length a variant beside it.
-DEFAULT_SWEEP_EPOCHS: int = 1
+DEFAULT_SWEEP_EPOCHS: int = 1  # AuxiliarySweep's default and every committed depth config's sweep.epochs
 
 
 def column_title(name: str) -> str:

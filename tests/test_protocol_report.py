@@ -133,3 +133,36 @@ def test_imagenette_findings_compare_the_cut_with_its_same_budget_control(runs: 
     assert ("| Imagenette: the gain is not just more epochs: cut@6 ≥ the same-budget unpruned net "
             "| cut − control -1.50 ± 0.71 (-2.00 to -1.00, 2 seeds) pp at 128 px | does not hold |") in text
     assert "Imagewoof: the gain is not just" not in text  # no control run: no row
+
+
+def test_a_verdict_against_a_baseline_that_had_not_converged_says_so(runs: Path, tmp_path: Path) -> None:
+    """Five more epochs lift the unpruned net 5 points on both seeds: "pruning raises accuracy" then stands
+    against a baseline that was still climbing, and the Findings say so beside the verdict."""
+    imagenette = {"dataset": "Imagenette", "image_size": 128}
+    for seed, (b, o, c) in enumerate([(0.62, 0.66, 0.67), (0.63, 0.66, 0.68)]):
+        write_run(runs, f"n{seed}", depth(seed, b, o) | imagenette)
+        write_run(runs, f"nc{seed}", control(seed, c) | imagenette)
+    text = report.main(["--runs", str(runs), "--out", str(tmp_path / "R.md"), "--latency_runs", "0"]).read_text()
+    assert ("| Imagenette @128 px: the baseline had converged (the premise of the Δ rows): the same-budget unpruned "
+            "net gains < 1 point on it | control − baseline +5.00 ± 0.00 (+5.00 to +5.00, 2 seeds) pp "
+            "| does not hold |") in text
+    assert "2 seeds) pp at 128 px | holds, but against a baseline that had not converged |" in text
+
+
+def test_convergence_is_judged_per_seed_against_one_point() -> None:
+    from experiments.reports.protocol import convergence_finding
+
+    def cols(base: list[float | None], ctrl: list[float | None]) -> dict:
+        return {"baseline_test": base, "control": ctrl}
+
+    # no control: no row, verdicts untouched
+    assert convergence_finding("X", cols([0.7, 0.7], [None, None]), 32)[0] == []
+    # the control within half a point of the baseline on three seeds: converged, nothing added
+    (row,), qualify = convergence_finding("X", cols([0.80, 0.81, 0.79], [0.802, 0.812, 0.793]), 32)
+    assert row.endswith("| holds |") and qualify("holds") == "holds"
+    # seeds that disagree (one control far above, one far below): cannot tell, nothing added
+    (row,), qualify = convergence_finding("X", cols([0.74, 0.76, 0.76], [0.80, 0.69, 0.78]), 32)
+    assert row.endswith("| cannot tell |") and qualify("holds") == "holds"
+    # a seed without its control is left out, not counted as zero gain
+    (row,), _ = convergence_finding("X", cols([0.62, 0.63, 0.60], [0.67, None, 0.66]), 128)
+    assert "+5.50 ± 0.71 (+5.00 to +6.00, 2 seeds)" in row and row.endswith("| does not hold |")

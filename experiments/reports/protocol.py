@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,8 @@ def paired_table(seeds: dict[int, dict[str, Any]]) -> list[str]:
 
 #: Seed-to-seed range (max − min) of one accuracy column above which the report says so in words.
 UNSTABLE_RANGE: float = 0.03
+# a baseline has converged when training the unpruned net as long as baseline + fine-tuning gains less than this
+CONVERGED_GAIN: float = 0.01
 
 _COLUMN_RUNS = {"baseline_test": ("baseline", "original"), "original": ("cut@6 original", "original"),
                 "random": ("cut@6 random", "random"), "control": ("same-budget control", "control")}
@@ -292,12 +295,14 @@ def findings(summaries: list[dict], sweep_checks: list[dict] | None = None, widt
              "| claim (published) | ours | verdict |", "|---|---|---|"]
     cifar = columns(paired_runs(summaries, "CIFAR10", 32))
 
-    def present(key: str) -> list[float]:
-        return [v for v in cifar[key] if v is not None]
+    def present(key: str, cols: dict[str, list[float | None]] = cifar) -> list[float]:
+        return [v for v in cols[key] if v is not None]
 
+    premise, qualify = convergence_finding("CIFAR-10", cifar, 32)
+    lines += premise
     lines.append("| cut@6 ≈ baseline on CIFAR-10 (89.73 → 88.80 %, −0.93 pp at 224 px): loss ≤ 1 point "
                  f"| Δ {fmt_spread(present('d_original'), signed=True)} pp at 32 px | "
-                 f"{verdict(present('d_original'), -0.01)} |")
+                 f"{qualify(verdict(present('d_original'), -0.01))} |")
     lines.append("| random init competitive (88.68 vs 88.80 %, −0.12 pp): random − original ≥ −1 point "
                  f"| {fmt_spread(present('d_random_original'), signed=True)} pp at 32 px "
                  f"| {verdict(present('d_random_original'), -0.01)} |")
@@ -306,12 +311,14 @@ def findings(summaries: list[dict], sweep_checks: list[dict] | None = None, widt
                  f"| {verdict(present('d_control'), -0.01)} |")
     for name in ("Imagenette", "Imagewoof"):
         cols = columns(paired_runs(summaries, name, 128))
-        diffs = [v for v in cols["d_original"] if v is not None]
+        diffs = present("d_original", cols)
         ref = PUBLISHED[name]
+        premise, qualify = convergence_finding(name, cols, 128)
+        lines += premise
         lines.append(f"| pruning raises accuracy on {name} ({ref['baseline']:.2f} → {ref['original']:.2f} %) "
                      f"| {'Δ ' + fmt_spread(diffs, signed=True) + ' pp at 128 px' if diffs else 'not run yet'} "
-                     f"| {verdict(diffs, 0.0) if diffs else 'cannot tell (not run)'} |")
-        controls = [v for v in cols["d_control"] if v is not None]
+                     f"| {qualify(verdict(diffs, 0.0)) if diffs else 'cannot tell (not run)'} |")
+        controls = present("d_control", cols)
         if controls:
             lines.append(f"| {name}: the gain is not just more epochs: cut@6 ≥ the same-budget unpruned net "
                          f"| cut − control {fmt_spread(controls, signed=True)} pp at 128 px "
@@ -320,3 +327,22 @@ def findings(summaries: list[dict], sweep_checks: list[dict] | None = None, widt
               "iterative > one-shot) | not rerun under the per-stage protocol yet | cannot tell |",
               *sweep_findings(sweep_checks or []), ""]
     return lines
+
+
+def convergence_finding(name: str, cols: dict[str, list[float | None]], image_size: int,
+                        bound: float = CONVERGED_GAIN) -> tuple[list[str], Callable[[str], str]]:
+    """The premise of every "pruned − baseline" verdict: the baseline had converged, i.e. the unpruned net
+    trained as long as baseline + fine-tuning (the same-budget control) gains less than ``bound`` on it, per
+    seed. Returns the Findings row (none without a control) and a function that marks a verdict drawn against
+    a baseline shown not to have converged."""
+    gains = [c - b for c, b in zip(cols["control"], cols["baseline_test"], strict=True) if c is not None and b is not None]
+    if not gains:
+        return [], lambda text: text
+    # baseline − control ≥ −bound by two standard errors: "more epochs would not have helped the baseline"
+    answer = verdict([-g for g in gains], -bound)
+    row = (f"| {name} @{image_size} px: the baseline had converged (the premise of the Δ rows): the same-budget "
+           f"unpruned net gains < {100 * bound:g} point on it | control − baseline {fmt_spread(gains, signed=True)} "
+           f"pp | {answer} |")
+    if answer == "does not hold":
+        return [row], lambda text: f"{text}, but against a baseline that had not converged"
+    return [row], lambda text: text

@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
 
+from callbacks.auxiliary_sweep import AuxiliarySweep
+from datamodules import CIFAR10DataModule
 from experiments import sweep_check
 from lightning_modules.image_classifier import ImageClassifier
 from tests.helpers import fake_data
@@ -202,3 +206,57 @@ def test_the_reports_default_sweep_length_is_the_callbacks() -> None:
     from experiments.reports.sweep_check import DEFAULT_SWEEP_EPOCHS
 
     assert DEFAULT_SWEEP_EPOCHS == AuxiliarySweep().epochs
+
+
+
+class PinHeads(L.Callback):
+    """After the sweep attaches its heads: give head ``k`` the same initial weights whichever other heads
+    exist (drawn from its own seed), and restart the global RNG each epoch, so the augmentations do not
+    depend on how many heads drew from it first."""
+
+    def __init__(self) -> None:
+        self.initial: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == 0:
+            for k in pl_module.aux_heads.cut_points:
+                torch.manual_seed(100 + k)
+                head = pl_module.aux_heads.heads[str(k)]
+                for layer in head.modules():
+                    if layer is not head and hasattr(layer, "reset_parameters"):
+                        layer.reset_parameters()  # in place: the optimiser keeps the same tensors
+                self.initial[k] = {n: t.clone() for n, t in head.state_dict().items()}
+        torch.manual_seed(1000 + trainer.current_epoch)
+
+
+def fit_heads(ckpt: Path, root: Path, cuts: list[int], optimizer: str | None) -> tuple[dict, dict]:
+    """The sweep stage alone (2 epochs) from ``ckpt`` with heads at ``cuts``: each head's initial and final
+    weights."""
+    L.seed_everything(0, verbose=False)
+    module = ImageClassifier.load_from_checkpoint(str(ckpt), map_location="cpu", scheduler="cosine")
+    data = CIFAR10DataModule(root=str(root), image_size=32, batch_size=8, num_workers=0)
+    sweep, pin = AuxiliarySweep(start_epoch=0, epochs=2, head="paper", cut_points=cuts, optimizer=optimizer), PinHeads()
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        callbacks=[sweep, pin])
+    trainer.fit(module, datamodule=data)
+    return pin.initial, {k: dict(module.aux_heads.heads[str(k)].state_dict()) for k in cuts}
+
+
+@pytest.mark.parametrize("optimizer", ["adam", None])  # the sweep's default, and the model's SGD with momentum
+def test_heads_trained_in_one_fit_end_where_each_trained_alone_ends(tmp_path: Path, optimizer: str | None) -> None:
+    """The premise of the one-run sweep: on a frozen backbone the heads share no parameter and every optimiser
+    here updates each parameter from its own gradient, so one fit of all heads trains each exactly as a fit of
+    that head alone would (same initial weights, same batches). What separates the one-run column from
+    per-point heads is then the run's randomness and its length, never the joint training itself."""
+    root = fake_data.make_image_folder(tmp_path / "cifar", {"train": 8, "test": 4})
+    module = ImageClassifier(num_classes=3, width_mult=0.25)
+    trained_like(module.net)
+    ckpt = save_checkpoint(module, tmp_path / "baseline.ckpt")
+    initial, together = fit_heads(ckpt, root, [1, 4, 9], optimizer)
+    for k in (1, 9):
+        alone = fit_heads(ckpt, root, [k], optimizer)[1][k]
+        assert alone.keys() == together[k].keys()
+        for name, tensor in alone.items():
+            torch.testing.assert_close(together[k][name], tensor, rtol=1e-5, atol=1e-6, msg=f"head {k} {name}")
+        assert not torch.equal(initial[k]["fc.weight"], together[k]["fc.weight"])  # the heads did train

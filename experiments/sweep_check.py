@@ -132,7 +132,7 @@ def default_sweep_recipe(epochs: int) -> dict[str, Any]:
     return {"optimizer": defaults.optimizer, "lr": defaults.lr, "epochs": epochs, "train_subset": None}
 
 
-def default_sweep_column(opts: argparse.Namespace) -> tuple[dict[int, float], AuxiliarySweep]:
+def default_sweep_column(opts: argparse.Namespace) -> tuple[dict[int, list[float]], AuxiliarySweep]:
     """The one-run sweep with :class:`AuxiliarySweep`'s default optimiser and learning rate, ``--sweep_epochs``
     epochs on the whole training split (what ``depth_prune.py`` measures unless told otherwise), and the sweep."""
     recipe = default_sweep_recipe(opts.sweep_epochs)
@@ -140,7 +140,7 @@ def default_sweep_column(opts: argparse.Namespace) -> tuple[dict[int, float], Au
                              num_workers=0)
     history, sweep = train_heads(opts.baseline_ckpt, data, opts.cuts, recipe["epochs"], recipe["lr"], opts.head,
                                  opts.seed, recipe["optimizer"])
-    return {k: h[-1] for k, h in history.items()}, sweep
+    return history, sweep
 
 
 @exits_cleanly
@@ -172,7 +172,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     baseline = Baseline(params=sweep.baseline["params"], macs=sweep.baseline["macs"], acc=sweep.baseline["acc"])
     columns = {"per_point": {k: h[-1] for k, h in per_point.items()}, "one_run": {k: h[-1] for k, h in one_run.items()}}
     if opts.default_sweep:
-        columns["default_sweep"] = default
+        columns["default_sweep"] = {k: h[-1] for k, h in default.items()}
     if opts.sweep:
         rows = json.loads(Path(opts.sweep).read_text())["rows"]
         columns["depth_run_sweep"] = {int(r["cut"]): float(r["acc"]) for r in rows if int(r["cut"]) in per_point}
@@ -185,7 +185,8 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         "costs": {str(k): sweep.costs[k] for k in cuts},
         "columns": {name: {str(k): v for k, v in col.items()} for name, col in columns.items()},
         "history": {"per_point": {str(k): v for k, v in per_point.items()},
-                    "one_run": {str(k): v for k, v in one_run.items()}},
+                    "one_run": {str(k): v for k, v in one_run.items()},
+                    **({"default_sweep": {str(k): v for k, v in default.items()}} if default else {})},
         "last_epoch_change": {str(k): h[-1] - h[-2] if len(h) > 1 else None for k, h in per_point.items()},
         "spearman_vs_per_point": {name: rank_correlation(col, columns["per_point"]) for name, col in columns.items()},
         "rules": {name: rules(col, sweep.costs, baseline, opts.tolerance) for name, col in columns.items()},

@@ -70,6 +70,7 @@ def test_the_default_sweep_is_measured_against_an_earlier_checks_heads(tmp_path:
         assert later["history"][name] == first["history"][name]
     assert set(later["columns"]["default_sweep"]) == {"0", "2", "5"}
     assert later["default_sweep"] == {"optimizer": "adam", "lr": 1e-3, "epochs": 1, "train_subset": None}
+    assert {k: len(h) for k, h in later["history"]["default_sweep"].items()} == {"0": 1, "2": 1, "5": 1}
     assert set(later["rules"]["default_sweep"]) == {"tolerance", "knee"}
     for wrong in (["--epochs", "3"], ["--seed", "1"]):  # the earlier heads were trained another way
         with pytest.raises(SystemExit, match="error: --per_point_from .* measured another recipe"):
@@ -260,3 +261,33 @@ def test_heads_trained_in_one_fit_end_where_each_trained_alone_ends(tmp_path: Pa
         for name, tensor in alone.items():
             torch.testing.assert_close(together[k][name], tensor, rtol=1e-5, atol=1e-6, msg=f"head {k} {name}")
         assert not torch.equal(initial[k]["fc.weight"], together[k]["fc.weight"])  # the heads did train
+
+
+def test_the_longest_sweep_stands_as_converged_heads_once_doubling_it_moves_no_cut_point() -> None:
+    """The default sweep is judged against the longest one-run sweep only when the step to it from the next
+    shorter one moved every cut point by under a point; else the Findings cannot tell."""
+    from experiments.reports.sweep_check import converged_findings, converged_reference, reference_text
+
+    costs = {str(k): {"params": 10 * (k + 1), "macs": 10 * (k + 1)} for k in range(4)}
+
+    def check(*sweeps: tuple[int, list[float]]) -> dict:
+        columns = {"per_point": dict(zip("0123", [0.30, 0.50, 0.60, 0.62], strict=True))}
+        for epochs, accs in sweeps:
+            columns["default_sweep" if epochs == 1 else f"sweep_{epochs}_epochs"] = dict(zip("0123", accs, strict=True))
+        rules = {name: {"tolerance": 3, "knee": 1} for name in columns}
+        return {"_name": "c", "columns": columns, "rules": rules, "costs": costs}
+
+    climbing = check((1, [0.30, 0.50, 0.60, 0.62]), (2, [0.40, 0.55, 0.61, 0.62]))
+    assert converged_reference(climbing) == (None, "1 → 2 epochs moves cut 0 by 10.00 pp, the most of any cut point")
+    assert converged_findings([climbing])[0].endswith("| cannot tell (no converged reference) |")
+    assert reference_text(climbing).startswith("No column stands as converged heads yet")
+    settled = check((1, [0.30, 0.50, 0.60, 0.62]), (2, [0.40, 0.55, 0.61, 0.62]), (4, [0.405, 0.556, 0.612, 0.621]))
+    assert converged_reference(settled)[0] == "sweep_4_epochs"
+    row = converged_findings([settled])[0]
+    assert "ρ 1.000 against one run, the default's optimiser for 4 epochs" in row and row.endswith("| holds |")
+    # the default ranks cuts 2 and 3 the other way round: ρ 0.8 < 0.9
+    swapped = check((1, [0.30, 0.50, 0.63, 0.62]), (2, [0.40, 0.55, 0.61, 0.62]), (4, [0.405, 0.556, 0.612, 0.621]))
+    assert converged_findings([swapped])[0].endswith("| does not hold |")
+    # one check without a reference leaves the whole row undecided
+    assert converged_findings([settled, climbing])[0].endswith("| cannot tell (no converged reference) |")
+    assert converged_findings([check((1, [0.3, 0.4, 0.5, 0.6]))]) == []

@@ -142,7 +142,7 @@ def sweep_findings(checks: list[dict[str, Any]]) -> list[str]:
                                                                     check["columns"]["one_run"])))
     n = f"{baselines} baseline{'s' if baselines > 1 else ''}, {checks[0]['epochs']} epochs"
     rows = [f"{claim} | {'; '.join(parts)} ({n}) | {'holds' if all(ok) else 'does not hold'} |"]
-    rows += default_sweep_findings(checks)
+    rows += default_sweep_findings(checks) + converged_findings(checks)
     second = ("| the same, only for pairs of cut points the per-point heads separate by more than their own "
               "seed-to-seed change (asked after the first check: its disagreements were all on a plateau)")
     if noise is None:
@@ -269,7 +269,86 @@ def sweep_check_sections(runs_dir: str | Path = "docs/runs") -> list[str]:
                   *(f"- {column_title(n)}: {where_text(result, n)}"
                     + (f"; {knee}." if (knee := knee_margin_text(result, n)) else ".")
                     for n in result["columns"] if n != "per_point"),
-                  *([f"- {gap}."] if (gap := reference_gap_text(result)) else []), ""]
+                  *([f"- {gap}."] if (gap := reference_gap_text(result)) else []),
+                  *([f"- {ref}."] if (ref := reference_text(result)) else []), ""]
     for line in repeat_text(checks):
         lines += [line, ""]
     return lines
+
+
+#: Doubling the one-run sweep's epochs must move every cut point's accuracy by less than this before its
+#: longest run stands as converged heads.
+CONVERGED_CHANGE: float = 0.01
+
+
+def sweep_lengths(result: dict[str, Any]) -> list[tuple[int, str]]:
+    """The one-run sweeps with the default's optimiser on the whole split, as ``(epochs, column)``, shortest
+    first."""
+    found = [(DEFAULT_SWEEP_EPOCHS, "default_sweep")] if "default_sweep" in result["columns"] else []
+    found += [(int(n.split("_")[1]), n) for n in result["columns"] if n.startswith("sweep_") and n.endswith("_epochs")]
+    return sorted(found)
+
+
+def converged_reference(result: dict[str, Any], bound: float = CONVERGED_CHANGE) -> tuple[str | None, str]:
+    """The longest default-optimiser sweep as the reference of converged heads, when the step from the next
+    shorter sweep moved no cut point by ``bound`` or more. One fit trains each head exactly as a fit of that
+    head alone would (``test_heads_trained_in_one_fit_end_where_each_trained_alone_ends``), so that column is
+    the per-point protocol run to convergence at the cost of one run. Returns the column (``None``: no
+    converged reference) and the evidence in words."""
+    lengths = sweep_lengths(result)
+    if len(lengths) < 2:
+        return None, "fewer than two sweep lengths measured"
+    (short_n, short), (long_n, longest) = lengths[-2:]
+    a, b = result["columns"][short], result["columns"][longest]
+    cut, change = max(((k, abs(b[k] - a[k])) for k in b if k in a), key=lambda item: item[1])
+    evidence = f"{short_n} → {long_n} epochs moves cut {cut} by {100 * change:.2f} pp, the most of any cut point"
+    return (longest if change < bound else None), evidence
+
+
+def against_reference(result: dict[str, Any], reference: str) -> dict[str, float | None]:
+    """Every column's Spearman ρ against the ``reference`` column."""
+    from experiments.sweep_check import rank_correlation
+
+    ref = {int(k): v for k, v in result["columns"][reference].items()}
+    return {name: rank_correlation({int(k): v for k, v in col.items()}, ref) for name, col in result["columns"].items()}
+
+
+def reference_text(result: dict[str, Any]) -> str | None:
+    """The section's line on the converged reference: its evidence, every column's ρ and cuts against it."""
+    if len(sweep_lengths(result)) < 2:
+        return None
+    reference, evidence = converged_reference(result)
+    if reference is None:
+        return f"No column stands as converged heads yet: {evidence} (the bar: under {100 * CONVERGED_CHANGE:g} pp)"
+    rules = result["rules"][reference]
+    others = "; ".join(f"{column_title(n)} ρ {_rho(rho)}, cuts {result['rules'][n]['tolerance']} / "
+                       f"{result['rules'][n]['knee']}" for n, rho in against_reference(result, reference).items()
+                       if n != reference)
+    return (f"*{column_title(reference)}* stands as converged heads ({evidence}; one fit trains each head as its own "
+            f"fit would): tolerance rule cut {rules['tolerance']}, knee cut {rules['knee']}. Against it: {others}")
+
+
+def converged_findings(checks: list[dict[str, Any]]) -> list[str]:
+    """The Findings row of the default sweep against converged heads (the longest one-run sweep, once
+    doubling its epochs moves no cut point by a point), where a check measured several sweep lengths."""
+    measured = [c for c in checks if "default_sweep" in c["columns"] and len(sweep_lengths(c)) >= 2]
+    if not measured:
+        return []
+    parts, answers = [], []
+    for check in measured:
+        reference, evidence = converged_reference(check)
+        if reference is None:
+            parts.append(f"`{check['_name']}`: no converged reference ({evidence})")
+            answers.append(None)
+            continue
+        rho = against_reference(check, reference)["default_sweep"]
+        ours, theirs = check["rules"]["default_sweep"], check["rules"][reference]
+        answers.append(rho is not None and rho >= RHO_BAR and all(ours[r] == theirs[r] for r in ("tolerance", "knee")))
+        parts.append(f"`{check['_name']}`: ρ {_rho(rho)} against {column_title(reference)} ({evidence}); tolerance "
+                     f"{ours['tolerance']} vs {theirs['tolerance']}, knee {ours['knee']} vs {theirs['knee']}")
+    verdict = "cannot tell (no converged reference)" if None in answers else \
+        "holds" if all(answers) else "does not hold"
+    return [f"| the sweep `depth_prune.py` runs by default ranks cut points like converged heads (the longest one-run "
+            f"sweep once doubling its epochs moves no cut point by {100 * CONVERGED_CHANGE:g} point; one fit trains "
+            f"each head exactly as its own fit would): Spearman ρ ≥ {RHO_BAR} and both rules choose the same cut "
+            f"| {'; '.join(parts)} | {verdict} |"]

@@ -15,6 +15,13 @@ every cut point's head in one pass (``AuxiliarySweep``). From one trained baseli
 and puts beside them the depth run's own sweep (``--sweep``: its ``depth_sweep.json``, same baseline).
 For each column: the Spearman rank correlation with the per-point column (torchmetrics) and the cut the
 tolerance and knee rules choose (:func:`~lightning_modules.pruning.depth_cut.choose_cut`).
+
+On a frozen base the heads share no parameter and the optimisers update each parameter from its own
+gradient, so a head trained in one fit with the others ends exactly where a fit of that head alone ends
+(same initial weights and batches; ``tests/test_sweep_check.py``). The per-point and one-run columns thus
+differ only by the runs' randomness, and a one-run sweep trained until doubling its epochs no longer moves
+any cut point (``--default_sweep --sweep_epochs N`` for growing N) is the per-point protocol run to
+convergence, at the cost of one run: RESULTS judges the default sweep against it.
 """
 
 from __future__ import annotations

@@ -38,9 +38,8 @@ import torch
 from torchmetrics.functional import spearman_corrcoef
 
 from callbacks.auxiliary_sweep import AuxiliarySweep
-from datamodules import CIFAR10DataModule
 from experiments.run.arguments import OneLineArgumentParser, positive_int
-from experiments.run.checkpoint_io import check_checkpoint_file, write_json
+from experiments.run.checkpoint_io import check_checkpoint_file, checkpoint_datamodule, write_json
 from experiments.run.checks import ExperimentError
 from experiments.run.cli import exits_cleanly
 from lightning_modules.image_classifier import ImageClassifier
@@ -98,8 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline_ckpt", required=True, help="the trained baseline (a depth run's baseline.ckpt)")
     parser.add_argument("--sweep", default=None, help="that run's depth_sweep.json (a third column)")
-    parser.add_argument("--data_root", default="../shared/data/cifar10-jpg.tar.gz")
-    parser.add_argument("--image_size", type=positive_int, default=32)
+    parser.add_argument("--data_root", default=None,
+                        help="the data the baseline was trained on, elsewhere (default: the path its checkpoint "
+                             "records; CIFAR-10 for a checkpoint that records none)")
+    parser.add_argument("--image_size", type=positive_int, default=None,
+                        help="default: the image size the baseline was trained at")
     parser.add_argument("--batch_size", type=positive_int, default=128)
     parser.add_argument("--train_subset", type=positive_int, default=None, help="training images per epoch")
     parser.add_argument("--epochs", type=positive_int, default=4)
@@ -133,6 +135,16 @@ def check_earlier(opts: argparse.Namespace) -> dict[str, Any]:
     return earlier
 
 
+def baseline_data(opts: argparse.Namespace, train_subset: int | None) -> L.LightningDataModule:
+    """The data module the baseline was trained with (its dataset, split and image size, from the checkpoint),
+    with ``--data_root`` / ``--image_size`` where given, this check's batch size and ``train_subset``."""
+    try:
+        return checkpoint_datamodule(opts.baseline_ckpt, opts.data_root, opts.image_size, batch_size=opts.batch_size,
+                                     num_workers=0, train_subset=train_subset)
+    except (ValueError, OSError) as err:
+        raise ExperimentError(f"--baseline_ckpt {opts.baseline_ckpt}: {err}") from err
+
+
 def default_sweep_recipe(epochs: int) -> dict[str, Any]:
     """How :class:`AuxiliarySweep` trains its heads by default, for ``epochs`` epochs on the whole split."""
     defaults = AuxiliarySweep()
@@ -143,8 +155,7 @@ def default_sweep_column(opts: argparse.Namespace) -> tuple[dict[int, list[float
     """The one-run sweep with :class:`AuxiliarySweep`'s default optimiser and learning rate, ``--sweep_epochs``
     epochs on the whole training split (what ``depth_prune.py`` measures unless told otherwise), and the sweep."""
     recipe = default_sweep_recipe(opts.sweep_epochs)
-    data = CIFAR10DataModule(root=opts.data_root, image_size=opts.image_size, batch_size=opts.batch_size,
-                             num_workers=0)
+    data = baseline_data(opts, train_subset=None)
     history, sweep = train_heads(opts.baseline_ckpt, data, opts.cuts, recipe["epochs"], recipe["lr"], opts.head,
                                  opts.seed, recipe["optimizer"])
     return history, sweep
@@ -155,8 +166,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     opts = build_parser().parse_args(args)
     check_checkpoint_file(opts.baseline_ckpt, "--baseline_ckpt")
     started = time.time()
-    data = CIFAR10DataModule(root=opts.data_root, image_size=opts.image_size, batch_size=opts.batch_size,
-                             num_workers=0, train_subset=opts.train_subset)
+    data = baseline_data(opts, train_subset=opts.train_subset)
     earlier = check_earlier(opts) if opts.per_point_from else None
     if earlier is not None and not opts.default_sweep:
         raise ExperimentError("--per_point_from reuses an earlier check's columns: add --default_sweep, the column "

@@ -76,7 +76,8 @@ def test_firmware_figures_are_the_linker_s_and_the_target_s(report: dict) -> Non
 def test_the_target_output_is_the_host_interpreter_s_on_the_first_test_image(report: dict) -> None:
     """Recomputed here: the first test image of the checkpoint's datamodule, quantised, through the host
     TFLM interpreter, against the outputs the emulated Cortex-M4 printed."""
-    from experiments.reports.deploy_target import checkpoint_datamodule, first_test_image
+    from experiments.reports.deploy_target import first_test_image
+    from experiments.run.checkpoint_io import checkpoint_datamodule
     from lightning_modules.deploy.firmware import host_output, input_image
     from lightning_modules.deploy.tflm import interpreter, quantize_input
 

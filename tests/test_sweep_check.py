@@ -291,3 +291,28 @@ def test_the_longest_sweep_stands_as_converged_heads_once_doubling_it_moves_no_c
     # one check without a reference leaves the whole row undecided
     assert converged_findings([settled, climbing])[0].endswith("| cannot tell (no converged reference) |")
     assert converged_findings([check((1, [0.3, 0.4, 0.5, 0.6]))]) == []
+
+
+def test_the_check_trains_on_the_data_the_baseline_was_trained_on(tmp_path: Path) -> None:
+    """A baseline trained on Imagenette at 40 px is checked on Imagenette at 40 px (its checkpoint records its
+    data module) without data options: never on CIFAR-10 at 32 px, the defaults of a CIFAR-only check."""
+    source = fake_data.make_imagenette_folder(tmp_path / "src", n_train=4, n_val=2)
+    module = ImageClassifier(num_classes=3, width_mult=0.25)
+    trained_like(module.net)
+    ckpt = save_checkpoint(module, tmp_path / "baseline.ckpt")
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    recorded = {"_class_path": "datamodules.ImagenetteDataModule", "root": str(source.parent), "image_size": 40,
+                "val_fraction": 0.0, "cache_dir": str(tmp_path / "cache"), "batch_size": 64, "num_workers": 2}
+    torch.save(saved | {"datamodule_hyper_parameters": recorded}, ckpt)
+    common = ["--baseline_ckpt", str(ckpt), "--cuts", "0", "3", "--epochs", "1", "--batch_size", "4"]
+    own = sweep_check.main(common)
+    at_32 = sweep_check.main([*common, "--image_size", "32"])
+    macs = {k: own["costs"][k]["macs"] for k in ("0", "3")}
+    assert all(macs[k] > at_32["costs"][k]["macs"] for k in macs)  # 40 px, not 32
+    assert own["baseline_val_acc"] is not None
+
+    torch.save(saved | {"datamodule_hyper_parameters": {"_class_path": "elsewhere.DataModule"}}, ckpt)
+    with pytest.raises(SystemExit) as exit_info:
+        sweep_check.main(common)
+    message = str(exit_info.value.code)
+    assert message.startswith("error: --baseline_ckpt") and "elsewhere.DataModule" in message and "\n" not in message

@@ -18,9 +18,8 @@ import argparse
 from typing import Any
 
 from datamodules.batches import float_batches
-from experiments.reports.deploy_target import checkpoint_datamodule
 from experiments.run.arguments import OneLineArgumentParser, positive_int
-from experiments.run.checkpoint_io import check_checkpoint_file, write_json
+from experiments.run.checkpoint_io import check_checkpoint_file, checkpoint_datamodule, write_json
 from experiments.run.cli import exits_cleanly
 from lightning_modules.deploy.int8_sensitivity import tensor_sensitivity
 from lightning_modules.image_classifier import ImageClassifier

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from experiments.reports.deploy_target import (
-    checkpoint_datamodule,
     firmware_line,
     firmware_row,
     firmware_section,
@@ -34,7 +33,7 @@ from experiments.reports.deploy_target import (
 )
 from experiments.reports.format import kb
 from experiments.run.arguments import OneLineArgumentParser, positive_int
-from experiments.run.checkpoint_io import check_checkpoint_file, write_json
+from experiments.run.checkpoint_io import check_checkpoint_file, checkpoint_datamodule, write_json
 from experiments.run.cli import exits_cleanly
 from lightning_modules.deploy.errors import DeploymentError
 from lightning_modules.deploy.tflite_file import require_tflite

@@ -1,6 +1,5 @@
-"""The deployment report's data and firmware parts: the datamodule a checkpoint was trained with, and each
-net as Cortex-M firmware (bundle with the first test image, build, one run in QEMU) with the figures the
-RESULTS table shows.
+"""The deployment report's firmware part: each net as Cortex-M firmware (bundle with the first test image,
+build, one run in QEMU) with the figures the RESULTS table shows.
 
 Firmware figures (:mod:`lightning_modules.deploy.cortexm`): text / data / bss from ``arm-none-eabi-size``,
 flash = text + data, RAM = data + bss (tensor arena included); the arena TFLM used on the 32-bit target;
@@ -11,12 +10,10 @@ ratios between nets are the instruction counts' ratios.
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from datamodules.batches import float_batches
 from experiments.reports.format import MISSING, kb
@@ -29,35 +26,6 @@ from lightning_modules.deploy.verify import verify_firmware
 #: the VWW MobileNetV1 before and after the cut at block 6, deployed on an RP2040 (Cortex-M0+): model
 #: size 336 → 71 KB, latency 904 → 551 ms (the abstract's "4.7× smaller, 1.6× faster").
 PAPER_RP2040: dict[str, tuple[float, float]] = {"flash_kb": (336.0, 71.0), "latency_ms": (904.0, 551.0)}
-
-#: Data module arguments a saved checkpoint may carry that the report replaces (loading, subsets).
-_LOADER_ARGS = ("batch_size", "eval_batch_size", "num_workers", "train_subset", "eval_subset")
-
-
-def checkpoint_datamodule(ckpt: str | Path, root: str | None = None, image_size: int | None = None,
-                          default_root: str = "../shared/data/cifar10-jpg.tar.gz",
-                          **loader: Any) -> Any:
-    """The datamodule ``ckpt`` was trained with, from its saved datamodule hyper-parameters (Lightning keeps
-    them under ``datamodule_hyper_parameters`` with the class path), or a CIFAR-10 datamodule when the
-    checkpoint has none. ``root`` / ``image_size`` replace the saved ones when given; ``loader``
-    (``batch_size``, ``num_workers``, subsets) always does. Only classes of :mod:`datamodules` are built."""
-    import datamodules
-
-    saved = torch.load(ckpt, map_location="cpu", weights_only=True).get("datamodule_hyper_parameters") or {}
-    class_path = str(saved.get("_class_path", "datamodules.CIFAR10DataModule"))
-    name = class_path.rsplit(".", 1)[-1]
-    if not class_path.startswith("datamodules.") or name not in datamodules.__all__ or not name.endswith("DataModule"):
-        raise ValueError(f"{ckpt}: its data module {class_path} is not one of this project's (datamodules.*DataModule)")
-    cls = getattr(datamodules, name)
-    accepted = set(inspect.signature(datamodules.ImageFolderDataModule.__init__).parameters) - {"self"}
-    kwargs = {k: v for k, v in saved.items() if k in accepted and k not in _LOADER_ARGS}
-    kwargs.setdefault("root", default_root)
-    if root is not None:
-        kwargs["root"] = root
-    if image_size is not None:
-        kwargs["image_size"] = image_size
-    return cls(**{**kwargs, **loader})
-
 
 def first_test_image(data: Any) -> np.ndarray:
     """The first test image of a set-up datamodule, normalised as the net sees it (CHW)."""

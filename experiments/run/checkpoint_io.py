@@ -1,5 +1,6 @@
 """Checkpoint files (and run summaries, reports: :func:`write_json`) that survive a full disk or a crash,
-and checkpoints read without running code.
+checkpoints read without running code, and the data module a checkpoint was trained with
+(:func:`checkpoint_datamodule`).
 
 :class:`AtomicCheckpointIO` is the Lightning ``CheckpointIO`` of every experiment (``experiments/run/cli.py``
 adds it to the trainer). Lightning's ``TorchCheckpointIO`` writes through an fsspec transaction but never
@@ -13,6 +14,7 @@ every error.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import json
 import os
@@ -27,7 +29,8 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-__all__ = ["AtomicCheckpointIO", "CheckpointError", "atomic_write", "check_checkpoint_file", "write_bytes", "write_json"]
+__all__ = ["AtomicCheckpointIO", "CheckpointError", "atomic_write", "check_checkpoint_file", "checkpoint_datamodule",
+           "write_bytes", "write_json"]
 
 #: Bytes per ``write`` call.
 CHUNK_BYTES: int = 1 << 22
@@ -146,3 +149,32 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
             raise CheckpointError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}; "
                                   f"use another checkpoint of the run") from err
+
+
+#: Data module arguments a saved checkpoint may carry that the report replaces (loading, subsets).
+_LOADER_ARGS = ("batch_size", "eval_batch_size", "num_workers", "train_subset", "eval_subset")
+
+
+def checkpoint_datamodule(ckpt: str | Path, root: str | None = None, image_size: int | None = None,
+                          default_root: str = "../shared/data/cifar10-jpg.tar.gz",
+                          **loader: Any) -> Any:
+    """The datamodule ``ckpt`` was trained with, from its saved datamodule hyper-parameters (Lightning keeps
+    them under ``datamodule_hyper_parameters`` with the class path), or a CIFAR-10 datamodule when the
+    checkpoint has none. ``root`` / ``image_size`` replace the saved ones when given; ``loader``
+    (``batch_size``, ``num_workers``, subsets) always does. Only classes of :mod:`datamodules` are built."""
+    import datamodules
+
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True).get("datamodule_hyper_parameters") or {}
+    class_path = str(saved.get("_class_path", "datamodules.CIFAR10DataModule"))
+    name = class_path.rsplit(".", 1)[-1]
+    if not class_path.startswith("datamodules.") or name not in datamodules.__all__ or not name.endswith("DataModule"):
+        raise ValueError(f"{ckpt}: its data module {class_path} is not one of this project's (datamodules.*DataModule)")
+    cls = getattr(datamodules, name)
+    accepted = set(inspect.signature(datamodules.ImageFolderDataModule.__init__).parameters) - {"self"}
+    kwargs = {k: v for k, v in saved.items() if k in accepted and k not in _LOADER_ARGS}
+    kwargs.setdefault("root", default_root)
+    if root is not None:
+        kwargs["root"] = root
+    if image_size is not None:
+        kwargs["image_size"] = image_size
+    return cls(**{**kwargs, **loader})

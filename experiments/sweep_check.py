@@ -38,7 +38,7 @@ import torch
 from torchmetrics.functional import spearman_corrcoef
 
 from callbacks.auxiliary_sweep import AuxiliarySweep
-from experiments.run.arguments import OneLineArgumentParser, positive_int
+from experiments.run.arguments import OneLineArgumentParser, positive_float, positive_int, unit_fraction
 from experiments.run.checkpoint_io import check_checkpoint_file, checkpoint_datamodule, write_json
 from experiments.run.checks import ExperimentError
 from experiments.run.cli import exits_cleanly
@@ -105,10 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=positive_int, default=128)
     parser.add_argument("--train_subset", type=positive_int, default=None, help="training images per epoch")
     parser.add_argument("--epochs", type=positive_int, default=4)
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam, as the paper's heads")
+    parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam, as the paper's heads")
     parser.add_argument("--head", default="replication")
     parser.add_argument("--cuts", type=int, nargs="+", default=None, help="cut points (default: all)")
-    parser.add_argument("--tolerance", type=float, default=0.01)
+    parser.add_argument("--tolerance", type=unit_fraction, default=0.01,
+                        help="the tolerance rule's accuracy drop (0.01: one point)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write the comparison as JSON here")
     parser.add_argument("--default_sweep", action="store_true",
@@ -125,14 +126,29 @@ def check_earlier(opts: argparse.Namespace) -> dict[str, Any]:
     """The check named by ``--per_point_from``, refused unless it measured the same baseline the same way."""
     try:
         earlier = json.loads(Path(opts.per_point_from).read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ExperimentError(f"--per_point_from {opts.per_point_from} is not a sweep check's JSON ({err})") from err
+    if not isinstance(earlier, dict) or not isinstance(earlier.get("history"), dict) \
+            or not {"per_point", "one_run"} <= set(earlier["history"]):
+        raise ExperimentError(f"--per_point_from {opts.per_point_from} is not a sweep check's JSON (no per-point "
+                              "and one-run histories)")
     ours = {"baseline_ckpt": opts.baseline_ckpt, "epochs": opts.epochs, "lr": opts.lr, "head": opts.head,
             "train_subset": opts.train_subset, "batch_size": opts.batch_size, "seed": opts.seed}
     differ = [f"{k} {earlier.get(k)!r} (here {v!r})" for k, v in ours.items() if earlier.get(k) != v]
     if differ:
         raise ExperimentError(f"--per_point_from {opts.per_point_from} measured another recipe: {', '.join(differ)}")
     return earlier
+
+
+def check_cuts(ckpt: str, cuts: list[int] | None) -> None:
+    """``--cuts`` are cut points of the baseline's network (its adapter numbers them), else one error line."""
+    if cuts is None:
+        return
+    module = ImageClassifier.load_from_checkpoint(ckpt, map_location="cpu")
+    count = len(module.adapter.cut_points(module.net, module.hparams.in_chans))
+    outside = sorted({k for k in cuts if not 0 <= k < count})
+    if outside:
+        raise ExperimentError(f"--cuts {outside}: the baseline's {module.hparams.backbone} has cut points 0..{count - 1}")
 
 
 def baseline_data(opts: argparse.Namespace, train_subset: int | None) -> L.LightningDataModule:
@@ -165,6 +181,7 @@ def default_sweep_column(opts: argparse.Namespace) -> tuple[dict[int, list[float
 def main(args: list[str] | None = None) -> dict[str, Any]:
     opts = build_parser().parse_args(args)
     check_checkpoint_file(opts.baseline_ckpt, "--baseline_ckpt")
+    check_cuts(opts.baseline_ckpt, opts.cuts)
     started = time.time()
     data = baseline_data(opts, train_subset=opts.train_subset)
     earlier = check_earlier(opts) if opts.per_point_from else None

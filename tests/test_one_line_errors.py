@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import depth_prune, fit_budget, train, width_prune
+from experiments import depth_prune, fit_budget, sweep_check, train, width_prune
 from experiments.bench import latency as bench_latency
 from experiments.bench import profile_model
 from experiments.bench import startup as bench_startup
@@ -118,6 +118,19 @@ def _cases() -> dict[str, tuple[Callable, Args]]:
         cases[f"deploy_report --net {kind}"] = (deploy_report.main, file_case("--net", make, prefix="n="))
         if kind != "truncated":
             cases[f"train --config {kind}"] = (train.main, run_file_case("--config", make))
+        cases[f"sweep_check --baseline_ckpt {kind}"] = (sweep_check.main, file_case("--baseline_ckpt", make))
+        if kind != "truncated":
+            cases[f"sweep_check --per_point_from {kind}"] = (sweep_check.main, lambda w, d, make=make: [
+                "--baseline_ckpt", str(w.checkpoint), "--data_root", str(w.data), "--default_sweep",
+                "--per_point_from", str(make(w, d))])
+    for name, text in (("a list", "[1, 2]"), ("another JSON", '{"rows": []}')):
+        cases[f"sweep_check --per_point_from {name}"] = (sweep_check.main, lambda w, d, text=text: [
+            "--baseline_ckpt", str(w.checkpoint), "--data_root", str(w.data), "--default_sweep",
+            "--per_point_from", str(_write(d / "check.json", text))])
+    for option, value in (("--cuts", "14"), ("--cuts", "-1"), ("--lr", "0"), ("--lr", "nan"), ("--tolerance", "-3"),
+                          ("--epochs", "0"), ("--sweep_epochs", "0"), ("--train_subset", "0")):
+        cases[f"sweep_check {option} {value}"] = (sweep_check.main, lambda w, d, o=option, v=value: [
+            "--baseline_ckpt", str(w.checkpoint), "--data_root", str(w.data), o, v])
     cases["fit_budget --baseline_ckpt truncated"] = (fit_budget.main, run_file_case("--baseline_ckpt", _truncated))
     numeric = {"--model.lr": ["0", "-0.1", "fast"], "--trainer.max_epochs": ["0", "-3"],
                "--trainer.max_steps": ["0"], "--trainer.limit_train_batches": ["0"],
@@ -147,6 +160,11 @@ def _cases() -> dict[str, tuple[Callable, Args]]:
                        (bench_startup.main, ["--runs", "0"])):
         cases[f"{main.__module__.split('.')[-1]} {' '.join(args)}"] = (main, lambda w, d, a=args: list(a))
     return cases
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
 
 
 def _summary_dir(d: Path, text: str) -> list[str]:

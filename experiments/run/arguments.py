@@ -44,3 +44,19 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} is negative")
     return value
+
+
+def positive_float(text: str) -> float:
+    """An ``argparse`` type: a number above 0 (a learning rate)."""
+    value = float(text)
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
+def unit_fraction(text: str) -> float:
+    """An ``argparse`` type: a number in [0, 1] (an accuracy drop, a fraction)."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not in [0, 1]")
+    return value

@@ -166,3 +166,17 @@ def test_convergence_is_judged_per_seed_against_one_point() -> None:
     # a seed without its control is left out, not counted as zero gain
     (row,), _ = convergence_finding("X", cols([0.62, 0.63, 0.60], [0.67, None, 0.66]), 128)
     assert "+5.50 ± 0.71 (+5.00 to +6.00, 2 seeds)" in row and row.endswith("| does not hold |")
+
+
+def test_the_compute_line_says_which_wall_times_were_corrected_and_that_the_total_is_then_a_lower_bound() -> None:
+    plain = {"wall_time_s": 3600.0}
+    assert report.compute_line([plain]).endswith("deployment checks not included).")
+    fixed = {"wall_time_s": 1800.0, "wall_time_correction": {"reported_s": 3600.0, "subtracted_s": 1800.0,
+                                                             "lower_bound": False}}
+    resumed = {"wall_time_s": 1800.0, "wall_time_correction": {"reported_s": 5400.0, "subtracted_s": 3600.0,
+                                                               "lower_bound": True}}
+    line = report.compute_line([plain, fixed, resumed])
+    assert "the 3 runs on this page trained for 2.0 h" in line
+    assert "2 summaries were written while the run clock counted" in line and "(1.0 h instead of 2.5 h" in line
+    assert line.endswith("1 of them, resumed runs, lack their earlier processes' time: the total is a lower bound.")
+    assert report.compute_line([plain, fixed]).endswith("`wall_time_correction` in each).")

@@ -155,14 +155,18 @@ def test_convergence_is_judged_per_seed_against_one_point() -> None:
     def cols(base: list[float | None], ctrl: list[float | None]) -> dict:
         return {"baseline_test": base, "control": ctrl}
 
-    # no control: no row, verdicts untouched
-    assert convergence_finding("X", cols([0.7, 0.7], [None, None]), 32)[0] == []
+    # no depth run: no row; depth runs without a control: a row that cannot tell, and verdicts say so
+    assert convergence_finding("X", cols([None], [0.8]), 32)[0] == []
+    (row,), qualify = convergence_finding("X", cols([0.7, 0.7], [None, None]), 32)
+    assert row.endswith("| no same-budget control run yet | cannot tell (no same-budget control run) |")
+    assert qualify("holds") == "holds, against a baseline not shown to have converged"
+    assert qualify("cannot tell") == "cannot tell"
     # the control within half a point of the baseline on three seeds: converged, nothing added
     (row,), qualify = convergence_finding("X", cols([0.80, 0.81, 0.79], [0.802, 0.812, 0.793]), 32)
     assert row.endswith("| holds |") and qualify("holds") == "holds"
     # seeds that disagree (one control far above, one far below): cannot tell, nothing added
     (row,), qualify = convergence_finding("X", cols([0.74, 0.76, 0.76], [0.80, 0.69, 0.78]), 32)
-    assert row.endswith("| cannot tell |") and qualify("holds") == "holds"
+    assert row.endswith("| cannot tell |") and qualify("holds") == "holds, against a baseline not shown to have converged"
     # a seed without its control is left out, not counted as zero gain
     (row,), _ = convergence_finding("X", cols([0.62, 0.63, 0.60], [0.67, None, 0.66]), 128)
     assert "+5.50 ± 0.71 (+5.00 to +6.00, 2 seeds)" in row and row.endswith("| does not hold |")

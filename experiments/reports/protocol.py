@@ -333,16 +333,19 @@ def convergence_finding(name: str, cols: dict[str, list[float | None]], image_si
                         bound: float = CONVERGED_GAIN) -> tuple[list[str], Callable[[str], str]]:
     """The premise of every "pruned − baseline" verdict: the baseline had converged, i.e. the unpruned net
     trained as long as baseline + fine-tuning (the same-budget control) gains less than ``bound`` on it, per
-    seed. Returns the Findings row (none without a control) and a function that marks a verdict drawn against
-    a baseline shown not to have converged."""
-    gains = [c - b for c, b in zip(cols["control"], cols["baseline_test"], strict=True) if c is not None and b is not None]
-    if not gains:
+    seed. Returns the Findings row (none without a depth run) and a function that qualifies a verdict drawn
+    against a baseline shown not to have converged, or not shown to have."""
+    claim = (f"| {name} @{image_size} px: the baseline had converged (the premise of the Δ rows): the same-budget "
+             f"unpruned net gains < {100 * bound:g} point on it")
+    if not any(b is not None for b in cols["baseline_test"]):
         return [], lambda text: text
+    gains = [c - b for c, b in zip(cols["control"], cols["baseline_test"], strict=True) if c is not None and b is not None]
     # baseline − control ≥ −bound by two standard errors: "more epochs would not have helped the baseline"
-    answer = verdict([-g for g in gains], -bound)
-    row = (f"| {name} @{image_size} px: the baseline had converged (the premise of the Δ rows): the same-budget "
-           f"unpruned net gains < {100 * bound:g} point on it | control − baseline {fmt_spread(gains, signed=True)} "
-           f"pp | {answer} |")
-    if answer == "does not hold":
-        return [row], lambda text: f"{text}, but against a baseline that had not converged"
-    return [row], lambda text: text
+    answer = verdict([-g for g in gains], -bound) if gains else "cannot tell (no same-budget control run)"
+    ours = f"control − baseline {fmt_spread(gains, signed=True)} pp" if gains else "no same-budget control run yet"
+    row = f"{claim} | {ours} | {answer} |"
+    if answer == "holds":
+        return [row], lambda text: text
+    caveat = "but against a baseline that had not converged" if answer == "does not hold" else \
+        "against a baseline not shown to have converged"
+    return [row], lambda text: text if text.startswith("cannot tell") else f"{text}, {caveat}"

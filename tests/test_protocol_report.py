@@ -184,3 +184,19 @@ def test_the_compute_line_says_which_wall_times_were_corrected_and_that_the_tota
     assert "2 summaries were written while the run clock counted" in line and "(1.0 h instead of 2.5 h" in line
     assert line.endswith("1 of them, resumed runs, lack their earlier processes' time: the total is a lower bound.")
     assert report.compute_line([plain, fixed]).endswith("`wall_time_correction` in each).")
+
+
+def test_a_run_found_in_two_folders_counts_once_with_its_newest_summary(tmp_path: Path) -> None:
+    """A summary corrected in logs/ after its copy was archived is the one the page shows, whichever folder
+    comes first on the command line."""
+    import os
+
+    archive, logs = tmp_path / "archive", tmp_path / "logs"
+    write_run(archive, "c0", control(0, 0.80) | {"wall_time_s": 7200.0})
+    write_run(logs, "c0", control(0, 0.80) | {"wall_time_s": 3600.0})
+    old, new = (root / "tinyml-pruning" / "c0" / "summary.json" for root in (archive, logs))
+    os.utime(old, (1_000_000, 1_000_000))
+    os.utime(new, (2_000_000, 2_000_000))
+    for order in ([logs, archive], [archive, logs]):
+        out = report.main(["--runs", *map(str, order), "--out", str(tmp_path / "docs" / "R.md"), "--latency_runs", "0"])
+        assert "the 1 runs on this page trained for 1.0 h" in out.read_text()

@@ -344,12 +344,13 @@ def archive_runs(summaries: list[dict], archive: Path) -> None:
 def main(args: list[str] | None = None) -> Path:
     parser = OneLineArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=Path, nargs="+", default=[Path("logs"), Path("docs/runs")],
-                        help="folders searched for summary.json (a run found twice counts once)")
+                        help="folders searched for summary.json (a run found twice counts once: its newest summary)")
     parser.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"))
     parser.add_argument("--latency_runs", type=int, default=50,
                         help="timed runs per network for the latency plot (0: no latency)")
     opts = parser.parse_args(args)
     found = [s for root in opts.runs if root.is_dir() for s in load_summaries(root)]
+    found.sort(key=lambda s: Path(s["_path"]).stat().st_mtime)  # a run found twice: its newest summary wins
     summaries = list({Path(s["_path"]).parent.name: s for s in found}.values())  # one entry per run id
     if not summaries:
         raise SystemExit(f"error: no summary.json under {', '.join(map(str, opts.runs))}; run an experiment first")

@@ -47,10 +47,13 @@ from lightning_modules.pruning.depth_cut import Baseline, CutPoint, choose_cut
 
 
 class HeadHistory(L.Callback):
-    """Every validation's accuracy of every auxiliary head (``val/aux_<k>/acc``)."""
+    """Every validation's accuracy of every auxiliary head (``val/aux_<k>/acc``), and a progress line per epoch
+    (a check runs for minutes to an hour without a progress bar)."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str = "") -> None:
         self.history: dict[int, list[float]] = {}
+        self.label = label
+        self.started = time.time()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or pl_module.aux_heads is None:
@@ -59,6 +62,11 @@ class HeadHistory(L.Callback):
             value = trainer.callback_metrics.get(f"val/aux_{k}/acc")
             if value is not None:
                 self.history.setdefault(int(k), []).append(float(value))
+        accs = {k: h[-1] for k, h in self.history.items()}
+        if accs and self.label:
+            print(f"{self.label}: epoch {trainer.current_epoch + 1}/{trainer.max_epochs}, heads "
+                  f"{100 * min(accs.values()):.2f}–{100 * max(accs.values()):.2f} % "
+                  f"({(time.time() - self.started) / 60:.1f} min)", flush=True)
 
 
 def train_heads(ckpt: str, data: L.LightningDataModule, cuts: list[int] | None, epochs: int, lr: float,
@@ -69,7 +77,7 @@ def train_heads(ckpt: str, data: L.LightningDataModule, cuts: list[int] | None, 
     L.seed_everything(seed, verbose=False)
     module = ImageClassifier.load_from_checkpoint(ckpt, map_location="cpu", scheduler="cosine")
     sweep = AuxiliarySweep(start_epoch=0, epochs=epochs, head=head, cut_points=cuts, optimizer=optimizer, lr=lr)
-    history = HeadHistory()
+    history = HeadHistory(label=f"{'all heads' if cuts is None or len(cuts) > 1 else f'cut {cuts[0]}'}, {optimizer}")
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[sweep, history],
                         num_sanity_val_steps=0)

@@ -26,7 +26,8 @@ def test_rank_correlation_is_spearman_over_common_cuts() -> None:
     assert sweep_check.rank_correlation(a, {k: 0.3 for k in a}) is None  # a constant column ranks nothing
 
 
-def test_per_point_heads_and_the_one_run_sweep_from_one_baseline(tmp_path: Path) -> None:
+def test_per_point_heads_and_the_one_run_sweep_from_one_baseline(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     root = fake_data.make_image_folder(tmp_path / "cifar", {"train": 8, "test": 4})
     module = ImageClassifier(num_classes=3, width_mult=0.25)
     trained_like(module.net)
@@ -37,6 +38,8 @@ def test_per_point_heads_and_the_one_run_sweep_from_one_baseline(tmp_path: Path)
     result = sweep_check.main(["--baseline_ckpt", str(ckpt), "--data_root", str(root), "--cuts", "0", "2", "5",
                                "--epochs", "2", "--batch_size", "8", "--sweep", str(sweep_json), "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    printed = capsys.readouterr().out
+    assert "all heads, adam: epoch 1/2, heads" in printed and "cut 5, adam: epoch 2/2, heads" in printed  # progress
     assert set(result["columns"]) == {"per_point", "one_run", "depth_run_sweep"}
     assert all(set(col) == {"0", "2", "5"} for col in result["columns"].values())
     assert all(len(h) == 2 for h in result["history"]["per_point"].values())  # one accuracy per epoch

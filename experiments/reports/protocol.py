@@ -318,6 +318,11 @@ def findings(summaries: list[dict], sweep_checks: list[dict] | None = None, widt
         lines.append(f"| pruning raises accuracy on {name} ({ref['baseline']:.2f} → {ref['original']:.2f} %) "
                      f"| {'Δ ' + fmt_spread(diffs, signed=True) + ' pp at 128 px' if diffs else 'not run yet'} "
                      f"| {qualify(verdict(diffs, 0.0)) if diffs else 'cannot tell (not run)'} |")
+        randoms = present("d_random", cols)
+        if randoms:
+            lines.append(f"| {name}: random init raises accuracy too ({ref['baseline']:.2f} → {ref['random']:.2f} %) "
+                         f"| Δ random {fmt_spread(randoms, signed=True)} pp at 128 px "
+                         f"| {qualify(verdict(randoms, 0.0))} |")
         controls = present("d_control", cols)
         if controls:
             lines.append(f"| {name}: the gain is not just more epochs: cut@6 ≥ the same-budget unpruned net "

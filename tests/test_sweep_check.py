@@ -170,6 +170,10 @@ def test_a_default_sweep_check_joins_the_check_whose_heads_it_reused() -> None:
     both = merge_default_sweeps([check_record("sweep_check_b", 0, per_point, per_point),
                                  default("sweep_check_b_default", "sweep_check_b", 7, 1.0), longer])
     assert set(both[0]["columns"]) == {"per_point", "one_run", "default_sweep", "sweep_2_epochs"}
+    sixteen = {**longer, "_name": "sweep_check_b_default16", "default_sweep": {**longer["default_sweep"], "epochs": 16}}
+    # columns by sweep length, not by file name ("default16" sorts before "default2")
+    ordered = merge_default_sweeps([check_record("sweep_check_b", 0, per_point, per_point), sixteen, longer])
+    assert list(ordered[0]["columns"])[-2:] == ["sweep_2_epochs", "sweep_16_epochs"]
     assert both[0]["rules"]["sweep_2_epochs"]["tolerance"] == 6
     assert sweep_findings(both)[1].endswith("| holds |")  # the Findings row judges the default length only
     # the 2-epoch column (0.5 + …) against the per-point heads (0.30, 0.50, 0.73): it leads nowhere here
@@ -284,6 +288,7 @@ def test_the_longest_sweep_stands_as_converged_heads_once_half_as_long_a_sweep_i
     assert converged_reference(climbing) == (None, "1 → 2 epochs moves cut 0 by 10.00 pp, the most of any cut point")
     assert converged_findings([climbing])[0].endswith("| cannot tell (no converged reference) |")
     assert reference_text(climbing).startswith("No column stands as converged heads yet")
+    assert reference_text(climbing).endswith("by sweep length: 1 epoch: tolerance 3, knee 1; 2 epochs: tolerance 3, knee 1")
     settled = check((1, [0.30, 0.50, 0.60, 0.62]), (2, [0.40, 0.55, 0.61, 0.62]), (4, [0.405, 0.556, 0.612, 0.621]))
     assert converged_reference(settled)[0] == "sweep_4_epochs"
     row = converged_findings([settled])[0]

@@ -173,7 +173,7 @@ def merge_default_sweeps(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ``sweep_<n>_epochs``."""
     by_name = {c["_name"]: c for c in checks}
     merged = [c for c in checks if not c.get("per_point_from")]
-    for extra in (c for c in checks if c.get("per_point_from")):
+    for extra in sorted((c for c in checks if c.get("per_point_from")), key=lambda c: int(c["default_sweep"]["epochs"])):
         earlier = by_name.get(Path(extra["per_point_from"]).stem)
         if earlier is None:
             raise FileNotFoundError(f"{extra['_name']}.json reuses {extra['per_point_from']}, which is not among the checks")
@@ -241,7 +241,7 @@ def reference_gap_text(result: dict[str, Any]) -> str | None:
 def default_sweep_text(result: dict[str, Any]) -> list[str]:
     """How the default-optimiser sweep columns were measured (nothing without one)."""
     lines = []
-    for column, extra in sorted(result.get("sweep_variants", {}).items()):
+    for column, extra in sorted(result.get("sweep_variants", {}).items(), key=lambda item: int(item[1]["epochs"])):
         what = "the sweep as `depth_prune.py` trains it unless told otherwise" if column == "default_sweep" else \
             "the same sweep for longer"
         lines += [f"The column *{column_title(column)}* is {what}: all heads in one fit, {extra['optimizer']} lr "
@@ -317,11 +317,15 @@ def against_reference(result: dict[str, Any], reference: str) -> dict[str, float
 
 def reference_text(result: dict[str, Any]) -> str | None:
     """The section's line on the converged reference: its evidence, every column's ρ and cuts against it."""
-    if len(sweep_lengths(result)) < 2:
+    lengths = sweep_lengths(result)
+    if len(lengths) < 2:
         return None
+    by_length = "; ".join(f"{n} epoch{'s' if n > 1 else ''}: tolerance {result['rules'][c]['tolerance']}, knee "
+                          f"{result['rules'][c]['knee']}" for n, c in lengths)
     reference, evidence = converged_reference(result)
     if reference is None:
-        return f"No column stands as converged heads yet: {evidence} (the bar: under {100 * CONVERGED_CHANGE:g} pp)"
+        return (f"No column stands as converged heads yet: {evidence} (the bar: under {100 * CONVERGED_CHANGE:g} pp). "
+                f"The rules' cuts by sweep length: {by_length}")
     rules = result["rules"][reference]
     others = "; ".join(f"{column_title(n)} ρ {_rho(rho)}, cuts {result['rules'][n]['tolerance']} / "
                        f"{result['rules'][n]['knee']}" for n, rho in against_reference(result, reference).items()

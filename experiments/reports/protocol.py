@@ -161,7 +161,8 @@ def paired_table(seeds: dict[int, dict[str, Any]]) -> list[str]:
              "| cut@6 random % | Δ random (pp) | same-budget control % | cut − control (pp) | runs |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for i, (seed, runs) in enumerate(seeds.items()):
-        ids = ", ".join(f"{k} `{Path(s['_path']).parent.name}`" for k, s in runs.items())
+        ids = ", ".join(f"{k} `{Path(runs[k]['_path']).parent.name}`" for k in ("original", "random", "control")
+                        if k in runs)
         lines.append(f"| {seed} | {pct(cols['baseline_val'][i])} | {pct(cols['baseline_test'][i])} "
                      f"| {pct(cols['original'][i])} | {points(cols['d_original'][i])} "
                      f"| {pct(cols['random'][i])} | {points(cols['d_random'][i])} "

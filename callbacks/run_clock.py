@@ -23,6 +23,7 @@ class RunClock(Callback):
     def __init__(self) -> None:
         self.started = time.time()  # built with the trainer, at the start of the process
         self.before = 0.0  # seconds of the earlier processes of this run (from the resumed checkpoint)
+        self._resuming = True  # whether the checkpoint being loaded resumes a fit (set by on_load_checkpoint)
 
     def seconds(self) -> float:
         """The run's wall time up to now, earlier processes included."""
@@ -36,6 +37,5 @@ class RunClock(Callback):
         self._resuming = trainer.state.fn == TrainerFn.FITTING
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if getattr(self, "_resuming", True):
+        if self._resuming:
             self.before = float(state_dict.get("seconds", 0.0))
-        self._resuming = True

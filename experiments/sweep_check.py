@@ -42,6 +42,7 @@ from experiments.run.arguments import OneLineArgumentParser, positive_float, pos
 from experiments.run.checkpoint_io import check_checkpoint_file, checkpoint_datamodule, write_json
 from experiments.run.checks import ExperimentError
 from experiments.run.cli import exits_cleanly
+from experiments.run.services import read_module
 from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.pruning.depth_cut import Baseline, CutPoint, choose_cut
 
@@ -152,7 +153,7 @@ def check_cuts(ckpt: str, cuts: list[int] | None) -> None:
     """``--cuts`` are cut points of the baseline's network (its adapter numbers them), else one error line."""
     if cuts is None:
         return
-    module = ImageClassifier.load_from_checkpoint(ckpt, map_location="cpu")
+    module = read_module(ImageClassifier, ckpt)
     count = len(module.adapter.cut_points(module.net, module.hparams.in_chans))
     outside = sorted({k for k in cuts if not 0 <= k < count})
     if outside:
@@ -191,13 +192,13 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     check_checkpoint_file(opts.baseline_ckpt, "--baseline_ckpt")
     check_cuts(opts.baseline_ckpt, opts.cuts)
     started = time.time()
-    data = baseline_data(opts, train_subset=opts.train_subset)
     earlier = check_earlier(opts) if opts.per_point_from else None
     if earlier is not None and not opts.default_sweep:
         raise ExperimentError("--per_point_from reuses an earlier check's columns: add --default_sweep, the column "
                               "to measure against them")
     default, sweep = default_sweep_column(opts) if opts.default_sweep else ({}, None)
     if earlier is None:
+        data = baseline_data(opts, train_subset=opts.train_subset)
         one_run, sweep = train_heads(opts.baseline_ckpt, data, opts.cuts, opts.epochs, opts.lr, opts.head, opts.seed)
         per_point: dict[int, list[float]] = {}
         for i, k in enumerate(sorted(one_run), 1):

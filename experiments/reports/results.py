@@ -209,15 +209,16 @@ def width_finding(width: list[dict]) -> str:
 def compute_line(summaries: list[dict]) -> str:
     """The training compute behind the page: the sum of the runs' wall times (each run's own clock)."""
     seconds = [s["wall_time_s"] for s in summaries if s.get("wall_time_s")]
-    corrected = [s["wall_time_correction"] for s in summaries if s.get("wall_time_correction")]
+    corrected = [s for s in summaries if s.get("wall_time_correction")]
     line = (f"Compute: the {len(seconds)} runs on this page trained for {sum(seconds) / 3600:.1f} h of wall time "
             "in all (the sum of their `wall_time_s`; benchmarks and deployment checks not included).")
     if corrected:
-        lower = sum(bool(c.get("lower_bound")) for c in corrected)
+        lower = sum(bool(s["wall_time_correction"].get("lower_bound")) for s in corrected)
         line += (f" {len(corrected)} summaries were written while the run clock counted a process's time up to its "
                  f"tested checkpoint twice; their `wall_time_s` has that checkpoint's clock subtracted "
-                 f"({sum(c['reported_s'] - c.get('subtracted_s', 0) for c in corrected) / 3600:.1f} h instead of "
-                 f"{sum(c['reported_s'] for c in corrected) / 3600:.1f} h, `wall_time_correction` in each)"
+                 f"({sum(s['wall_time_s'] for s in corrected) / 3600:.1f} h instead of "
+                 f"{sum(s['wall_time_correction']['reported_s'] for s in corrected) / 3600:.1f} h, "
+                 "`wall_time_correction` in each)"
                  + (f", and {lower} of them, resumed runs, lack their earlier processes' time: the total is a lower "
                     "bound." if lower else "."))
     return line

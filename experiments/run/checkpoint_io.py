@@ -151,7 +151,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                                   f"use another checkpoint of the run") from err
 
 
-#: Data module arguments a saved checkpoint may carry that the report replaces (loading, subsets).
+#: Data module arguments a saved checkpoint may carry that the caller replaces (loading, subsets).
 _LOADER_ARGS = ("batch_size", "eval_batch_size", "num_workers", "train_subset", "eval_subset")
 
 

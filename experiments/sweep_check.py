@@ -38,8 +38,8 @@ import torch
 from torchmetrics.functional import spearman_corrcoef
 
 from callbacks.auxiliary_sweep import AuxiliarySweep
-from experiments.run.arguments import OneLineArgumentParser, positive_float, positive_int, unit_fraction
-from experiments.run.checkpoint_io import check_checkpoint_file, checkpoint_datamodule, write_json
+from experiments.run.arguments import OneLineArgumentParser, non_negative_int, positive_float, positive_int, unit_fraction
+from experiments.run.checkpoint_io import check_checkpoint_file, checkpoint_datamodule, weights_digest, write_json
 from experiments.run.checks import ExperimentError
 from experiments.run.cli import exits_cleanly
 from experiments.run.services import read_module
@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="add a column: the one-run sweep as depth_prune.py runs it by default (its optimiser "
                              "and learning rate, --sweep_epochs epochs on the whole training split)")
     parser.add_argument("--sweep_epochs", type=positive_int, default=1, help="epochs of --default_sweep")
+    parser.add_argument("--num_workers", type=non_negative_int, default=2,
+                        help="data-loading processes (0: in the main process, about half as fast on 2 cores)")
     parser.add_argument("--per_point_from", default=None,
                         help="take the per-point column from this earlier check of the same baseline and recipe "
                              "instead of training it again")
@@ -146,7 +148,22 @@ def check_earlier(opts: argparse.Namespace) -> dict[str, Any]:
     differ = [f"{k} {earlier.get(k)!r} (here {v!r})" for k, v in ours.items() if earlier.get(k) != v]
     if differ:
         raise ExperimentError(f"--per_point_from {opts.per_point_from} measured another recipe: {', '.join(differ)}")
+    recorded = earlier.get("baseline_weights_sha256")
+    if recorded is not None and recorded != opts.baseline_digest:
+        raise ExperimentError(f"--per_point_from {opts.per_point_from} measured other weights than --baseline_ckpt "
+                              f"{opts.baseline_ckpt} holds now (weights sha256 {recorded[:12]}…, here "
+                              f"{opts.baseline_digest[:12]}…): the checkpoint was retrained or replaced")
     return earlier
+
+
+def check_same_baseline(opts: argparse.Namespace, earlier: dict[str, Any] | None, acc: float) -> None:
+    """An earlier check without a weights digest: its baseline's validation accuracy must be this one's
+    (a baseline retrained under the same path would otherwise pass as the one its heads were trained on)."""
+    if earlier is not None and earlier.get("baseline_val_acc") is not None \
+            and abs(float(earlier["baseline_val_acc"]) - acc) > 1e-6:
+        raise ExperimentError(f"--per_point_from {opts.per_point_from} measured a baseline of validation accuracy "
+                              f"{100 * float(earlier['baseline_val_acc']):.2f} %, --baseline_ckpt {opts.baseline_ckpt} "
+                              f"has {100 * acc:.2f} %: another network (retrained or replaced); nothing written")
 
 
 def check_cuts(ckpt: str, cuts: list[int] | None) -> None:
@@ -165,7 +182,7 @@ def baseline_data(opts: argparse.Namespace, train_subset: int | None) -> L.Light
     with ``--data_root`` / ``--image_size`` where given, this check's batch size and ``train_subset``."""
     try:
         return checkpoint_datamodule(opts.baseline_ckpt, opts.data_root, opts.image_size, batch_size=opts.batch_size,
-                                     num_workers=0, train_subset=train_subset)
+                                     num_workers=opts.num_workers, train_subset=train_subset)
     except (ValueError, OSError) as err:
         raise ExperimentError(f"--baseline_ckpt {opts.baseline_ckpt}: {err}") from err
 
@@ -191,6 +208,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     opts = build_parser().parse_args(args)
     check_checkpoint_file(opts.baseline_ckpt, "--baseline_ckpt")
     check_cuts(opts.baseline_ckpt, opts.cuts)
+    opts.baseline_digest = weights_digest(opts.baseline_ckpt)
     started = time.time()
     earlier = check_earlier(opts) if opts.per_point_from else None
     if earlier is not None and not opts.default_sweep:
@@ -213,6 +231,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
                                   f"measures {sorted(default)}")
     cuts = sorted(one_run)
     baseline = Baseline(params=sweep.baseline["params"], macs=sweep.baseline["macs"], acc=sweep.baseline["acc"])
+    check_same_baseline(opts, earlier, baseline.acc)
     columns = {"per_point": {k: h[-1] for k, h in per_point.items()}, "one_run": {k: h[-1] for k, h in one_run.items()}}
     if opts.default_sweep:
         columns["default_sweep"] = {k: h[-1] for k, h in default.items()}
@@ -222,9 +241,10 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     result = {
         "per_point_from": opts.per_point_from,
         "default_sweep": default_sweep_recipe(opts.sweep_epochs) if opts.default_sweep else None,
-        "baseline_ckpt": opts.baseline_ckpt, "baseline_val_acc": baseline.acc, "epochs": opts.epochs, "lr": opts.lr,
+        "baseline_ckpt": opts.baseline_ckpt, "baseline_weights_sha256": opts.baseline_digest,
+        "baseline_val_acc": baseline.acc, "epochs": opts.epochs, "lr": opts.lr,
         "optimizer": "adam, cosine", "head": opts.head, "seed": opts.seed, "train_subset": opts.train_subset,
-        "batch_size": opts.batch_size,
+        "batch_size": opts.batch_size, "num_workers": opts.num_workers,
         "costs": {str(k): sweep.costs[k] for k in cuts},
         "columns": {name: {str(k): v for k, v in col.items()} for name, col in columns.items()},
         "history": {"per_point": {str(k): v for k, v in per_point.items()},

@@ -255,5 +255,11 @@ def test_a_fixed_input_size_network_runs_at_its_size_or_is_refused(world: World,
     with pytest.raises(ExperimentError, match=r"--data.image_size 32 .*224x224 inputs only.*img_size") as exc:
         check_resolution(fixed, Data())
     assert "\n" not in str(exc.value)
-    check_resolution(ImageClassifier(backbone="vit_tiny_patch16_224", num_classes=3,
-                                     backbone_kwargs={"img_size": 32}), Data())  # built for 32 px: runs
+    built_for_32 = ImageClassifier(backbone="vit_tiny_patch16_224", num_classes=3, backbone_kwargs={"img_size": 32})
+    check_resolution(built_for_32, Data())  # built for 32 px: runs
+    Data.hparams.image_size = 64  # the hint names the size the net was built for, not its pretrained config's
+    with pytest.raises(ExperimentError, match=r"--data.image_size 64 .*32x32 inputs only: use --data.image_size 32"):
+        check_resolution(built_for_32, Data())
+    # the cut points are measured at the size the net takes (a 64-px probe would trip its patch embedding)
+    points = built_for_32.adapter.cut_points(built_for_32.net)
+    assert len(points) == 12 and {p.stride for p in points} == {16} and points[-1].channels == 192

@@ -81,6 +81,43 @@ def test_the_default_sweep_is_measured_against_an_earlier_checks_heads(tmp_path:
                               str(earlier)])
     with pytest.raises(SystemExit, match="error: --per_point_from .* add --default_sweep"):
         sweep_check.main([*common, "--per_point_from", str(earlier)])
+    assert first["baseline_weights_sha256"] == later["baseline_weights_sha256"]
+
+
+def test_heads_of_another_network_under_the_same_path_are_refused(tmp_path: Path) -> None:
+    """A baseline retrained to the same checkpoint path is another network: an earlier check's heads are not
+    its heads. Refused before training by the weights digest; an earlier check without a digest by its
+    baseline's validation accuracy; and the report will not put the two side by side. Nothing is written."""
+    root = fake_data.make_image_folder(tmp_path / "cifar", {"train": 8, "test": 4})
+    module = ImageClassifier(num_classes=3, width_mult=0.25)
+    trained_like(module.net)
+    ckpt = save_checkpoint(module, tmp_path / "baseline.ckpt")
+    common = ["--baseline_ckpt", str(ckpt), "--data_root", str(root), "--cuts", "0", "2", "5", "--epochs", "1",
+              "--batch_size", "8"]
+    earlier = tmp_path / "runs" / "sweep_check_first.json"
+    first = sweep_check.main([*common, "--out", str(earlier)])
+    torch.manual_seed(123)
+    retrained = ImageClassifier(num_classes=3, width_mult=0.25)
+    trained_like(retrained.net)
+    save_checkpoint(retrained, ckpt)  # same path, other weights
+    later = tmp_path / "runs" / "sweep_check_first_default.json"
+    with pytest.raises(SystemExit, match=r"error: --per_point_from .* measured other weights .* retrained or replaced"):
+        sweep_check.main([*common, "--default_sweep", "--per_point_from", str(earlier), "--out", str(later)])
+    # a check from before the digest, whose baseline scored 12.35 % (no fraction of the 12 test images)
+    legacy = {**{k: v for k, v in first.items() if k != "baseline_weights_sha256"}, "baseline_val_acc": 0.123456}
+    earlier.write_text(json.dumps(legacy))
+    with pytest.raises(SystemExit) as exc:
+        sweep_check.main([*common, "--default_sweep", "--per_point_from", str(earlier), "--out", str(later)])
+    message = str(exc.value.code)
+    assert message.startswith("error: --per_point_from") and "validation accuracy 12.35 %" in message
+    assert "\n" not in message and not later.exists()
+    from experiments.reports.sweep_check import merge_default_sweeps
+
+    other = {**legacy, "_name": "sweep_check_first_default", "per_point_from": str(earlier),
+             "baseline_val_acc": legacy["baseline_val_acc"] + 0.01,
+             "default_sweep": {"optimizer": "adam", "lr": 1e-3, "epochs": 1, "train_subset": None}}
+    with pytest.raises(ValueError, match="measured another baseline"):
+        merge_default_sweeps([{**legacy, "_name": "sweep_check_first"}, other])
 
 
 def test_a_missing_baseline_is_one_error_line(tmp_path: Path) -> None:
@@ -137,6 +174,10 @@ def test_disagreements_are_located_and_judged_against_the_heads_own_seed_change(
     # another baseline is no repeat, and a one-run column that swaps two clearly separated cuts fails
     other = check_record("sweep_check_c", 0, per_point, {**one_run, "0": 0.6}, baseline="c.ckpt")
     assert head_noise([first, other]) is None
+    # nor is a baseline retrained under the same path (another validation accuracy, or other weights)
+    assert head_noise([{**first, "baseline_val_acc": 0.74}, {**repeat, "baseline_val_acc": 0.7427}]) is None
+    assert head_noise([{**first, "baseline_weights_sha256": "a"}, {**repeat, "baseline_weights_sha256": "b"}]) is None
+    assert "(2 baselines" in sweep_findings([{**first, "baseline_val_acc": 0.74}, {**repeat, "baseline_val_acc": 0.75}])[0]
     rows = sweep_findings([first, repeat, other])
     assert "(2 baselines, 4 epochs)" in rows[0] and rows[1].endswith("| does not hold |")
 

@@ -83,8 +83,17 @@ def knee_margin_text(result: dict[str, Any], name: str) -> str | None:
             f"{where(ours)} and cut {theirs} {where(theirs)}")
 
 
+def baseline_identity(check: dict[str, Any]) -> tuple:
+    """Which network a check measured: its path and validation accuracy (a baseline retrained under one path
+    is another network), or its weights digest where it has one."""
+    acc = check.get("baseline_val_acc")
+    return (check.get("baseline_ckpt"), None if acc is None else round(float(acc), 6),
+            check.get("baseline_weights_sha256"))
+
+
 def _protocol(check: dict[str, Any]) -> tuple:
-    return tuple(check.get(k) for k in ("baseline_ckpt", "epochs", "lr", "head", "train_subset", "optimizer"))
+    return (baseline_identity(check),
+            *(check.get(k) for k in ("epochs", "lr", "head", "train_subset", "optimizer")))
 
 
 def seed_repeats(checks: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -126,7 +135,7 @@ def sweep_findings(checks: list[dict[str, Any]]) -> list[str]:
              "both rules choose the same cut")
     if not checks:
         return [f"{claim} | not measured yet | cannot tell |"]
-    baselines = len({c["baseline_ckpt"] for c in checks})
+    baselines = len({baseline_identity(c) for c in checks})
     parts, ok, beyond, same_all = [], [], [], []
     noise = head_noise(checks)
     for check in checks:
@@ -166,6 +175,16 @@ def column_title(name: str) -> str:
     return _COLUMN_TITLES.get(name, name)
 
 
+def same_baseline(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two checks measured one network: equal weight digests where both have one, else equal baseline
+    validation accuracy."""
+    if a.get("baseline_weights_sha256") and b.get("baseline_weights_sha256"):
+        return a["baseline_weights_sha256"] == b["baseline_weights_sha256"]
+    if a.get("baseline_val_acc") is None or b.get("baseline_val_acc") is None:
+        return True  # nothing recorded to tell them apart
+    return abs(float(a["baseline_val_acc"]) - float(b["baseline_val_acc"])) <= 1e-6
+
+
 def merge_default_sweeps(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A check that measured only a default-optimiser sweep against an earlier check's heads
     (``per_point_from``) becomes a column of that check (its Spearman ρ, its rules' cuts, its command), so
@@ -177,6 +196,11 @@ def merge_default_sweeps(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
         earlier = by_name.get(Path(extra["per_point_from"]).stem)
         if earlier is None:
             raise FileNotFoundError(f"{extra['_name']}.json reuses {extra['per_point_from']}, which is not among the checks")
+        if not same_baseline(earlier, extra):
+            raise ValueError(f"{extra['_name']}.json reuses {extra['per_point_from']} but measured another baseline "
+                             f"(validation accuracy {100 * extra['baseline_val_acc']:.2f} %, there "
+                             f"{100 * earlier['baseline_val_acc']:.2f} %): its column would stand beside heads of "
+                             "another network")
         epochs = int(extra["default_sweep"]["epochs"])
         column = "default_sweep" if epochs == DEFAULT_SWEEP_EPOCHS else f"sweep_{epochs}_epochs"
         for key in ("columns", "spearman_vs_per_point", "rules"):

@@ -14,6 +14,7 @@ every error.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import io
 import json
@@ -149,6 +150,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
             raise CheckpointError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}; "
                                   f"use another checkpoint of the run") from err
+
+
+def weights_digest(ckpt: str | Path) -> str:
+    """SHA-256 of a checkpoint's weights (every ``state_dict`` entry's name, dtype, shape and bytes, in name
+    order): equal for two files only when they hold the same network, whatever else the files carry."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=True).get("state_dict") or {}
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 #: Data module arguments a saved checkpoint may carry that the caller replaces (loading, subsets).

@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from lightning_modules.backbones.timm import fixed_input_size
 from lightning_modules.modes import eval_mode
 
 __all__ = ["ExperimentError", "check_output_dir", "check_resolution", "total_stride"]
@@ -75,7 +76,8 @@ def stride_at_own_size(net: torch.nn.Module, in_chans: int, size: int, err: Base
     try:
         return total_stride(net, in_chans, probe=size)
     except (AssertionError, RuntimeError, ValueError) as again:
-        fixed = (getattr(net, "pretrained_cfg", None) or {}).get("input_size")
+        own = fixed_input_size(net)
+        fixed = (own, own) if own else (getattr(net, "pretrained_cfg", None) or {}).get("input_size")
         hint = (f"it takes {fixed[-2]}x{fixed[-1]} inputs only: use --data.image_size {fixed[-1]}, or build it for "
                 f"{size} px (timm: --model.backbone_kwargs '{{\"img_size\": {size}}}')") if fixed else \
             "use a --data.image_size it accepts"

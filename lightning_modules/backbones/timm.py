@@ -60,6 +60,16 @@ ARCH_KEYS: tuple[str, ...] = ("backbone", "backbone_kwargs", "num_classes", "in_
 PROBE_SIZE: int = 64
 
 
+def fixed_input_size(net: nn.Module) -> int | None:
+    """The input size a network insists on, if any: a patch embedding with ``strict_img_size`` (timm's ViTs
+    and their kin) asserts its ``img_size``, whatever ``pretrained_cfg`` says."""
+    for module in net.modules():
+        size = getattr(module, "img_size", None)
+        if getattr(module, "strict_img_size", False) and size is not None:
+            return int(size[0] if isinstance(size, (tuple, list)) else size)
+    return None
+
+
 def check_timm_name(name: str) -> None:
     """A clear error for a name timm cannot build, with close names."""
     if not timm.is_model(name):
@@ -238,16 +248,17 @@ class TimmAdapter(BackboneAdapter):
         (:func:`~lightning_modules.backbones.timm_blocks.block_points`); channels and stride from a
         dummy pass in eval mode."""
         points = block_points(self._full(net))
+        size = fixed_input_size(net) or PROBE_SIZE
         modes = {m: m.training for m in net.modules()}
         net.eval()
         try:
             with torch.no_grad():
-                x = torch.zeros(1, in_chans, PROBE_SIZE, PROBE_SIZE, device=device_of(net))
+                x = torch.zeros(1, in_chans, size, size, device=device_of(net))
                 _, feats = features_at(net, x, points, logits=False)
         finally:
             for m, mode in modes.items():
                 m.training = mode
-        return [CutPointInfo(k, p.module, int(f.shape[1]), PROBE_SIZE // int(f.shape[-1]))
+        return [CutPointInfo(k, p.module, int(f.shape[1]), size // int(f.shape[-1]))
                 for k, (p, f) in enumerate(zip(points, feats, strict=True))]
 
     def features(

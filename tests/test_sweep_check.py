@@ -369,3 +369,16 @@ def test_the_check_trains_on_the_data_the_baseline_was_trained_on(tmp_path: Path
         sweep_check.main(common)
     message = str(exit_info.value.code)
     assert message.startswith("error: --baseline_ckpt") and "elsewhere.DataModule" in message and "\n" not in message
+
+
+def test_two_networks_under_one_checkpoint_path_are_told_apart_in_the_report() -> None:
+    from experiments.reports.sweep_check import namesake_text
+
+    per_point = {"0": 0.30, "1": 0.50, "2": 0.730}
+    old = {**check_record("sweep_check_b", 1, per_point, per_point), "baseline_val_acc": 0.7391}
+    rerun = {**check_record("sweep_check_brerun", 1, per_point, per_point), "baseline_val_acc": 0.7427,
+             "baseline_weights_sha256": "f00"}
+    assert namesake_text(old, [old]) == []
+    text = namesake_text(rerun, [old, rerun])[0]
+    assert text.startswith("**Another network under the same path.** `sweep_check_b` (73.91 %)")
+    assert namesake_text(old, [old, {**old, "_name": "sweep_check_b_seed2", "seed": 2}]) == []  # a seed repeat

@@ -30,13 +30,13 @@ BIT_IDENTITY = (
     "thread count sums in another order (so does the memory format: `--model.channels_last`, NHWC by default since a MobileNetV1 trains 1.7× faster in it on the CPU, NCHW before; every archived config records it), and GPU runs (cuDNN algorithm choice, bf16, atomic adds) differ even "
     "between two runs on one machine. The decoded data, the network's parameter count, MACs, flash and "
     "peak-RAM figures are exact everywhere; accuracies reproduce within the seed spread shown, not to the "
-    "digit. An example: an earlier version of this page gave 79.04 % (sweep baseline 71.91 %) for the "
-    "seed-0 CIFAR-10 @32 depth run; the same command re-run later gave 78.15 % (63.35 %). The commit that "
-    "wrote the earlier figure and today's code give the same loss at each of the first 26 training steps "
-    "and the same validation accuracy after each of 3 epochs (`--trainer.max_steps 26 "
-    "--data.init_args.train_subset 1000 --data.init_args.eval_subset 500`, CSV logger), so the code did "
-    "not change the run: the figures differ because the runs did not share a machine. The sweep baseline "
-    "is the least stable figure: it is read mid-schedule (epoch 10 of 16, the learning rate still about a third of its peak).")
+    "digit. Examples: an earlier version of this page gave 79.04 % (sweep baseline 71.91 %) for the "
+    "seed-0 CIFAR-10 @32 depth run of the whole-fit protocol; the same command re-run later gave 78.15 % (63.35 %), "
+    "and the commit that wrote the earlier figure gave, on the later machine, the same loss at each of the first 26 "
+    "training steps as the code of then. Under the per-stage protocol, `p32s0` (baseline 73.91 %, cut@6 77.48 %) "
+    "re-run from its archived config on a later machine gave 74.27 % and 78.61 %, with today's code and with "
+    "the commit that wrote the run alike (a7b8d08: the same training loss and validation accuracy, to the printed digit, after each of the 11 epochs up to the sweep): the code did "
+    "not change the run, the machine did.")
 
 
 def portable_path(value: str) -> str:

@@ -274,6 +274,19 @@ def default_sweep_text(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def namesake_text(result: dict[str, Any], checks: list[dict[str, Any]]) -> list[str]:
+    """A warning where another check names the same checkpoint path but measured another network (a baseline
+    retrained under one path): their columns are not comparable across sections."""
+    others = [c for c in checks if c["baseline_ckpt"] == result["baseline_ckpt"]
+              and baseline_identity(c) != baseline_identity(result)]
+    if not others:
+        return []
+    names = ", ".join(f"`{c['_name']}` ({_pct(c['baseline_val_acc'])} %)" for c in others)
+    return [f"**Another network under the same path.** {names} measured a different file at "
+            f"`{result['baseline_ckpt']}` (that run's command rerun, which gives other weights on another machine; "
+            "see *What is bit-identical*): compare columns within a section, not across these.", ""]
+
+
 def sweep_check_sections(runs_dir: str | Path = "docs/runs") -> list[str]:
     """A section per ``sweep_check_*.json`` under ``runs_dir`` (none: nothing)."""
     lines: list[str] = []
@@ -288,6 +301,7 @@ def sweep_check_sections(runs_dir: str | Path = "docs/runs") -> list[str]:
                   f"{result['wall_time_s'] / 60:.1f} min. The depth run's sweep column is that run's own sweep "
                   "stage (the optimiser and epochs of its config; the archived MobileNetV1 runs trained their heads "
                   "with the model's SGD at 0.1 for 1 epoch).", "",
+                  *namesake_text(result, checks),
                   *default_sweep_text(result),
                   *sweep_check_table(result), "",
                   *(f"- {column_title(n)}: {where_text(result, n)}"

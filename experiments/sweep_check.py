@@ -38,8 +38,19 @@ import torch
 from torchmetrics.functional import spearman_corrcoef
 
 from callbacks.auxiliary_sweep import AuxiliarySweep
-from experiments.run.arguments import OneLineArgumentParser, non_negative_int, positive_float, positive_int, unit_fraction
-from experiments.run.checkpoint_io import check_checkpoint_file, checkpoint_datamodule, weights_digest, write_json
+from experiments.run.arguments import (
+    OneLineArgumentParser,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    unit_fraction,
+)
+from experiments.run.checkpoint_io import (
+    check_checkpoint_file,
+    checkpoint_datamodule,
+    weights_digest,
+    write_json,
+)
 from experiments.run.checks import ExperimentError
 from experiments.run.cli import exits_cleanly
 from experiments.run.services import read_module

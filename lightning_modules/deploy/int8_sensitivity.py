@@ -25,11 +25,10 @@ integer rounding differ), so the int8 accuracy to report is still the interprete
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-
-import copy
 
 import torch
 from torch import Tensor, nn

@@ -43,7 +43,7 @@ def save_stage_checkpoint(trainer: L.Trainer, name: str) -> str | None:
     if folder is None:
         return None
     path = str(Path(folder) / name)
-    trainer.save_checkpoint(path)
+    trainer.save_checkpoint(path, weights_only=False)  # a full checkpoint (optimiser, loops): said, not defaulted
     return path
 
 

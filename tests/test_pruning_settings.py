@@ -68,12 +68,13 @@ def test_settings_that_do_not_fit_the_network_name_the_valid_ones() -> None:
         (RepPrune(ignore=["blocks.99.pw.0"]), "ignore = ['blocks.99.pw.0']: names no convolution"),
         (DepthPrune(block=14), "DepthPrune.block = 14: is no cut point"),
         (DepthPrune(block=-1), "give a block in [0, 13]"),
+        (DepthPrune(block=13), "DepthPrune.block = 13: is the network's last cut point"),  # keeps every block
     ]
     for callback, message in cases:
         with pytest.raises(PruningSettingsError, match=message.replace("[", r"\[").replace(".", r"\.")) as err:
             callback.check_network(net, names)
-        assert "stem.0" in str(err.value) or "[0, 13]" in str(err.value)  # how to fix: the valid names / range
-    for fine in (OneShotPrune(sparsity={"default": 0.5, "blocks.12.pw.0": 0.2}), DepthPrune(block=13)):
+        assert "stem.0" in str(err.value) or "[0, 1" in str(err.value)  # how to fix: the valid names / range
+    for fine in (OneShotPrune(sparsity={"default": 0.5, "blocks.12.pw.0": 0.2}), DepthPrune(block=12)):
         fine.check_network(net, names)
 
 

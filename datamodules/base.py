@@ -84,6 +84,8 @@ class ImageFolderDataModule(LightningDataModule):
     known_dataset: ClassVar[str | None] = None
     supports_in_memory: ClassVar[bool] = True
     supports_download: ClassVar[bool] = False
+    #: Channels of every image the loaders yield: files are decoded to RGB (grey, RGBA and CMYK converted).
+    channels: ClassVar[int] = 3
     mean: ClassVar[tuple[float, float, float]] = T.IMAGENET_MEAN
     std: ClassVar[tuple[float, float, float]] = T.IMAGENET_STD
     #: The training and evaluation transforms, per sample and per batch.

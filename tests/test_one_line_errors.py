@@ -128,13 +128,15 @@ def _cases() -> dict[str, tuple[Callable, Args]]:
             "--baseline_ckpt", str(w.checkpoint), "--data_root", str(w.data), "--default_sweep",
             "--per_point_from", str(_write(d / "check.json", text))])
     for option, value in (("--cuts", "14"), ("--cuts", "-1"), ("--lr", "0"), ("--lr", "nan"), ("--tolerance", "-3"),
-                          ("--epochs", "0"), ("--sweep_epochs", "0"), ("--train_subset", "0")):
+                          ("--epochs", "0"), ("--sweep_epochs", "0"), ("--train_subset", "0"),
+                          ("--num_workers", "-1")):
         cases[f"sweep_check {option} {value}"] = (sweep_check.main, lambda w, d, o=option, v=value: [
             "--baseline_ckpt", str(w.checkpoint), "--data_root", str(w.data), o, v])
     cases["fit_budget --baseline_ckpt truncated"] = (fit_budget.main, run_file_case("--baseline_ckpt", _truncated))
     numeric = {"--model.lr": ["0", "-0.1", "fast"], "--trainer.max_epochs": ["0", "-3"],
                "--trainer.max_steps": ["0"], "--trainer.limit_train_batches": ["0"],
-               "--data.batch_size": ["0", "-4", "x"], "--data.image_size": ["0", "8", "-32"]}
+               "--data.batch_size": ["0", "-4", "x"], "--data.image_size": ["0", "8", "-32"],
+               "--model.in_chans": ["1", "4"]}  # the loaders decode every image to RGB
     for option, value in ((o, v) for o, values in numeric.items() for v in values):
         cases[f"train {option} {value}"] = (train.main, run_args(option, value))
     for main, name, extra in ((depth_prune.main, "depth_prune", DEPTH), (width_prune.main, "width_prune", WIDTH)):

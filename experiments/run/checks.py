@@ -14,7 +14,7 @@ import torch
 from lightning_modules.backbones.timm import fixed_input_size
 from lightning_modules.modes import eval_mode
 
-__all__ = ["ExperimentError", "check_output_dir", "check_resolution", "total_stride"]
+__all__ = ["ExperimentError", "check_channels", "check_output_dir", "check_resolution", "total_stride"]
 
 
 class ExperimentError(ValueError):
@@ -49,6 +49,15 @@ def total_stride(net: torch.nn.Module, in_chans: int = 3, probe: int = 256) -> i
         with eval_mode(net), torch.no_grad():
             features = net.forward_features(torch.zeros(1, in_chans, probe, probe))
     return max(probe // int(features.shape[-1]), 1)
+
+
+def check_channels(model: L.LightningModule, datamodule: Any) -> None:
+    """The network takes as many input channels as the data's images have (before: a convolution's shape
+    error after the first batch had been decoded)."""
+    want, have = getattr(model, "hparams", {}).get("in_chans"), getattr(datamodule, "channels", None)
+    if want is not None and have is not None and int(want) != int(have):
+        raise ExperimentError(f"--model.in_chans {want}: {type(datamodule).__name__} gives {have}-channel images "
+                              f"(files are decoded to RGB); use --model.in_chans {have}")
 
 
 def check_resolution(model: L.LightningModule, datamodule: Any) -> None:

@@ -43,7 +43,7 @@ from callbacks.stop_conditions import IncompleteRunError, check_trains_something
 from callbacks.throughput import Throughput
 from datamodules import DatasetError
 from experiments.run.checkpoint_io import AtomicCheckpointIO, CheckpointError, check_checkpoint_file
-from experiments.run.checks import ExperimentError, check_output_dir, check_resolution
+from experiments.run.checks import ExperimentError, check_channels, check_output_dir, check_resolution
 from experiments.run.run_guard import ResumeHint, check_new_run, forget_hint, interrupted_exit
 from experiments.run.services import (  # noqa: F401 (the entry points' import path)
     checkpoint_paths,
@@ -329,11 +329,12 @@ def root_cause(err: BaseException) -> BaseException:
 
 def check_setup(cli: ExperimentCLI) -> None:
     """Checks that need the instantiated objects but no data: the checkpoint to resume from, the output
-    folder and the resolution."""
+    folder, the input channels and the resolution."""
     if cli.config.get("ckpt_path"):
         check_checkpoint_file(cli.config.ckpt_path, "--ckpt_path")
     if not cli.trainer.fast_dev_run:
         check_output_dir(run_dir(cli.trainer).parent)
     check_new_run(cli.trainer, cli.config.get("ckpt_path"))
     check_trains_something(cli.trainer, getattr(cli.model, "hparams", {}).get("lr"))
+    check_channels(cli.model, cli.datamodule)
     check_resolution(cli.model, cli.datamodule)

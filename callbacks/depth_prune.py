@@ -91,8 +91,8 @@ class DepthPrune(PruningCallback):
                                  f"the stem, to {last} = the last)", f"give a block in [0, {last}]")
         if self.block is not None and last > 0 and self.block == last:
             raise settings_error(self, "block", self.block,
-                                 f"is the network's last cut point: a cut there keeps every block and only swaps "
-                                 f"the classifier for an auxiliary head, so nothing would be pruned",
+                                 "is the network's last cut point: a cut there keeps every block and only swaps "
+                                 "the classifier for an auxiliary head, so nothing would be pruned",
                                  f"give a block in [0, {last - 1}]")
 
     def _check_it_prunes(self, net: nn.Module, rows: Sequence[CutPoint], baseline: Baseline, cut: int,

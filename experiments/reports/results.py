@@ -54,7 +54,7 @@ def load_summaries(root: Path) -> list[dict[str, Any]]:
     """All ``summary.json`` under ``root`` of runs that did their work (newest last), each with its path
     under ``_path``; incomplete ones are skipped with a notice (:func:`incomplete_reason`)."""
     found = []
-    for path in sorted(root.rglob("summary.json"), key=lambda p: p.stat().st_mtime):
+    for path in sorted(root.rglob("summary.json"), key=lambda p: (p.stat().st_mtime, str(p))):
         summary = read_summary(path)
         if (reason := incomplete_reason(summary)) is not None:  # never shown as a result
             print(f"notice: skipping {path}: {reason}", file=sys.stderr)

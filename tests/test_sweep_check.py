@@ -56,17 +56,22 @@ def test_per_point_heads_and_the_one_run_sweep_from_one_baseline(tmp_path: Path,
     assert any(line.startswith("`uv run experiments/sweep_check.py --baseline_ckpt") for line in section)
 
 
-def test_the_default_sweep_is_measured_against_an_earlier_checks_heads(tmp_path: Path) -> None:
-    """``--default_sweep --per_point_from``: the per-point and one-run columns are the earlier check's, not
-    trained again; the new column is the sweep as depth_prune.py runs it by default; another recipe is refused."""
+def first_check(tmp_path: Path, epochs: int) -> tuple[Path, list[str], Path, dict]:
+    """A tiny trained-like baseline, the arguments of a check of it at cuts 0, 2, 5, and that check's file."""
     root = fake_data.make_image_folder(tmp_path / "cifar", {"train": 8, "test": 4})
     module = ImageClassifier(num_classes=3, width_mult=0.25)
     trained_like(module.net)
     ckpt = save_checkpoint(module, tmp_path / "baseline.ckpt")
-    common = ["--baseline_ckpt", str(ckpt), "--data_root", str(root), "--cuts", "0", "2", "5", "--epochs", "2",
+    common = ["--baseline_ckpt", str(ckpt), "--data_root", str(root), "--cuts", "0", "2", "5", "--epochs", str(epochs),
               "--batch_size", "8"]
     earlier = tmp_path / "runs" / "sweep_check_first.json"
-    first = sweep_check.main([*common, "--out", str(earlier)])
+    return ckpt, common, earlier, sweep_check.main([*common, "--out", str(earlier)])
+
+
+def test_the_default_sweep_is_measured_against_an_earlier_checks_heads(tmp_path: Path) -> None:
+    """``--default_sweep --per_point_from``: the per-point and one-run columns are the earlier check's, not
+    trained again; the new column is the sweep as depth_prune.py runs it by default; another recipe is refused."""
+    ckpt, common, earlier, first = first_check(tmp_path, epochs=2)
     later = sweep_check.main([*common, "--default_sweep", "--per_point_from", str(earlier)])
     for name in ("per_point", "one_run"):
         assert later["columns"][name] == first["columns"][name]
@@ -88,14 +93,7 @@ def test_heads_of_another_network_under_the_same_path_are_refused(tmp_path: Path
     """A baseline retrained to the same checkpoint path is another network: an earlier check's heads are not
     its heads. Refused before training by the weights digest; an earlier check without a digest by its
     baseline's validation accuracy; and the report will not put the two side by side. Nothing is written."""
-    root = fake_data.make_image_folder(tmp_path / "cifar", {"train": 8, "test": 4})
-    module = ImageClassifier(num_classes=3, width_mult=0.25)
-    trained_like(module.net)
-    ckpt = save_checkpoint(module, tmp_path / "baseline.ckpt")
-    common = ["--baseline_ckpt", str(ckpt), "--data_root", str(root), "--cuts", "0", "2", "5", "--epochs", "1",
-              "--batch_size", "8"]
-    earlier = tmp_path / "runs" / "sweep_check_first.json"
-    first = sweep_check.main([*common, "--out", str(earlier)])
+    ckpt, common, earlier, first = first_check(tmp_path, epochs=1)
     torch.manual_seed(123)
     retrained = ImageClassifier(num_classes=3, width_mult=0.25)
     trained_like(retrained.net)

@@ -97,17 +97,13 @@ class DepthPrune(PruningCallback):
 
     def _check_it_prunes(self, net: nn.Module, rows: Sequence[CutPoint], baseline: Baseline, cut: int,
                          reason: str) -> None:
-        """A cut removing nothing (the last cut point, or a net no smaller than the baseline), chosen by a rule
-        or given as ``block``, ends the run with one error instead of "pruning" to the same network."""
+        """An automatic rule that lands on a cut removing nothing (the last cut point, or a net no smaller
+        than the baseline) ends the run with one error instead of "pruning" to the same network."""
+        if self.block is not None:  # given (by the user: its last cut point is refused before training; or by
+            return                  # a budget choice, whose width stage may still prune a net kept whole)
         last = len(adapter_of_net(net).cut_points(net)) - 1
         if (problem := removes_nothing(row_for_cut(rows, cut), baseline, last)) is None:
             return
-        if self.block is not None:  # asked for explicitly (the last cut point was refused before training)
-            raise settings_error(self, "block", self.block, f"cuts to a network of "
-                                 f"{problem.removeprefix('whose network has ')}: its auxiliary head "
-                                 "outweighs the blocks it replaces, so nothing would be pruned", "the sweep table is "
-                                 "written (depth_sweep.csv) and the baseline kept (checkpoints/baseline.ckpt): rerun "
-                                 "from it with --baseline_ckpt and an earlier --prune.block or a smaller --prune.head")
         option, value = ("tolerance", self.tolerance) if self.rule == "tolerance" else ("rule", self.rule)
         raise settings_error(self, option, value, f"the {self.rule} rule chose cut {cut}, {problem}, so nothing "
                              f"would be pruned ({reason})", "the sweep table is written (depth_sweep.csv) and the "

@@ -160,18 +160,27 @@ def check_earlier(opts: argparse.Namespace) -> dict[str, Any]:
     if differ:
         raise ExperimentError(f"--per_point_from {opts.per_point_from} measured another recipe: {', '.join(differ)}")
     recorded = earlier.get("baseline_weights_sha256")
-    if recorded is not None and recorded != opts.baseline_digest:
+    if not same_baseline(earlier, {"baseline_weights_sha256": opts.baseline_digest}):
         raise ExperimentError(f"--per_point_from {opts.per_point_from} measured other weights than --baseline_ckpt "
                               f"{opts.baseline_ckpt} holds now (weights sha256 {recorded[:12]}…, here "
                               f"{opts.baseline_digest[:12]}…): the checkpoint was retrained or replaced")
     return earlier
 
 
+def same_baseline(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two checks (or what is known of one so far) measured one network: equal weight digests and equal
+    baseline validation accuracies, each compared where both record it (a baseline retrained under one path
+    is another network)."""
+    digests = (a.get("baseline_weights_sha256"), b.get("baseline_weights_sha256"))
+    accs = (a.get("baseline_val_acc"), b.get("baseline_val_acc"))
+    return (None in digests or digests[0] == digests[1]) and \
+        (None in accs or abs(float(accs[0]) - float(accs[1])) <= 1e-6)
+
+
 def check_same_baseline(opts: argparse.Namespace, earlier: dict[str, Any] | None, acc: float) -> None:
-    """An earlier check without a weights digest: its baseline's validation accuracy must be this one's
-    (a baseline retrained under the same path would otherwise pass as the one its heads were trained on)."""
-    if earlier is not None and earlier.get("baseline_val_acc") is not None \
-            and abs(float(earlier["baseline_val_acc"]) - acc) > 1e-6:
+    """An earlier check's baseline validation accuracy must be this one's (the only test left for a check
+    written before the weights digest)."""
+    if earlier is not None and not same_baseline(earlier, {"baseline_val_acc": acc}):
         raise ExperimentError(f"--per_point_from {opts.per_point_from} measured a baseline of validation accuracy "
                               f"{100 * float(earlier['baseline_val_acc']):.2f} %, --baseline_ckpt {opts.baseline_ckpt} "
                               f"has {100 * acc:.2f} %: another network (retrained or replaced); nothing written")

@@ -175,21 +175,13 @@ def column_title(name: str) -> str:
     return _COLUMN_TITLES.get(name, name)
 
 
-def same_baseline(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Two checks measured one network: equal weight digests where both have one, else equal baseline
-    validation accuracy."""
-    if a.get("baseline_weights_sha256") and b.get("baseline_weights_sha256"):
-        return a["baseline_weights_sha256"] == b["baseline_weights_sha256"]
-    if a.get("baseline_val_acc") is None or b.get("baseline_val_acc") is None:
-        return True  # nothing recorded to tell them apart
-    return abs(float(a["baseline_val_acc"]) - float(b["baseline_val_acc"])) <= 1e-6
-
-
 def merge_default_sweeps(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A check that measured only a default-optimiser sweep against an earlier check's heads
     (``per_point_from``) becomes a column of that check (its Spearman ρ, its rules' cuts, its command), so
     the per-point heads are counted once: ``default_sweep`` at the depth configs' length, else
     ``sweep_<n>_epochs``."""
+    from experiments.sweep_check import same_baseline
+
     by_name = {c["_name"]: c for c in checks}
     merged = [c for c in checks if not c.get("per_point_from")]
     for extra in sorted((c for c in checks if c.get("per_point_from")), key=lambda c: int(c["default_sweep"]["epochs"])):

@@ -89,6 +89,19 @@ def test_diverging_loss_stops_the_run_before_anything_is_saved(folder: Path, tmp
         assert all(torch.isfinite(t).all() for t in weights(ckpt).values() if t.is_floating_point()), ckpt
 
 
+def test_a_non_finite_validation_loss_stops_the_run_with_finite_weights(folder: Path, tmp_path: Path) -> None:
+    """The training loss and the weights are finite but the eval-mode network gives NaN: one error line,
+    no best checkpoint chosen on a NaN, no summary (before: exit 0 and ``NaN`` in summary.json)."""
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        train.main([*base_args(folder, out), "--trainer.max_epochs", "2",
+                    "--trainer.callbacks+=tests.helpers.eval_overflow.EvalOverflow"])
+    message = str(exc.value.code)
+    assert message.startswith("error: the validation loss is nan") and "\n" not in message
+    assert "the weights are finite" in message and "at epoch 0" in message
+    assert not list(out.rglob("summary.json")) and not list(out.rglob("best-*.ckpt"))
+
+
 class _Marker:
     def __init__(self, path: str) -> None:
         self.path = path

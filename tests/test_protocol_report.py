@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from experiments.reports import results as report
-from experiments.reports.protocol import columns, paired_runs, verdict
+from experiments.reports.pairing import paired_runs
+from experiments.reports.protocol import columns, verdict
 
 
 def write_run(root: Path, run_id: str, summary: dict) -> None:
@@ -154,6 +155,56 @@ def test_a_verdict_against_a_baseline_that_had_not_converged_says_so(runs: Path,
             "net gains < 1 point on it | control − baseline +5.00 ± 0.00 (+5.00 to +5.00, 2 seeds) pp "
             "| does not hold |") in text
     assert "2 seeds) pp at 128 px | holds, but against a baseline that had not converged |" in text
+
+
+def scheduled(root: Path, run_id: str, summary: dict, baseline_epochs: int, finetune: int = 5) -> None:
+    """A depth run whose archived config says its schedule: the sweep (one epoch) starts where the
+    baseline ends, the cut net fine-tunes ``finetune`` epochs to the run's end."""
+    write_run(root, run_id, summary | {"epochs": baseline_epochs + 1 + finetune})
+    (root / "tinyml-pruning" / run_id / "config.yaml").write_text(
+        f"sweep:\n  start_epoch: {baseline_epochs}\nprune:\n  epoch: {baseline_epochs + 1}\n")
+
+
+def test_runs_of_another_schedule_pair_among_themselves_and_findings_read_the_longest_on_two_seeds(
+        tmp_path: Path) -> None:
+    """A 30-epoch-baseline run of seed 0 neither replaces seed 0's 10-epoch run nor takes its control (nor
+    its random-init run); the Findings stay on the schedule with two seeds until the longer one has two."""
+    from experiments.reports.pairing import paired_by_schedule
+
+    logs = tmp_path / "logs"
+    for seed, (b, o, c) in enumerate([(0.74, 0.77, 0.78), (0.76, 0.78, 0.79)]):
+        scheduled(logs, f"s{seed}", depth(seed, b, o), 10)
+        write_run(logs, f"r{seed}", depth(seed, 0.0, o - 0.05, "random",
+                                              f"logs/tinyml-pruning/s{seed}/checkpoints/baseline.ckpt"))
+        write_run(logs, f"c{seed}", control(seed, c))  # 15 epochs: 10 + 5
+    scheduled(logs, "long0", depth(0, 0.84, 0.83), 30)
+    write_run(logs, "longc0", control(0, 0.845) | {"epochs": 35})
+
+    by_schedule = paired_by_schedule(report.load_summaries(logs), "CIFAR10", 32)
+    assert sorted(by_schedule) == [(10, 5), (30, 5)]
+    short, long = by_schedule[(10, 5)], by_schedule[(30, 5)]
+    assert Path(short[0]["original"]["_path"]).parent.name == "s0"
+    assert Path(short[0]["control"]["_path"]).parent.name == "c0" and short[0]["random"]
+    assert set(long) == {0} and set(long[0]) == {"original", "control"}  # r0 started from s0's baseline
+    assert Path(long[0]["control"]["_path"]).parent.name == "longc0"
+
+    out = tmp_path / "R.md"
+    text = report.main(["--runs", str(logs), "--out", str(out), "--latency_runs", "0"]).read_text()
+    assert "### CIFAR10 @32 px, cut after block 6, per-stage protocol, 30-epoch baseline, 5-epoch fine-tune" in text
+    assert "Δ +2.50 ± 0.71 (+2.00 to +3.00, 2 seeds) pp at 32 px, 10-epoch baseline |" in text
+
+    scheduled(logs, "long1", depth(1, 0.85, 0.845), 30)
+    write_run(logs, "longc1", control(1, 0.852) | {"epochs": 35})
+    text = report.main(["--runs", str(logs), "--out", str(out), "--latency_runs", "0"]).read_text()
+    assert "Δ -0.75 ± 0.35 (-1.00 to -0.50, 2 seeds) pp at 32 px, 30-epoch baseline |" in text
+    # 0.5 and 0.2 points more for 5 more epochs: converged, so the verdicts carry no caveat
+    assert ("| CIFAR-10 @32 px, 30-epoch baseline: the baseline had converged (the premise of the Δ rows): the "
+            "same-budget unpruned net gains < 1 point on it | control − baseline +0.35 ± 0.21 (+0.20 to +0.50, 2 "
+            "seeds) pp | holds |") in text
+    assert "pp at 32 px, 30-epoch baseline | cannot tell |" in text and "not shown to have converged" not in text
+    assert "| not run at 32 px, 30-epoch baseline yet | cannot tell (fewer than 2 seeds) |" in text  # no random run
+    table = text.index("fine-tune\n\nThe Findings read this schedule (the longest baseline run on two seeds or more)")
+    assert text.rfind("30-epoch baseline", 0, table) > text.rfind("10-epoch baseline, 5-epoch", 0, table)
 
 
 def test_convergence_is_judged_per_seed_against_one_point() -> None:

@@ -7,12 +7,11 @@ from typing import Any
 
 from experiments.reports.backbones import MOBILENET_V1, backbone_of
 from experiments.reports.format import count, pct, points, run_id
+from experiments.reports.pairing import dataset_of, schedule_span
 from experiments.reports.protocol import (
     cut_agreement,
-    dataset_of,
     difference,
     fmt_spread,
-    schedule_span,
     sweep_recipe,
 )
 from experiments.reports.reproduce import baseline_of, checkpoint_producer, run_config, run_seed

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from experiments.reports.format import count, pct, points, run_id
+from experiments.reports.pairing import dataset_of, schedule_span
 from experiments.reports.protocol import (
     cut_agreement,
-    dataset_of,
     depth_schedule,
     difference,
     fmt_spread,
-    schedule_span,
 )
 from experiments.reports.reproduce import baseline_of, checkpoint_producer, run_config, run_seed
 

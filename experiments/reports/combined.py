@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from experiments.reports.format import count, pct, points, run_id
-from experiments.reports.protocol import dataset_of, difference, fmt_spread, schedule_span
+from experiments.reports.pairing import dataset_of, schedule_span
+from experiments.reports.protocol import difference, fmt_spread
 from experiments.reports.reproduce import run_seed
 
 COMMAND = "uv run experiments/depth_prune.py --config experiments/configs/depth_cifar10_32_width.yaml"

@@ -18,7 +18,15 @@ from typing import Any
 from callbacks.epoch_log import read_epochs
 from experiments.reports.curves import loss_rises, rise_text
 from experiments.reports.format import pct, points
-from experiments.reports.reproduce import run_config, run_seed
+from experiments.reports.pairing import (
+    Schedule,
+    dataset_of,
+    main_schedule,
+    paired_by_schedule,
+    schedule_name,
+    schedule_span,
+)
+from experiments.reports.reproduce import run_config
 from experiments.reports.sweep_check import sweep_findings
 
 #: Published replication of de Leon & Atienza (arXiv:2204.10546), MobileNetV1 cut after block 6, test
@@ -28,23 +36,6 @@ PUBLISHED = {
     "Imagenette": {"baseline": 76.50, "original": 81.15, "random": 78.17},
     "Imagewoof": {"baseline": 55.94, "original": 63.62, "random": 60.04},
 }
-
-
-def schedule_span(summary: dict) -> str:
-    """``stage`` (per-stage LR schedules) or ``fit`` (one schedule over the fit, the archived protocol)."""
-    if summary.get("schedule_span"):
-        return str(summary["schedule_span"])
-    model = run_config(summary).get("model") if "_path" in summary else None
-    return str(model.get("schedule_span", "fit")) if isinstance(model, dict) else "fit"
-
-
-def dataset_of(summary: dict) -> str:
-    """The dataset's name (``CIFAR10``, ``Imagenette`` …): the summary's, else its config's datamodule."""
-    if summary.get("dataset"):
-        return str(summary["dataset"])
-    data = run_config(summary).get("data")
-    class_path = data.get("class_path", "") if isinstance(data, dict) else ""
-    return class_path.rsplit(".", 1)[-1].removesuffix("DataModule") or "?"
 
 
 def spread(values: list[float]) -> dict[str, float] | None:
@@ -79,36 +70,6 @@ def verdict(diffs: list[float], bound: float) -> str:
     if s["mean"] + 2 * sem < bound:
         return "does not hold"
     return "cannot tell"
-
-
-def paired_runs(summaries: list[dict], dataset: str, image_size: int, cut: int = 6) -> dict[int, dict[str, Any]]:
-    """Per seed: the depth run with its own baseline (``original``), the random-init run from a baseline
-    checkpoint (``random``) and the same-budget control (``control``), all under the per-stage protocol."""
-    mine = [s for s in summaries if schedule_span(s) == "stage" and dataset_of(s) == dataset
-            and s.get("image_size") == image_size]
-    seeds: dict[int, dict[str, Any]] = {}
-    for s in mine:  # oldest first: the newest run of a kind and seed wins
-        seed = run_seed(s)
-        if seed is None:
-            continue
-        if s.get("stage") == "depth_prune" and s.get("chosen_cut") == cut and len(s.get("stages", [])) <= 1:
-            kind = "original" if s.get("init") == "original" and not s.get("baseline_ckpt") else \
-                "random" if s.get("init") == "random" else None
-        else:
-            kind = "control" if s.get("stage") == "baseline" else None
-        if kind:
-            seeds.setdefault(seed, {}).setdefault(kind, []).append(s)
-    paired = {}
-    for seed, kinds in sorted(seeds.items()):
-        runs = {k: v[-1] for k, v in kinds.items() if k != "control"}
-        # a control trains the network the depth run started from (same parameter count), not another one
-        reference = (runs.get("original") or {}).get("baseline", {}).get("params")
-        controls = [c for c in kinds.get("control", []) if reference is None or c.get("params") == reference]
-        if controls:
-            runs["control"] = controls[-1]
-        if runs:
-            paired[seed] = runs
-    return paired
 
 
 def _acc(summary: dict | None, key: str) -> float | None:
@@ -269,11 +230,23 @@ def protocol_section(summaries: list[dict]) -> list[str]:
                          if schedule_span(s) == "stage" and s.get("stage") == "depth_prune")
     lines: list[str] = []
     for dataset, size in keys:
-        seeds = paired_runs(summaries, dataset, size)
-        if not seeds:
-            continue
+        by_schedule = paired_by_schedule(summaries, dataset, size)
+        main = main_schedule(by_schedule)
+        for schedule, seeds in sorted(by_schedule.items(), key=lambda kv: (kv[0] != main, kv[0] or (0, 0))):
+            lines += schedule_table(dataset, size, schedule, seeds, main=schedule == main and len(by_schedule) > 1)
+    return lines
+
+
+def schedule_table(dataset: str, size: int, schedule: Schedule, seeds: dict[int, dict[str, Any]],
+                   main: bool = False) -> list[str]:
+    """One schedule's paired table, its warnings and the published figures."""
+    lines: list[str] = []
+    if seeds:
         ref = PUBLISHED.get(dataset)
-        lines += [f"### {dataset} @{size} px, cut after block 6, per-stage protocol", "",
+        name = f", {schedule_name(schedule)}" if schedule else ""
+        lines += [f"### {dataset} @{size} px, cut after block 6, per-stage protocol{name}", "",
+                  *([f"The Findings read this schedule ({'the longest baseline run on two seeds or more' if len(seeds) >= 2 else 'no schedule has two seeds yet: the one with the most'}).", ""]
+                    if main else []),
                   f"Schedule — {schedule_text(seeds)}. Δ = pruned − the same seed's baseline, both on the test "
                   "split; the baseline is the checkpoint the sweep starts from (its schedule ended there). "
                   "\"baseline val\" is the figure the tolerance rule compares the sweep's heads with.", "",
@@ -294,40 +267,41 @@ def findings(summaries: list[dict], sweep_checks: list[dict] | None = None, widt
              "Each line tests a published claim against paired seeds under the per-stage protocol (verdict rule: "
              "the mean paired difference ± 2 standard errors against the bound named).", "",
              "| claim (published) | ours | verdict |", "|---|---|---|"]
-    cifar = columns(paired_runs(summaries, "CIFAR10", 32))
+    cifar, at = main_columns(summaries, "CIFAR10", 32)
 
     def present(key: str, cols: dict[str, list[float | None]] = cifar) -> list[float]:
         return [v for v in cols[key] if v is not None]
 
-    premise, qualify = convergence_finding("CIFAR-10", cifar, 32)
+    premise, qualify = convergence_finding("CIFAR-10", cifar, 32, baseline_words(at))
     lines += premise
+    def ours(key: str, label: str = "") -> str:
+        values = present(key)
+        return f"{label}{fmt_spread(values, signed=True)} pp {at}" if values else f"not run {at} yet"
+
     lines.append("| cut@6 ≈ baseline on CIFAR-10 (89.73 → 88.80 %, −0.93 pp at 224 px): loss ≤ 1 point "
-                 f"| Δ {fmt_spread(present('d_original'), signed=True)} pp at 32 px | "
-                 f"{qualify(verdict(present('d_original'), -0.01))} |")
+                 f"| {ours('d_original', 'Δ ')} | {qualify(verdict(present('d_original'), -0.01))} |")
     lines.append("| random init competitive (88.68 vs 88.80 %, −0.12 pp): random − original ≥ −1 point "
-                 f"| {fmt_spread(present('d_random_original'), signed=True)} pp at 32 px "
-                 f"| {verdict(present('d_random_original'), -0.01)} |")
+                 f"| {ours('d_random_original')} | {verdict(present('d_random_original'), -0.01)} |")
     lines.append("| the gain is not just more epochs: cut@6 ≥ same-budget unpruned net − 1 point "
-                 f"| {fmt_spread(present('d_control'), signed=True)} pp at 32 px "
-                 f"| {verdict(present('d_control'), -0.01)} |")
+                 f"| {ours('d_control')} | {verdict(present('d_control'), -0.01)} |")
     for name in ("Imagenette", "Imagewoof"):
-        cols = columns(paired_runs(summaries, name, 128))
+        cols, at = main_columns(summaries, name, 128)
         diffs = present("d_original", cols)
         ref = PUBLISHED[name]
-        premise, qualify = convergence_finding(name, cols, 128)
+        premise, qualify = convergence_finding(name, cols, 128, baseline_words(at))
         lines += premise
         lines.append(f"| pruning raises accuracy on {name} ({ref['baseline']:.2f} → {ref['original']:.2f} %) "
-                     f"| {'Δ ' + fmt_spread(diffs, signed=True) + ' pp at 128 px' if diffs else 'not run yet'} "
+                     f"| {'Δ ' + fmt_spread(diffs, signed=True) + f' pp {at}' if diffs else 'not run yet'} "
                      f"| {qualify(verdict(diffs, 0.0)) if diffs else 'cannot tell (not run)'} |")
         randoms = present("d_random", cols)
         if randoms:
             lines.append(f"| {name}: random init raises accuracy too ({ref['baseline']:.2f} → {ref['random']:.2f} %) "
-                         f"| Δ random {fmt_spread(randoms, signed=True)} pp at 128 px "
+                         f"| Δ random {fmt_spread(randoms, signed=True)} pp {at} "
                          f"| {qualify(verdict(randoms, 0.0))} |")
         controls = present("d_control", cols)
         if controls:
             lines.append(f"| {name}: the gain is not just more epochs: cut@6 ≥ the same-budget unpruned net "
-                         f"| cut − control {fmt_spread(controls, signed=True)} pp at 128 px "
+                         f"| cut − control {fmt_spread(controls, signed=True)} pp {at} "
                          f"| {verdict(controls, 0.0)} |")
     lines += [width_line or "| TinyNeuralNetwork's width orderings (random < norm-based, distillation helps, "
               "iterative > one-shot) | not rerun under the per-stage protocol yet | cannot tell |",
@@ -335,13 +309,27 @@ def findings(summaries: list[dict], sweep_checks: list[dict] | None = None, widt
     return lines
 
 
-def convergence_finding(name: str, cols: dict[str, list[float | None]], image_size: int,
+def main_columns(summaries: list[dict], dataset: str, size: int) -> tuple[dict[str, list[float | None]], str]:
+    """The Findings' columns for one dataset (its :func:`main_schedule`) and where they were measured, in
+    words (``at 32 px, 10-epoch baseline``)."""
+    by_schedule = paired_by_schedule(summaries, dataset, size)
+    schedule = main_schedule(by_schedule)
+    where = f"at {size} px" + (f", {schedule[0]}-epoch baseline" if schedule else "")
+    return columns(by_schedule.get(schedule, {})), where
+
+
+def baseline_words(at: str) -> str:
+    """``, 10-epoch baseline`` from :func:`main_columns`' ``at 32 px, 10-epoch baseline`` (``""`` without)."""
+    return at[at.index(","):] if "," in at else ""
+
+
+def convergence_finding(name: str, cols: dict[str, list[float | None]], image_size: int, schedule: str = "",
                         bound: float = CONVERGED_GAIN) -> tuple[list[str], Callable[[str], str]]:
     """The premise of every "pruned − baseline" verdict: the baseline had converged, i.e. the unpruned net
     trained as long as baseline + fine-tuning (the same-budget control) gains less than ``bound`` on it, per
     seed. Returns the Findings row (none without a depth run) and a function that qualifies a verdict drawn
     against a baseline shown not to have converged, or not shown to have."""
-    claim = (f"| {name} @{image_size} px: the baseline had converged (the premise of the Δ rows): the same-budget "
+    claim = (f"| {name} @{image_size} px{schedule}: the baseline had converged (the premise of the Δ rows): the same-budget "
              f"unpruned net gains < {100 * bound:g} point on it")
     if not any(b is not None for b in cols["baseline_test"]):
         return [], lambda text: text

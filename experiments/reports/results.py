@@ -23,7 +23,8 @@ from experiments.reports.curves import curve_lines
 from experiments.reports.deploy import deployment_sections
 from experiments.reports.format import count, kb, minutes, pct, ratio, run_id
 from experiments.reports.orderings import orderings_finding, orderings_section
-from experiments.reports.protocol import findings, protocol_section, schedule_span
+from experiments.reports.pairing import schedule_span
+from experiments.reports.protocol import findings, protocol_section
 from experiments.reports.reproduce import (
     BIT_IDENTITY,
     by_seed,

@@ -1,7 +1,10 @@
 """Tiny datasets written in the real on-disk formats, good and broken, for the datamodule tests.
 
-Every image of class ``k`` is a flat colour whose red channel is :func:`class_red` ``(k)``, so a loaded
-image's label can be checked from its pixels (JPEG keeps flat colours within a few levels).
+Every image of class ``k`` is a colour whose red channel averages :func:`class_red` ``(k)``, so a loaded
+image's label can be checked from its pixels' mean (JPEG keeps the mean within a few levels). Each image
+carries its own zero-mean texture (:data:`TEXTURE` levels up or down per pixel): on flat colours every
+BatchNorm channel sees almost no variance, so a few steps at a real learning rate leave running statistics
+that make the eval-mode network overflow (losses of 1e24 or NaN), which real images never do.
 """
 
 from __future__ import annotations
@@ -39,17 +42,25 @@ def label_from_red(red_mean: float = 0.0) -> int:
     return round((red_mean - 10) / 25)
 
 
-def class_pixels(label: int = 0, height: int = 32, width: int = 32) -> np.ndarray:
-    """uint8 HWC image of class ``label``."""
-    colour = np.array([class_red(label), 128, 250 - class_red(label)], dtype=np.uint8)
-    return np.broadcast_to(colour, (height, width, 3)).copy()
+#: Levels each pixel sits above or below its class colour (at most ``class_red(0)``, so nothing clips).
+TEXTURE = 10
 
 
-def write_image(path: Path, label: int = 0, height: int = 32, width: int = 32) -> Path:
+def class_pixels(label: int = 0, height: int = 32, width: int = 32, index: int = 0) -> np.ndarray:
+    """uint8 HWC image of class ``label``: its colour plus a texture drawn from ``index`` whose mean is 0
+    (as many pixels +:data:`TEXTURE` as -:data:`TEXTURE`; one pixel left flat when their count is odd)."""
+    colour = np.array([class_red(label), 128, 250 - class_red(label)], dtype=np.int16)
+    n = height * width
+    signs = np.array([1, -1] * (n // 2) + [0] * (n % 2), dtype=np.int16)
+    texture = np.random.default_rng(index).permutation(signs).reshape(height, width, 1) * TEXTURE
+    return (colour + texture).astype(np.uint8)
+
+
+def write_image(path: Path, label: int = 0, height: int = 32, width: int = 32, index: int = 0) -> Path:
     """Write a class-coloured image; the format follows the suffix (.jpg/.jpeg/.JPEG → JPEG, .png → PNG)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = "PNG" if path.suffix.lower() == ".png" else "JPEG"
-    Image.fromarray(class_pixels(label, height, width)).save(path, format=fmt, quality=95)
+    Image.fromarray(class_pixels(label, height, width, index)).save(path, format=fmt, quality=95)
     return path
 
 
@@ -74,7 +85,7 @@ def make_image_folder(
     for split, per_class in splits.items():
         for label, name in enumerate(classes):
             for i in range(per_class):
-                write_image(base / split / name / f"{i:04d}{suffix}", label, height, width)
+                write_image(base / split / name / f"{i:04d}{suffix}", label, height, width, index=i)
             (base / split / name / ".DS_Store").write_bytes(b"\x00\x01junk")
             (base / split / name / f"._{0:04d}{suffix}").write_bytes(b"resource fork")
         (base / split / "notes.txt").write_text("not an image")
@@ -112,7 +123,8 @@ def make_cifar_batches(root: Path, per_batch: int = 6, n_test: int = 8) -> Path:
 
     def batch(n: int, offset: int, label_text: str) -> dict:
         labels = [(offset + i) % len(CIFAR_CLASSES) for i in range(n)]
-        data = np.stack([class_pixels(k).transpose(2, 0, 1).reshape(-1) for k in labels])
+        data = np.stack([class_pixels(k, index=offset + i).transpose(2, 0, 1).reshape(-1)
+                         for i, k in enumerate(labels)])
         names = [f"fake_{offset + i:05d}.png" for i in range(n)]
         return {"batch_label": label_text, "labels": labels, "data": data, "filenames": names}
 

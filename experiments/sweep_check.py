@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="add a column: the one-run sweep as depth_prune.py runs it by default (its optimiser "
                              "and learning rate, --sweep_epochs epochs on the whole training split)")
     parser.add_argument("--sweep_epochs", type=positive_int, default=1, help="epochs of --default_sweep")
+    parser.add_argument("--sweep_lr", type=positive_float, default=None,
+                        help="learning rate of --default_sweep (default: the sweep's own, AuxiliarySweep.lr); "
+                             "another one is a candidate default, reported beside the default-rate sweeps")
     parser.add_argument("--num_workers", type=non_negative_int, default=2,
                         help="data-loading processes (0: in the main process, about half as fast on 2 cores)")
     parser.add_argument("--per_point_from", default=None,
@@ -207,16 +210,18 @@ def baseline_data(opts: argparse.Namespace, train_subset: int | None) -> L.Light
         raise ExperimentError(f"--baseline_ckpt {opts.baseline_ckpt}: {err}") from err
 
 
-def default_sweep_recipe(epochs: int) -> dict[str, Any]:
-    """How :class:`AuxiliarySweep` trains its heads by default, for ``epochs`` epochs on the whole split."""
+def default_sweep_recipe(epochs: int, lr: float | None = None) -> dict[str, Any]:
+    """How :class:`AuxiliarySweep` trains its heads by default, for ``epochs`` epochs on the whole split
+    (at learning rate ``lr`` instead of its own, where given)."""
     defaults = AuxiliarySweep()
-    return {"optimizer": defaults.optimizer, "lr": defaults.lr, "epochs": epochs, "train_subset": None}
+    return {"optimizer": defaults.optimizer, "lr": defaults.lr if lr is None else lr, "epochs": epochs,
+            "train_subset": None}
 
 
 def default_sweep_column(opts: argparse.Namespace) -> tuple[dict[int, list[float]], AuxiliarySweep]:
     """The one-run sweep with :class:`AuxiliarySweep`'s default optimiser and learning rate, ``--sweep_epochs``
     epochs on the whole training split (what ``depth_prune.py`` measures unless told otherwise), and the sweep."""
-    recipe = default_sweep_recipe(opts.sweep_epochs)
+    recipe = default_sweep_recipe(opts.sweep_epochs, opts.sweep_lr)
     data = baseline_data(opts, train_subset=None)
     history, sweep = train_heads(opts.baseline_ckpt, data, opts.cuts, recipe["epochs"], recipe["lr"], opts.head,
                                  opts.seed, recipe["optimizer"])
@@ -260,7 +265,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         columns["depth_run_sweep"] = {int(r["cut"]): float(r["acc"]) for r in rows if int(r["cut"]) in per_point}
     result = {
         "per_point_from": opts.per_point_from,
-        "default_sweep": default_sweep_recipe(opts.sweep_epochs) if opts.default_sweep else None,
+        "default_sweep": default_sweep_recipe(opts.sweep_epochs, opts.sweep_lr) if opts.default_sweep else None,
         "baseline_ckpt": opts.baseline_ckpt, "baseline_weights_sha256": opts.baseline_digest,
         "baseline_val_acc": baseline.acc, "epochs": opts.epochs, "lr": opts.lr,
         "optimizer": "adam, cosine", "head": opts.head, "seed": opts.seed, "train_subset": opts.train_subset,

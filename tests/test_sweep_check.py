@@ -80,6 +80,8 @@ def test_the_default_sweep_is_measured_against_an_earlier_checks_heads(tmp_path:
     assert later["default_sweep"] == {"optimizer": "adam", "lr": 1e-3, "epochs": 1, "train_subset": None}
     assert {k: len(h) for k, h in later["history"]["default_sweep"].items()} == {"0": 1, "2": 1, "5": 1}
     assert set(later["rules"]["default_sweep"]) == {"tolerance", "knee"}
+    faster = sweep_check.main([*common, "--default_sweep", "--sweep_lr", "0.01", "--per_point_from", str(earlier)])
+    assert faster["default_sweep"] == {**later["default_sweep"], "lr": 0.01}
     for wrong in (["--epochs", "3"], ["--seed", "1"]):  # the earlier heads were trained another way
         with pytest.raises(SystemExit, match="error: --per_point_from .* measured another recipe"):
             sweep_check.main([*common[:-4], *wrong, "--batch_size", "8", "--default_sweep", "--per_point_from",
@@ -226,6 +228,17 @@ def test_a_default_sweep_check_joins_the_check_whose_heads_it_reused() -> None:
     assert "the reference had not converged" in sweep_findings([ahead])[1]
     with pytest.raises(FileNotFoundError, match="sweep_check_gone"):
         merge_default_sweeps([default("sweep_check_x_default", "sweep_check_gone", 7, 1.0)])
+    # a candidate learning rate: a column of its own, never taken for a length of the default-rate sweep
+    from experiments.reports.sweep_check import column_title, reference_text, sweep_lengths
+
+    fast = {**longer, "_name": "sweep_check_b_lr", "default_sweep": {**longer["default_sweep"], "epochs": 8, "lr": 0.01}}
+    with_fast = merge_default_sweeps([check_record("sweep_check_b", 0, per_point, per_point),
+                                      default("sweep_check_b_default", "sweep_check_b", 7, 1.0), longer, fast])
+    assert set(with_fast[0]["columns"]) == {"per_point", "one_run", "default_sweep", "sweep_2_epochs",
+                                            "sweep_8_epochs_lr0.01"}
+    assert sweep_lengths(with_fast[0]) == [(1, "default_sweep"), (2, "sweep_2_epochs")]
+    assert column_title("sweep_8_epochs_lr0.01") == "one run, the default's optimiser at lr 0.01 for 8 epochs"
+    assert "8 epochs: tolerance" not in reference_text(with_fast[0])
 
 
 def test_a_knee_that_differs_is_shown_against_the_per_point_heads_own_margin() -> None:

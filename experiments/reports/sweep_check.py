@@ -169,9 +169,13 @@ DEFAULT_SWEEP_EPOCHS: int = 1  # AuxiliarySweep's default and every committed de
 
 
 def column_title(name: str) -> str:
-    """A column's heading (``sweep_2_epochs`` → the default sweep's optimiser for 2 epochs)."""
+    """A column's heading (``sweep_2_epochs`` → the default sweep's optimiser for 2 epochs;
+    ``sweep_8_epochs_lr0.01`` → that optimiser at learning rate 0.01 for 8 epochs)."""
     if name.startswith("sweep_") and name.endswith("_epochs"):
         return f"one run, the default's optimiser for {name.split('_')[1]} epochs"
+    if name.startswith("sweep_") and "_epochs_lr" in name:
+        epochs, lr = name.removeprefix("sweep_").split("_epochs_lr")
+        return f"one run, the default's optimiser at lr {lr} for {epochs} epoch{'s' if epochs != '1' else ''}"
     return _COLUMN_TITLES.get(name, name)
 
 
@@ -179,7 +183,8 @@ def merge_default_sweeps(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A check that measured only a default-optimiser sweep against an earlier check's heads
     (``per_point_from``) becomes a column of that check (its Spearman ρ, its rules' cuts, its command), so
     the per-point heads are counted once: ``default_sweep`` at the depth configs' length, else
-    ``sweep_<n>_epochs``."""
+    ``sweep_<n>_epochs``; ``sweep_<n>_epochs_lr<lr>`` at another learning rate than the sweep's own."""
+    from callbacks.auxiliary_sweep import AuxiliarySweep
     from experiments.sweep_check import same_baseline
 
     by_name = {c["_name"]: c for c in checks}
@@ -193,8 +198,9 @@ def merge_default_sweeps(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
                              f"(validation accuracy {100 * extra['baseline_val_acc']:.2f} %, there "
                              f"{100 * earlier['baseline_val_acc']:.2f} %): its column would stand beside heads of "
                              "another network")
-        epochs = int(extra["default_sweep"]["epochs"])
-        column = "default_sweep" if epochs == DEFAULT_SWEEP_EPOCHS else f"sweep_{epochs}_epochs"
+        epochs, lr = int(extra["default_sweep"]["epochs"]), float(extra["default_sweep"]["lr"])
+        column = (f"sweep_{epochs}_epochs_lr{lr:g}" if lr != AuxiliarySweep().lr  # a candidate default rate
+                  else "default_sweep" if epochs == DEFAULT_SWEEP_EPOCHS else f"sweep_{epochs}_epochs")
         for key in ("columns", "spearman_vs_per_point", "rules"):
             earlier[key] = {**earlier[key], column: extra[key]["default_sweep"]}
         earlier.setdefault("sweep_variants", {})[column] = {

@@ -264,8 +264,8 @@ def default_sweep_text(result: dict[str, Any]) -> list[str]:
     """How the default-optimiser sweep columns were measured (nothing without one)."""
     lines = []
     for column, extra in sorted(result.get("sweep_variants", {}).items(), key=lambda item: int(item[1]["epochs"])):
-        what = "the sweep as `depth_prune.py` trains it unless told otherwise" if column == "default_sweep" else \
-            "the same sweep for longer"
+        what = ("the sweep as `depth_prune.py` trains it unless told otherwise" if column == "default_sweep" else
+                "the same sweep at a candidate learning rate" if "_lr" in column else "the same sweep for longer")
         lines += [f"The column *{column_title(column)}* is {what}: all heads in one fit, {extra['optimizer']} lr "
                   f"{extra['lr']:g}, {extra['epochs']} epoch(s) on the whole training split, from the same baseline "
                   f"({extra['wall_time_s'] / 60:.1f} min):", "", f"`uv run {extra['command'].removeprefix('python ')}`", ""]

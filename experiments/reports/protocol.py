@@ -267,12 +267,13 @@ def findings(summaries: list[dict], sweep_checks: list[dict] | None = None, widt
              "Each line tests a published claim against paired seeds under the per-stage protocol (verdict rule: "
              "the mean paired difference ± 2 standard errors against the bound named).", "",
              "| claim (published) | ours | verdict |", "|---|---|---|"]
-    cifar, at = main_columns(summaries, "CIFAR10", 32)
+    cifar, schedule = main_columns(summaries, "CIFAR10", 32)
+    at = f"at 32 px{baseline_suffix(schedule)}"
 
     def present(key: str, cols: dict[str, list[float | None]] = cifar) -> list[float]:
         return [v for v in cols[key] if v is not None]
 
-    premise, qualify = convergence_finding("CIFAR-10", cifar, 32, baseline_words(at))
+    premise, qualify = convergence_finding("CIFAR-10", cifar, 32, baseline_suffix(schedule))
     lines += premise
     def ours(key: str, label: str = "") -> str:
         values = present(key)
@@ -285,10 +286,11 @@ def findings(summaries: list[dict], sweep_checks: list[dict] | None = None, widt
     lines.append("| the gain is not just more epochs: cut@6 ≥ same-budget unpruned net − 1 point "
                  f"| {ours('d_control')} | {verdict(present('d_control'), -0.01)} |")
     for name in ("Imagenette", "Imagewoof"):
-        cols, at = main_columns(summaries, name, 128)
+        cols, schedule = main_columns(summaries, name, 128)
+        at = f"at 128 px{baseline_suffix(schedule)}"
         diffs = present("d_original", cols)
         ref = PUBLISHED[name]
-        premise, qualify = convergence_finding(name, cols, 128, baseline_words(at))
+        premise, qualify = convergence_finding(name, cols, 128, baseline_suffix(schedule))
         lines += premise
         lines.append(f"| pruning raises accuracy on {name} ({ref['baseline']:.2f} → {ref['original']:.2f} %) "
                      f"| {'Δ ' + fmt_spread(diffs, signed=True) + f' pp {at}' if diffs else 'not run yet'} "
@@ -309,18 +311,16 @@ def findings(summaries: list[dict], sweep_checks: list[dict] | None = None, widt
     return lines
 
 
-def main_columns(summaries: list[dict], dataset: str, size: int) -> tuple[dict[str, list[float | None]], str]:
-    """The Findings' columns for one dataset (its :func:`main_schedule`) and where they were measured, in
-    words (``at 32 px, 10-epoch baseline``)."""
+def main_columns(summaries: list[dict], dataset: str, size: int) -> tuple[dict[str, list[float | None]], Schedule]:
+    """The Findings' columns for one dataset and the schedule they were read from (its :func:`main_schedule`)."""
     by_schedule = paired_by_schedule(summaries, dataset, size)
     schedule = main_schedule(by_schedule)
-    where = f"at {size} px" + (f", {schedule[0]}-epoch baseline" if schedule else "")
-    return columns(by_schedule.get(schedule, {})), where
+    return columns(by_schedule.get(schedule, {})), schedule
 
 
-def baseline_words(at: str) -> str:
-    """``, 10-epoch baseline`` from :func:`main_columns`' ``at 32 px, 10-epoch baseline`` (``""`` without)."""
-    return at[at.index(","):] if "," in at else ""
+def baseline_suffix(schedule: Schedule) -> str:
+    """``, 10-epoch baseline`` (``""`` for a schedule the configs do not say)."""
+    return f", {schedule[0]}-epoch baseline" if schedule else ""
 
 
 def convergence_finding(name: str, cols: dict[str, list[float | None]], image_size: int, schedule: str = "",

@@ -68,23 +68,24 @@ def paired_by_schedule(summaries: list[dict], dataset: str, image_size: int,
         elif s.get("stage") == "baseline":
             controls.append(s)
     paired: dict[Schedule, dict[int, dict[str, Any]]] = {}
+    schedule = {id(s): schedule_of(s) for runs in originals.values() for s in runs}  # read each config once
     for seed, runs in sorted(originals.items()):
         for s in runs:
-            paired.setdefault(schedule_of(s), {}).setdefault(seed, {})["original"] = s
+            paired.setdefault(schedule[id(s)], {}).setdefault(seed, {})["original"] = s
     for s in randoms:  # under the schedule of the run whose baseline checkpoint it started from
         producer = checkpoint_producer(baseline_of(s))
         same_seed = originals.get(run_seed(s), [])
         source = [o for o in same_seed if producer and Path(o["_path"]).parent.name == producer[1]]
-        schedules = {schedule_of(o) for o in (source or same_seed)}
+        schedules = {schedule[id(o)] for o in (source or same_seed)}
         if len(schedules) == 1:
             paired[schedules.pop()][run_seed(s)]["random"] = s
-    for schedule, seeds in paired.items():
+    for key, seeds in paired.items():
         for seed, runs in seeds.items():
             reference = runs.get("original", {}).get("baseline", {}).get("params")
             # the network the depth run started from (same parameter count), for baseline + fine-tune epochs
             mine_controls = [c for c in controls if run_seed(c) == seed
                              and (reference is None or c.get("params") == reference)
-                             and (schedule is None or c.get("epochs") == sum(schedule))]
+                             and (key is None or c.get("epochs") == sum(key))]
             if mine_controls:
                 runs["control"] = mine_controls[-1]
     return paired

@@ -270,41 +270,34 @@ def findings(summaries: list[dict], sweep_checks: list[dict] | None = None, widt
     cifar, schedule = main_columns(summaries, "CIFAR10", 32)
     at = f"at 32 px{baseline_suffix(schedule)}"
 
-    def present(key: str, cols: dict[str, list[float | None]] = cifar) -> list[float]:
+    def present(key: str, cols: dict[str, list[float | None]]) -> list[float]:
         return [v for v in cols[key] if v is not None]
 
-    premise, qualify = convergence_finding("CIFAR-10", cifar, 32, baseline_suffix(schedule))
-    lines += premise
-    def ours(key: str, label: str = "") -> str:
-        values = present(key)
-        return f"{label}{fmt_spread(values, signed=True)} pp {at}" if values else f"not run {at} yet"
+    def row(claim: str, values: list[float], at: str, bound: float, label: str = "",
+            qualify: Callable[[str], str] = lambda text: text) -> str:
+        ours = f"{label}{fmt_spread(values, signed=True)} pp {at}" if values else f"not run {at} yet"
+        return f"| {claim} | {ours} | {qualify(verdict(values, bound))} |"
 
-    lines.append("| cut@6 ≈ baseline on CIFAR-10 (89.73 → 88.80 %, −0.93 pp at 224 px): loss ≤ 1 point "
-                 f"| {ours('d_original', 'Δ ')} | {qualify(verdict(present('d_original'), -0.01))} |")
-    lines.append("| random init competitive (88.68 vs 88.80 %, −0.12 pp): random − original ≥ −1 point "
-                 f"| {ours('d_random_original')} | {verdict(present('d_random_original'), -0.01)} |")
-    lines.append("| the gain is not just more epochs: cut@6 ≥ same-budget unpruned net − 1 point "
-                 f"| {ours('d_control')} | {verdict(present('d_control'), -0.01)} |")
+    premise, qualify = convergence_finding("CIFAR-10", cifar, 32, baseline_suffix(schedule))
+    lines += [*premise,
+              row("cut@6 ≈ baseline on CIFAR-10 (89.73 → 88.80 %, −0.93 pp at 224 px): loss ≤ 1 point",
+                  present("d_original", cifar), at, -0.01, "Δ ", qualify),
+              row("random init competitive (88.68 vs 88.80 %, −0.12 pp): random − original ≥ −1 point",
+                  present("d_random_original", cifar), at, -0.01, "random − original "),
+              row("the gain is not just more epochs: cut@6 ≥ same-budget unpruned net − 1 point",
+                  present("d_control", cifar), at, -0.01, "cut − control ")]
     for name in ("Imagenette", "Imagewoof"):
         cols, schedule = main_columns(summaries, name, 128)
         at = f"at 128 px{baseline_suffix(schedule)}"
-        diffs = present("d_original", cols)
         ref = PUBLISHED[name]
         premise, qualify = convergence_finding(name, cols, 128, baseline_suffix(schedule))
-        lines += premise
-        lines.append(f"| pruning raises accuracy on {name} ({ref['baseline']:.2f} → {ref['original']:.2f} %) "
-                     f"| {'Δ ' + fmt_spread(diffs, signed=True) + f' pp {at}' if diffs else 'not run yet'} "
-                     f"| {qualify(verdict(diffs, 0.0)) if diffs else 'cannot tell (not run)'} |")
-        randoms = present("d_random", cols)
-        if randoms:
-            lines.append(f"| {name}: random init raises accuracy too ({ref['baseline']:.2f} → {ref['random']:.2f} %) "
-                         f"| Δ random {fmt_spread(randoms, signed=True)} pp {at} "
-                         f"| {qualify(verdict(randoms, 0.0))} |")
-        controls = present("d_control", cols)
-        if controls:
-            lines.append(f"| {name}: the gain is not just more epochs: cut@6 ≥ the same-budget unpruned net "
-                         f"| cut − control {fmt_spread(controls, signed=True)} pp {at} "
-                         f"| {verdict(controls, 0.0)} |")
+        lines += [*premise,
+                  row(f"pruning raises accuracy on {name} ({ref['baseline']:.2f} → {ref['original']:.2f} %)",
+                      present("d_original", cols), at, 0.0, "Δ ", qualify),
+                  row(f"{name}: random init raises accuracy too ({ref['baseline']:.2f} → {ref['random']:.2f} %)",
+                      present("d_random", cols), at, 0.0, "Δ random ", qualify),
+                  row(f"{name}: the gain is not just more epochs: cut@6 ≥ the same-budget unpruned net",
+                      present("d_control", cols), at, 0.0, "cut − control ")]
     lines += [width_line or "| TinyNeuralNetwork's width orderings (random < norm-based, distillation helps, "
               "iterative > one-shot) | not rerun under the per-stage protocol yet | cannot tell |",
               *sweep_findings(sweep_checks or []), ""]

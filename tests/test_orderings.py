@@ -35,3 +35,23 @@ def test_rows_pair_the_settings_that_were_run() -> None:
     assert found[0]["published"] == pytest.approx(94.59 - 94.04)
     line = orderings_finding(rows, "logs/tinyml-pruning/p32s0/checkpoints/baseline.ckpt")
     assert "2 of 12 pairs" in line and "`p32s0`" in line and "1 hold, 0 do not, 1 cannot tell" in line
+
+
+def test_the_finding_reads_the_best_trained_baseline_among_the_tables_that_run_the_most_pairs() -> None:
+    """A table from a longer-trained baseline replaces one from a shorter baseline once it runs as many
+    ordering pairs, even with fewer seeds; with fewer pairs it does not."""
+    from experiments.reports.results import width_finding
+
+    def run(baseline: str, acc_before: float, seed: int, *setting) -> dict:
+        return summary(*setting) | {"dataset": "CIFAR10", "image_size": 32, "schedule_span": "stage", "seed": seed,
+                                    "acc_before": acc_before,
+                                    "baseline": {"checkpoint": f"logs/tinyml-pruning/{baseline}/checkpoints/baseline.ckpt"}}
+
+    pair = [(0.5, "oneshot", "random", 0.60), (0.5, "oneshot", "l1_norm", 0.63)]
+    short = [run("short", 0.74, seed, *s) for seed in (0, 1) for s in pair]
+    long_one_pair = [run("long", 0.83, 0, *s) for s in pair]
+    assert "`long`, 83.00 %" in width_finding(short + long_one_pair)
+    both = [*pair, (0.75, "oneshot", "l2_norm", 0.50), (0.75, "gradual", "l2_norm", 0.53)]
+    short_two_pairs = [run("short", 0.74, seed, *s) for seed in (0, 1) for s in both]
+    line = width_finding(short_two_pairs + long_one_pair)
+    assert "`short`, 74.00 %" in line and "2 of 12 pairs" in line

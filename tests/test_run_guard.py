@@ -121,7 +121,8 @@ def test_a_signal_mid_epoch_exits_non_zero_with_the_checkpoint_intact(signum: in
             time.sleep(0.2)
         assert proc.poll() is None, proc.communicate()[1]
         proc.send_signal(signum)
-        _, err = proc.communicate(timeout=120)
+        # the run may wait up to 120 s for a W&B start still under way before it closes it (finish_wandb_run)
+        _, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -95,14 +95,16 @@ def orderings_section(rows: list[dict[str, Any]], baseline: str) -> list[str]:
     return lines + [""]
 
 
-def orderings_finding(rows: list[dict[str, Any]], baseline: str | None) -> str:
-    """The Findings row: how many orderings hold, do not hold, cannot tell."""
+def orderings_finding(rows: list[dict[str, Any]], baseline: str | None, baseline_acc: float | None = None) -> str:
+    """The Findings row: how many orderings hold, do not hold, cannot tell; ``baseline_acc``: the baseline's
+    test accuracy, named beside it."""
     claim = "| TinyNeuralNetwork's width orderings (random < norm-based, distillation helps, iterative > one-shot, HRank, BN-slimming)"
     found = ordering_rows(rows)
     if not found:
         return f"{claim} | not rerun under the per-stage protocol yet | cannot tell |"
     tally = {v: sum(r["verdict"].startswith(v) for r in found) for v in ("holds", "does not hold", "cannot tell")}
     name = Path(baseline).parent.parent.name if baseline else "?"
-    return (f"{claim} | {len(found)} of {len(ORDERINGS)} pairs run from one baseline (`{name}`) | "
+    acc = f", {100 * baseline_acc:.2f} %" if baseline_acc is not None else ""
+    return (f"{claim} | {len(found)} of {len(ORDERINGS)} pairs run from one baseline (`{name}`{acc}) | "
             f"{tally['holds']} hold, {tally['does not hold']} do not, {tally['cannot tell']} cannot tell "
             "(see *Orderings*) |")

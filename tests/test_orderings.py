@@ -50,8 +50,30 @@ def test_the_finding_reads_the_best_trained_baseline_among_the_tables_that_run_t
     pair = [(0.5, "oneshot", "random", 0.60), (0.5, "oneshot", "l1_norm", 0.63)]
     short = [run("short", 0.74, seed, *s) for seed in (0, 1) for s in pair]
     long_one_pair = [run("long", 0.83, 0, *s) for s in pair]
-    assert "`long`, 83.00 %" in width_finding(short + long_one_pair)
+    assert "`long`, 83.00 %" in width_finding(short + long_one_pair)[0]
     both = [*pair, (0.75, "oneshot", "l2_norm", 0.50), (0.75, "gradual", "l2_norm", 0.53)]
     short_two_pairs = [run("short", 0.74, seed, *s) for seed in (0, 1) for s in both]
-    line = width_finding(short_two_pairs + long_one_pair)
-    assert "`short`, 74.00 %" in line and "2 of 12 pairs" in line
+    line, *more = width_finding(short_two_pairs + long_one_pair)
+    assert "`short`, 74.00 %" in line and "2 of 12 pairs" in line and not more
+
+
+def test_a_longer_fine_tune_from_the_same_baseline_is_a_row_of_its_own_under_the_finding() -> None:
+    """Rows of one length form one table: a longer fine-tune of a few rows neither replaces the shorter
+    rows nor mixes with them, and the Findings add its verdicts under the fuller table's."""
+    from experiments.reports.results import width_finding
+    from experiments.reports.width import width_groups, width_rows
+
+    def run(epochs: int, *setting) -> dict:
+        return summary(*setting) | {"dataset": "CIFAR10", "image_size": 32, "schedule_span": "stage", "seed": 0,
+                                    "acc_before": 0.83, "epochs": epochs,
+                                    "baseline": {"checkpoint": "logs/tinyml-pruning/b/checkpoints/baseline.ckpt"}}
+
+    six = [run(6, 0.5, "oneshot", "random", 0.60), run(6, 0.5, "oneshot", "l1_norm", 0.63),
+           run(6, 0.75, "oneshot", "l2_norm", 0.50), run(6, 0.75, "gradual", "l2_norm", 0.53)]
+    twenty = [run(20, 0.5, "oneshot", "random", 0.70), run(20, 0.5, "oneshot", "l1_norm", 0.695)]
+    rows = width_rows(six + twenty)
+    assert len(rows) == 6 and sorted(len(g) for g in width_groups(rows).values()) == [2, 4]
+    first, second = width_finding(rows)
+    assert "2 of 12 pairs" in first and "6-epoch runs" in first and "2 hold" in first
+    assert second.startswith("| the same orderings after longer fine-tuning (20 epochs in all)")
+    assert "1 of 12 pairs" in second and "0 hold, 0 do not, 1 cannot tell" in second

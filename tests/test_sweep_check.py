@@ -218,7 +218,7 @@ def test_a_default_sweep_check_joins_the_check_whose_heads_it_reused() -> None:
     assert both[0]["rules"]["sweep_2_epochs"]["tolerance"] == 6
     assert sweep_findings(both)[1].endswith("| holds |")  # the Findings row judges the default length only
     # the 2-epoch column (0.5 + …) against the per-point heads (0.30, 0.50, 0.73): it leads nowhere here
-    from experiments.reports.sweep_check import reference_gap, reference_gap_text
+    from experiments.reports.sweep_reference import reference_gap, reference_gap_text
 
     assert reference_gap_text(both[0]) is None
     ahead = {**both[0], "columns": {**both[0]["columns"], "sweep_2_epochs": {"0": 0.40, "1": 0.52, "2": 0.70}}}
@@ -229,7 +229,8 @@ def test_a_default_sweep_check_joins_the_check_whose_heads_it_reused() -> None:
     with pytest.raises(FileNotFoundError, match="sweep_check_gone"):
         merge_default_sweeps([default("sweep_check_x_default", "sweep_check_gone", 7, 1.0)])
     # a candidate learning rate: a column of its own, never taken for a length of the default-rate sweep
-    from experiments.reports.sweep_check import column_title, reference_text, sweep_lengths
+    from experiments.reports.sweep_check import column_title
+    from experiments.reports.sweep_reference import reference_text, sweep_lengths
 
     fast = {**longer, "_name": "sweep_check_b_lr", "default_sweep": {**longer["default_sweep"], "epochs": 8, "lr": 0.01}}
     with_fast = merge_default_sweeps([check_record("sweep_check_b", 0, per_point, per_point),
@@ -325,7 +326,7 @@ def test_heads_trained_in_one_fit_end_where_each_trained_alone_ends(tmp_path: Pa
 def test_the_longest_sweep_stands_as_converged_heads_once_half_as_long_a_sweep_is_within_a_point() -> None:
     """The default sweep is judged against the longest one-run sweep only when the step to it from the next
     shorter one moved every cut point by under a point; else the Findings cannot tell."""
-    from experiments.reports.sweep_check import converged_findings, converged_reference, reference_text
+    from experiments.reports.sweep_reference import converged_findings, converged_reference, reference_text
 
     costs = {str(k): {"params": 10 * (k + 1), "macs": 10 * (k + 1)} for k in range(4)}
 
@@ -355,6 +356,43 @@ def test_the_longest_sweep_stands_as_converged_heads_once_half_as_long_a_sweep_i
     close = check((1, [0.30, 0.50, 0.60, 0.62]), (3, [0.40, 0.55, 0.61, 0.62]), (4, [0.405, 0.556, 0.612, 0.621]))
     assert converged_reference(close) == (None, "1 → 4 epochs moves cut 0 by 10.50 pp, the most of any cut point")
     assert converged_findings([check((1, [0.3, 0.4, 0.5, 0.6]))]) == []
+
+
+def test_a_faster_learning_rate_can_stand_as_converged_heads_judged_only_against_its_own_lengths() -> None:
+    """Lengths are compared at one learning rate: a candidate rate measured at 4 and 8 epochs that agree
+    within a point is a converged reference even where the default rate's lengths still climb; a lone
+    length at a rate shows nothing, and the default's rate is preferred when both settled."""
+    from experiments.reports.sweep_reference import (
+        converged_findings,
+        converged_reference,
+        reference_gap,
+        reference_text,
+    )
+
+    costs = {str(k): {"params": 10 * (k + 1), "macs": 10 * (k + 1)} for k in range(4)}
+
+    def check(columns: dict[str, list[float]]) -> dict:
+        columns = {"per_point": [0.30, 0.50, 0.60, 0.62], **columns}
+        return {"_name": "c", "columns": {n: dict(zip("0123", a, strict=True)) for n, a in columns.items()},
+                "rules": {n: {"tolerance": 3, "knee": 1} for n in columns}, "costs": costs}
+
+    climbing = {"default_sweep": [0.30, 0.50, 0.60, 0.62], "sweep_2_epochs": [0.40, 0.55, 0.61, 0.62]}
+    fast = {"sweep_4_epochs_lr0.01": [0.50, 0.60, 0.63, 0.64], "sweep_8_epochs_lr0.01": [0.505, 0.602, 0.631, 0.64]}
+    both = check({**climbing, **fast})
+    assert converged_reference(both) == ("sweep_8_epochs_lr0.01",
+                                         "at lr 0.01, 4 → 8 epochs moves cut 0 by 0.50 pp, the most of any cut point")
+    assert converged_findings([both])[0].endswith("| holds |")  # same cuts, same order as the default
+    assert reference_gap(both) == ("sweep_8_epochs_lr0.01", "0", pytest.approx(0.205))
+    assert "at lr 0.01, 4 epochs: tolerance 3, knee 1; 8 epochs" not in reference_text(both)  # it stands: no listing
+    unsettled = check({**climbing, "sweep_4_epochs_lr0.01": [0.50, 0.60, 0.63, 0.63],
+                       "sweep_8_epochs_lr0.01": [0.56, 0.60, 0.63, 0.63]})
+    assert converged_reference(unsettled) == (None, "1 → 2 epochs moves cut 0 by 10.00 pp, the most of any cut point; "
+                                              "at lr 0.01, 4 → 8 epochs moves cut 0 by 6.00 pp, the most of any cut point")
+    assert reference_text(unsettled).endswith("; at lr 0.01, 4 epochs: tolerance 3, knee 1; 8 epochs: tolerance 3, knee 1")
+    lone = check({**climbing, "sweep_8_epochs_lr0.01": [0.505, 0.602, 0.631, 0.64]})
+    assert converged_reference(lone)[0] is None  # one length at that rate: no halving step
+    settled = {"sweep_4_epochs": [0.41, 0.55, 0.61, 0.62]}
+    assert converged_reference(check({**climbing, **settled, **fast}))[0] == "sweep_4_epochs"  # the default's rate first
 
 
 def test_the_check_trains_on_the_data_the_baseline_was_trained_on(tmp_path: Path) -> None:

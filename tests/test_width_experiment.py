@@ -117,10 +117,19 @@ def test_report_tabulates_width_runs(real_data_dir: Path, baseline_ckpt: str, tm
     assert table[1].startswith("| MBv1-0.25 | oneshot | l2_norm | yes |") and "| 93.48 |" in table[1]
     for summary, line in zip(summaries, table, strict=True):
         assert f"| {100 * summary['acc_after']:.2f} |" in line and f"{summary['params']:,}" in line
-    # one table per baseline: both rows under the heading of the checkpoint they started from, one figure
+    # one table per baseline and length: both rows under the heading of the checkpoint they started from
     run = Path(baseline_ckpt).parent.parent.name
-    assert text.count("### CIFAR10 @32 px — from baseline") == 1 and f"from baseline `{run}`" in text
-    assert (tmp_path / "docs" / "figures" / f"width_cifar10_32_{run}.png").read_bytes()[:4] == b"\x89PNG"
+    assert text.count("### CIFAR10 @32 px — from baseline") == 1 and f"from baseline `{run}` (" in text
+    assert (tmp_path / "docs" / "figures" / f"width_cifar10_32_{run}_1ep.png").read_bytes()[:4] == b"\x89PNG"
+    # a longer run of a row already run is a table of its own, and the shorter row stays where it was
+    longer = run_row(rows[0], real_data_dir, tmp_path / "logs", baseline_ckpt, "--trainer.max_epochs", "2")
+    text = report.main(["--runs", str(tmp_path / "logs"), "--out", str(tmp_path / "docs" / "RESULTS.md"),
+                        "--latency_runs", "0"]).read_text()
+    assert text.count("### CIFAR10 @32 px — from baseline") == 2
+    one, two = text.index("1-epoch runs"), text.index("2-epoch runs")
+    assert f"| {100 * summaries[0]['acc_after']:.2f} |" in text[one:two]
+    assert f"| {100 * longer['acc_after']:.2f} |" in text[two:]
+    assert (tmp_path / "docs" / "figures" / f"width_cifar10_32_{run}_2ep.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.slow

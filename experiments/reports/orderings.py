@@ -76,12 +76,14 @@ def ordering_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def orderings_section(rows: list[dict[str, Any]], baseline: str) -> list[str]:
-    """The orderings table of one width table (runs from ``baseline``); empty when no pair was run."""
+def orderings_section(rows: list[dict[str, Any]], baseline: str, epochs: int | None = None) -> list[str]:
+    """The orderings table of one width table (runs from ``baseline``, ``epochs`` long); empty when no pair
+    was run."""
     found = ordering_rows(rows)
     if not found:
         return []
-    lines = [f"#### Orderings of TinyNeuralNetwork's table (runs from baseline `{baseline}`)", "",
+    length = f", {epochs}-epoch runs" if epochs is not None else ""
+    lines = [f"#### Orderings of TinyNeuralNetwork's table (runs from baseline `{baseline}`{length})", "",
              f"Difference = higher − lower setting, test accuracy in points. Verdict: mean ± 2 standard errors with "
              f"≥ 2 seeds on both sides; with one seed, a difference of at least {ONE_SEED_MARGIN:g} point decides "
              "and a smaller one cannot tell. TinyNN: the same difference in their 224 px table.", "",
@@ -95,16 +97,20 @@ def orderings_section(rows: list[dict[str, Any]], baseline: str) -> list[str]:
     return lines + [""]
 
 
-def orderings_finding(rows: list[dict[str, Any]], baseline: str | None, baseline_acc: float | None = None) -> str:
+def orderings_finding(rows: list[dict[str, Any]], baseline: str | None, baseline_acc: float | None = None,
+                      epochs: int | None = None, claim: str | None = None) -> str:
     """The Findings row: how many orderings hold, do not hold, cannot tell; ``baseline_acc``: the baseline's
-    test accuracy, named beside it."""
-    claim = "| TinyNeuralNetwork's width orderings (random < norm-based, distillation helps, iterative > one-shot, HRank, BN-slimming)"
+    test accuracy, ``epochs``: the runs' length, named beside it; ``claim``: the first cell (default: the
+    published orderings)."""
+    claim = claim or ("| TinyNeuralNetwork's width orderings (random < norm-based, distillation helps, iterative > "
+                      "one-shot, HRank, BN-slimming)")
     found = ordering_rows(rows)
     if not found:
         return f"{claim} | not rerun under the per-stage protocol yet | cannot tell |"
     tally = {v: sum(r["verdict"].startswith(v) for r in found) for v in ("holds", "does not hold", "cannot tell")}
     name = Path(baseline).parent.parent.name if baseline else "?"
     acc = f", {100 * baseline_acc:.2f} %" if baseline_acc is not None else ""
-    return (f"{claim} | {len(found)} of {len(ORDERINGS)} pairs run from one baseline (`{name}`{acc}) | "
+    length = f", {epochs}-epoch runs" if epochs is not None else ""
+    return (f"{claim} | {len(found)} of {len(ORDERINGS)} pairs run from one baseline (`{name}`{acc}){length} | "
             f"{tally['holds']} hold, {tally['does not hold']} do not, {tally['cannot tell']} cannot tell "
             "(see *Orderings*) |")

@@ -260,9 +260,10 @@ def schedule_table(dataset: str, size: int, schedule: Schedule, seeds: dict[int,
     return lines
 
 
-def findings(summaries: list[dict], sweep_checks: list[dict] | None = None, width_line: str | None = None) -> list[str]:
-    """One line per published claim: holds / does not hold / cannot tell, with our numbers; ``width_line``:
-    the width orderings' row (:func:`~experiments.reports.orderings.orderings_finding`)."""
+def findings(summaries: list[dict], sweep_checks: list[dict] | None = None,
+             width_lines: list[str] | None = None) -> list[str]:
+    """One line per published claim: holds / does not hold / cannot tell, with our numbers; ``width_lines``:
+    the width orderings' rows (:func:`~experiments.reports.orderings.orderings_finding`)."""
     lines = ["## Findings", "",
              "Each line tests a published claim against paired seeds under the per-stage protocol (verdict rule: "
              "the mean paired difference ± 2 standard errors against the bound named).", "",
@@ -299,8 +300,8 @@ def findings(summaries: list[dict], sweep_checks: list[dict] | None = None, widt
                       present("d_random", cols), at, 0.0, "Δ random ", qualify),
                   row(f"{name}: the gain is not just more epochs: cut@6 ≥ the same-budget unpruned net",
                       present("d_control", cols), at, 0.0, "cut − control ")]
-    lines += [width_line or "| TinyNeuralNetwork's width orderings (random < norm-based, distillation helps, "
-              "iterative > one-shot) | not rerun under the per-stage protocol yet | cannot tell |",
+    lines += [*(width_lines or ["| TinyNeuralNetwork's width orderings (random < norm-based, distillation helps, "
+                                "iterative > one-shot) | not rerun under the per-stage protocol yet | cannot tell |"]),
               *sweep_findings(sweep_checks or []), ""]
     return lines
 

@@ -183,35 +183,45 @@ def width_section(rows: list[dict], out: Path) -> list[str]:
                   "epochs = all epochs of the run (method-specific training + fine-tuning). The TinyNN column "
                   "is their 224 px, 220-epoch result, for the shape of the comparison only. Wall time is as measured, "
                   "including any other job sharing the machine.", ""]
-        for (dataset, size, baseline, span), group in width_groups(rows).items():
+        for (dataset, size, baseline, span, epochs), group in width_groups(rows).items():
             run = Path(baseline).parent.parent.name
             protocol = "per-stage protocol" if span == "stage" else "archived whole-fit runs, not evidence"
             acc = group[0].get("acc_before")
-            lines += [f"### {dataset} @{size} px — from baseline `{run}` ({pct(acc)} %), {protocol}", "",
-                      *width_table(group), ""]
-            figure = plot_width_rows(group, out.parent / "figures" / f"width_{str(dataset).lower()}_{size}_{run}.png")
+            lines += [f"### {dataset} @{size} px — from baseline `{run}` ({pct(acc)} %), {epochs}-epoch runs, "
+                      f"{protocol}", "", *width_table(group), ""]
+            name = f"width_{str(dataset).lower()}_{size}_{run}_{epochs}ep.png"
+            figure = plot_width_rows(group, out.parent / "figures" / name)
             if figure is not None:
                 lines += [f"![width pruning {dataset} {size} px from {run}]({figure.relative_to(out.parent).as_posix()})", ""]
             if span == "stage":
-                lines += orderings_section(group, run)
+                lines += orderings_section(group, run, epochs)
     return lines
 
 
-def width_finding(width: list[dict]) -> str:
-    """The Findings row of the width orderings, from one per-stage CIFAR-10 @32 px width table: the one that
-    runs the most ordering pairs, and of those the best-trained baseline (the highest test accuracy before
-    pruning: every such table prunes the same network on the same split), so a longer baseline's table
-    replaces a shorter one's once it covers as many pairs, however many more seeds the older table has."""
+def width_finding(width: list[dict]) -> list[str]:
+    """The Findings rows of the width orderings, from the per-stage CIFAR-10 @32 px width tables: the table
+    that runs the most ordering pairs, and of those the best-trained baseline (the highest test accuracy before
+    pruning: every such table prunes the same network on the same split), then the shortest runs; so a longer
+    baseline's table replaces a shorter one's once it covers as many pairs, however many more seeds the older
+    table has. Then one row for each longer table from the same baseline: the same pairs after longer
+    fine-tuning, which shows whether an ordering only ranks how fast each method recovers."""
     tables = [(key, group) for key, group in width_groups(width).items()
               if key[0] == "CIFAR10" and key[1] == 32 and key[3] == "stage"]
     if not tables:
-        return orderings_finding([], None)
+        return [orderings_finding([], None)]
 
     def before(group: list[dict]) -> float:
         return max((float(s["acc_before"]) for s in group if s.get("acc_before") is not None), default=0.0)
 
-    (_, _, baseline, _), group = max(tables, key=lambda item: (len(ordering_rows(item[1])), before(item[1])))
-    return orderings_finding(group, baseline, before(group) or None)
+    (_, _, baseline, _, epochs), group = max(tables, key=lambda item: (len(ordering_rows(item[1])), before(item[1]),
+                                                                       -(item[0][4] or 0)))
+    rows = [orderings_finding(group, baseline, before(group) or None, epochs)]
+    longer = sorted((key[4], g) for key, g in tables if key[2] == baseline and (key[4] or 0) > (epochs or 0)
+                    and ordering_rows(g))
+    for n, g in longer:
+        rows.append(orderings_finding(g, baseline, before(g) or None, n,
+                                      claim=f"| the same orderings after longer fine-tuning ({n} epochs in all)"))
+    return rows
 
 
 def compute_line(summaries: list[dict]) -> str:

@@ -137,6 +137,8 @@ def sweep_findings(checks: list[dict[str, Any]]) -> list[str]:
         return [f"{claim} | not measured yet | cannot tell |"]
     baselines = len({baseline_identity(c) for c in checks})
     parts, ok, beyond, same_all = [], [], [], []
+    from experiments.reports.sweep_reference import converged_findings
+
     noise = head_noise(checks)
     for check in checks:
         rho = check["spearman_vs_per_point"]["one_run"]
@@ -212,6 +214,8 @@ def merge_default_sweeps(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def default_sweep_findings(checks: list[dict[str, Any]]) -> list[str]:
     """The Findings row of the sweep that ``depth_prune.py`` runs by default, where it was measured: the same
     bar (ρ ≥ 0.9 and both rules on the per-point heads' cut), beside what the depth runs' own sweeps chose."""
+    from experiments.reports.sweep_reference import reference_gap
+
     measured = [c for c in checks if "default_sweep" in c["columns"]]
     if not measured:
         return []
@@ -238,26 +242,6 @@ def sweep_checks(runs_dir: str | Path = "docs/runs") -> list[dict[str, Any]]:
     check merged into the check whose heads it reused)."""
     return merge_default_sweeps([{**json.loads(p.read_text()), "_name": p.stem}
                                  for p in sorted(Path(runs_dir).glob("sweep_check_*.json"))])
-
-
-def reference_gap(result: dict[str, Any]) -> tuple[str, str, float] | None:
-    """The largest lead of any longer default-optimiser sweep (``sweep_<n>_epochs``) over the per-point
-    heads, as ``(column, cut, lead)``: heads trained in one run for longer beating the reference means the
-    reference had not converged there (a cosine schedule ends flat, whatever the heads have learnt)."""
-    per_point = result["columns"]["per_point"]
-    leads = [(name, cut, col[cut] - per_point[cut]) for name, col in result["columns"].items()
-             if name.startswith("sweep_") and name.endswith("_epochs") for cut in col if cut in per_point]
-    return max(leads, key=lambda lead: lead[2]) if leads else None
-
-
-def reference_gap_text(result: dict[str, Any]) -> str | None:
-    """:func:`reference_gap` in words (``None`` without a longer sweep, or where it leads by nothing)."""
-    gap = reference_gap(result)
-    if gap is None or gap[2] <= 0:
-        return None
-    name, cut, lead = gap
-    return (f"*{column_title(name)}* beats the per-point heads by up to {100 * lead:.2f} pp (cut {cut}): the "
-            "per-point heads had not converged there, flat last epoch or not")
 
 
 def default_sweep_text(result: dict[str, Any]) -> list[str]:
@@ -287,6 +271,8 @@ def namesake_text(result: dict[str, Any], checks: list[dict[str, Any]]) -> list[
 
 def sweep_check_sections(runs_dir: str | Path = "docs/runs") -> list[str]:
     """A section per ``sweep_check_*.json`` under ``runs_dir`` (none: nothing)."""
+    from experiments.reports.sweep_reference import reference_gap_text, reference_text
+
     lines: list[str] = []
     checks = sweep_checks(runs_dir)
     for result in checks:
@@ -310,89 +296,3 @@ def sweep_check_sections(runs_dir: str | Path = "docs/runs") -> list[str]:
     for line in repeat_text(checks):
         lines += [line, ""]
     return lines
-
-
-#: Halving the longest one-run sweep's epochs must change every cut point's accuracy by less than this before
-#: that sweep stands as converged heads.
-CONVERGED_CHANGE: float = 0.01
-
-
-def sweep_lengths(result: dict[str, Any]) -> list[tuple[int, str]]:
-    """The one-run sweeps with the default's optimiser on the whole split, as ``(epochs, column)``, shortest
-    first."""
-    found = [(DEFAULT_SWEEP_EPOCHS, "default_sweep")] if "default_sweep" in result["columns"] else []
-    found += [(int(n.split("_")[1]), n) for n in result["columns"] if n.startswith("sweep_") and n.endswith("_epochs")]
-    return sorted(found)
-
-
-def converged_reference(result: dict[str, Any], bound: float = CONVERGED_CHANGE) -> tuple[str | None, str]:
-    """The longest default-optimiser sweep as the reference of converged heads, when a sweep of at most half
-    its epochs is within ``bound`` of it at every cut point. One fit trains each head exactly as a fit of that
-    head alone would (``test_heads_trained_in_one_fit_end_where_each_trained_alone_ends``), so that column is
-    the per-point protocol run to convergence at the cost of one run. Returns the column (``None``: no
-    converged reference) and the evidence in words."""
-    lengths = sweep_lengths(result)
-    long_n, longest = lengths[-1] if lengths else (0, "")
-    halves = [(n, name) for n, name in lengths if 2 * n <= long_n]
-    if not halves:
-        return None, "no sweep of at most half the longest one's epochs measured"
-    short_n, short = halves[-1]
-    a, b = result["columns"][short], result["columns"][longest]
-    cut, change = max(((k, abs(b[k] - a[k])) for k in b if k in a), key=lambda item: item[1])
-    evidence = f"{short_n} → {long_n} epochs moves cut {cut} by {100 * change:.2f} pp, the most of any cut point"
-    return (longest if change < bound else None), evidence
-
-
-def against_reference(result: dict[str, Any], reference: str) -> dict[str, float | None]:
-    """Every column's Spearman ρ against the ``reference`` column."""
-    from experiments.sweep_check import rank_correlation
-
-    ref = {int(k): v for k, v in result["columns"][reference].items()}
-    return {name: rank_correlation({int(k): v for k, v in col.items()}, ref) for name, col in result["columns"].items()}
-
-
-def reference_text(result: dict[str, Any]) -> str | None:
-    """The section's line on the converged reference: its evidence, every column's ρ and cuts against it."""
-    lengths = sweep_lengths(result)
-    if len(lengths) < 2:
-        return None
-    by_length = "; ".join(f"{n} epoch{'s' if n > 1 else ''}: tolerance {result['rules'][c]['tolerance']}, knee "
-                          f"{result['rules'][c]['knee']}" for n, c in lengths)
-    reference, evidence = converged_reference(result)
-    if reference is None:
-        return (f"No column stands as converged heads yet: {evidence} (the bar: under {100 * CONVERGED_CHANGE:g} pp). "
-                f"The rules' cuts by sweep length: {by_length}")
-    rules = result["rules"][reference]
-    others = "; ".join(f"{column_title(n)} ρ {_rho(rho)}, cuts {result['rules'][n]['tolerance']} / "
-                       f"{result['rules'][n]['knee']}" for n, rho in against_reference(result, reference).items()
-                       if n != reference)
-    return (f"*{column_title(reference)}* stands as converged heads ({evidence}; one fit trains each head as its own "
-            f"fit would): tolerance rule cut {rules['tolerance']}, knee cut {rules['knee']}. Against it: {others}")
-
-
-def converged_findings(checks: list[dict[str, Any]]) -> list[str]:
-    """The Findings row of the default sweep against converged heads (the longest one-run sweep, once a sweep
-    of at most half its epochs is within a point of it at every cut point), where a check measured several
-    sweep lengths; checks without such a reference are listed but decide nothing."""
-    measured = [c for c in checks if "default_sweep" in c["columns"] and len(sweep_lengths(c)) >= 2]
-    if not measured:
-        return []
-    parts, answers = [], []
-    for check in measured:
-        reference, evidence = converged_reference(check)
-        if reference is None:
-            parts.append(f"`{check['_name']}`: no converged reference ({evidence})")
-            answers.append(None)
-            continue
-        rho = against_reference(check, reference)["default_sweep"]
-        ours, theirs = check["rules"]["default_sweep"], check["rules"][reference]
-        answers.append(rho is not None and rho >= RHO_BAR and all(ours[r] == theirs[r] for r in ("tolerance", "knee")))
-        parts.append(f"`{check['_name']}`: ρ {_rho(rho)} against {column_title(reference)} ({evidence}); tolerance "
-                     f"{ours['tolerance']} vs {theirs['tolerance']}, knee {ours['knee']} vs {theirs['knee']}")
-    judged = [a for a in answers if a is not None]  # checks without a converged reference decide nothing
-    verdict = "cannot tell (no converged reference)" if not judged else "holds" if all(judged) else "does not hold"
-    return [f"| the sweep `depth_prune.py` runs by default ranks cut points like converged heads (the longest one-run "
-            f"sweep, once a sweep of half its epochs or fewer is within {100 * CONVERGED_CHANGE:g} point of it at "
-            "every cut point; one fit trains each head exactly as its own fit would): Spearman ρ ≥ "
-            f"{RHO_BAR} and both rules choose the same cut "
-            f"| {'; '.join(parts)} | {verdict} |"]

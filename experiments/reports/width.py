@@ -48,20 +48,24 @@ def baseline_of(summary: dict[str, Any]) -> str:
 
 
 def width_groups(rows: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
-    """Rows by (dataset, image size, baseline checkpoint, schedule span): one table each."""
+    """Rows by (dataset, image size, baseline checkpoint, schedule span, epochs): one table each, so rows
+    of one table share their baseline and their length (a longer fine-tune is another table, never a row
+    that replaces a shorter one's)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for s in rows:
-        key = (s.get("dataset"), s.get("image_size"), baseline_of(s), s.get("schedule_span", "fit"))
+        key = (s.get("dataset"), s.get("image_size"), baseline_of(s), s.get("schedule_span", "fit"), s.get("epochs"))
         groups.setdefault(key, []).append(s)
     return groups
 
 
 def width_rows(summaries: list[dict[str, Any]], image_size: int | None = None) -> list[dict[str, Any]]:
-    """The newest width-pruning run of each (baseline, seed, sparsity, method, criterion, distillation) at ``image_size``,
+    """The newest width-pruning run of each (baseline, epochs, seed, sparsity, method, criterion, distillation) at
+    ``image_size``,
     ordered as TinyNeuralNetwork's tables (width 0.5 first, then by method)."""
     runs = [s for s in summaries if s.get("stage") == "width_prune"
             and (image_size is None or s.get("image_size") == image_size)]
-    newest = {(s.get("dataset"), s.get("image_size"), baseline_of(s), s.get("seed"), *row_key(s)): s for s in runs}
+    newest = {(s.get("dataset"), s.get("image_size"), baseline_of(s), s.get("epochs"), s.get("seed"), *row_key(s)): s
+              for s in runs}
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     return sorted(newest.values(), key=lambda s: (s.get("dataset", ""), s.get("image_size", 0), row_key(s)[0],
                                                   order.get(s.get("method"), 99), s.get("criterion", ""),

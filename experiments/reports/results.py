@@ -216,8 +216,8 @@ def width_finding(width: list[dict]) -> list[str]:
     (_, _, baseline, _, epochs), group = max(tables, key=lambda item: (len(ordering_rows(item[1])), before(item[1]),
                                                                        -(item[0][4] or 0)))
     rows = [orderings_finding(group, baseline, before(group) or None, epochs)]
-    longer = sorted((key[4], g) for key, g in tables if key[2] == baseline and (key[4] or 0) > (epochs or 0)
-                    and ordering_rows(g))
+    longer = sorted(((key[4], g) for key, g in tables if key[2] == baseline and (key[4] or 0) > (epochs or 0)
+                     and ordering_rows(g)), key=lambda item: item[0])
     for n, g in longer:
         rows.append(orderings_finding(g, baseline, before(g) or None, n,
                                       claim=f"| the same orderings after longer fine-tuning ({n} epochs in all)"))

@@ -389,6 +389,13 @@ def test_a_faster_learning_rate_can_stand_as_converged_heads_judged_only_against
     assert converged_reference(unsettled) == (None, "1 → 2 epochs moves cut 0 by 10.00 pp, the most of any cut point; "
                                               "at lr 0.01, 4 → 8 epochs moves cut 0 by 6.00 pp, the most of any cut point")
     assert reference_text(unsettled).endswith("; at lr 0.01, 4 epochs: tolerance 3, knee 1; 8 epochs: tolerance 3, knee 1")
+    # accuracies still moving but the decision not: the Findings say so beside the default's cuts
+    row = converged_findings([unsettled])[0]
+    assert "but 1 and 2 epochs choose the same cuts, tolerance 3 and knee 1; 4 and 8 epochs at lr 0.01 choose the " \
+           "same cuts, tolerance 3 and knee 1; the default: tolerance 3, knee 1" in row
+    assert row.endswith("| cannot tell (no converged reference) |")
+    unsettled["rules"]["sweep_8_epochs_lr0.01"] = {"tolerance": 2, "knee": 1}
+    assert "at lr 0.01 choose" not in converged_findings([unsettled])[0]
     lone = check({**climbing, "sweep_8_epochs_lr0.01": [0.505, 0.602, 0.631, 0.64]})
     assert converged_reference(lone)[0] is None  # one length at that rate: no halving step
     settled = {"sweep_4_epochs": [0.41, 0.55, 0.61, 0.62]}

@@ -117,7 +117,7 @@ def converged_findings(checks: list[dict[str, Any]]) -> list[str]:
     for check in measured:
         reference, evidence = converged_reference(check)
         if reference is None:
-            parts.append(f"`{check['_name']}`: no converged reference ({evidence})")
+            parts.append(f"`{check['_name']}`: no converged reference ({evidence}){settled_cuts_text(check)}")
             answers.append(None)
             continue
         rho = against_reference(check, reference)["default_sweep"]
@@ -131,6 +131,28 @@ def converged_findings(checks: list[dict[str, Any]]) -> list[str]:
             f"sweep of one learning rate, once a sweep of half its epochs or fewer at that rate is within "
             f"{100 * CONVERGED_CHANGE:g} point of it at every cut point; one fit trains each head exactly as its own "
             f"fit would): Spearman ρ ≥ {RHO_BAR} and both rules choose the same cut | {'; '.join(parts)} | {verdict} |"]
+
+
+def settled_cuts_text(result: dict[str, Any]) -> str:
+    """Where no sweep stands as converged heads: the rates whose halving step left both rules' cuts where
+    they were (accuracies still moving, the decision not), beside the default's cuts; empty where none."""
+    parts = []
+    for lr, lengths in sweep_families(result).items():
+        step = _family_step(result, lr, lengths)
+        if step is None:
+            continue
+        long_n, longest = lengths[-1]
+        short_n, short = [(n, name) for n, name in lengths if 2 * n <= long_n][-1]
+        a, b = result["rules"][short], result["rules"][longest]
+        if all(a[r] == b[r] for r in ("tolerance", "knee")):
+            rate = "" if lr is None else f" at lr {lr}"
+            parts.append(f"{short_n} and {long_n} epochs{rate} choose the same cuts, tolerance {b['tolerance']} and "
+                         f"knee {b['knee']}")
+    if not parts:
+        return ""
+    ours = result["rules"].get("default_sweep")
+    default = f"; the default: tolerance {ours['tolerance']}, knee {ours['knee']}" if ours else ""
+    return f"; but {'; '.join(parts)}{default}"
 
 
 def reference_gap(result: dict[str, Any]) -> tuple[str, str, float] | None:

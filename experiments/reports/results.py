@@ -187,9 +187,10 @@ def width_section(rows: list[dict], out: Path) -> list[str]:
             run = Path(baseline).parent.parent.name
             protocol = "per-stage protocol" if span == "stage" else "archived whole-fit runs, not evidence"
             acc = group[0].get("acc_before")
-            lines += [f"### {dataset} @{size} px — from baseline `{run}` ({pct(acc)} %), {epochs}-epoch runs, "
-                      f"{protocol}", "", *width_table(group), ""]
-            name = f"width_{str(dataset).lower()}_{size}_{run}_{epochs}ep.png"
+            length = "" if epochs is None else f", {epochs}-epoch runs"
+            lines += [f"### {dataset} @{size} px — from baseline `{run}` ({pct(acc)} %){length}, {protocol}", "",
+                      *width_table(group), ""]
+            name = f"width_{str(dataset).lower()}_{size}_{run}{'' if epochs is None else f'_{epochs}ep'}.png"
             figure = plot_width_rows(group, out.parent / "figures" / name)
             if figure is not None:
                 lines += [f"![width pruning {dataset} {size} px from {run}]({figure.relative_to(out.parent).as_posix()})", ""]

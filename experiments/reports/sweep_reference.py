@@ -40,14 +40,21 @@ def sweep_lengths(result: dict[str, Any]) -> list[tuple[int, str]]:
     return sweep_families(result).get(None, [])
 
 
+def _halving_pair(lengths: list[tuple[int, str]]) -> tuple[tuple[int, str], tuple[int, str]] | None:
+    """A family's longest sweep and the longest of half its epochs or fewer, as ``((epochs, column), (epochs,
+    column))``; ``None`` without such a shorter sweep."""
+    long_n, _ = lengths[-1]
+    halves = [(n, name) for n, name in lengths if 2 * n <= long_n]
+    return (halves[-1], lengths[-1]) if halves else None
+
+
 def _family_step(result: dict[str, Any], lr: str | None, lengths: list[tuple[int, str]]) -> tuple[float, str, str] | None:
     """The step from the longest sweep of half the family's longest epochs or fewer to that longest one, as
     ``(largest change at any cut point, evidence in words, longest column)``; ``None`` without such a pair."""
-    long_n, longest = lengths[-1]
-    halves = [(n, name) for n, name in lengths if 2 * n <= long_n]
-    if not halves:
+    pair = _halving_pair(lengths)
+    if pair is None:
         return None
-    short_n, short = halves[-1]
+    (short_n, short), (long_n, longest) = pair
     a, b = result["columns"][short], result["columns"][longest]
     cut, change = max(((k, abs(b[k] - a[k])) for k in b if k in a), key=lambda item: item[1])
     rate = "" if lr is None else f"at lr {lr}, "
@@ -58,15 +65,14 @@ def converged_reference(result: dict[str, Any], bound: float = CONVERGED_CHANGE)
     """The converged heads' column (``None``: none yet) and the evidence in words. Among the learning rates
     whose halving step moved every cut point by under ``bound``, the default's rate first, then the rate with
     the longest sweep; without one, the evidence of every rate that measured a halving step."""
-    steps = [(lr, step) for lr, lengths in sweep_families(result).items()
-             if (step := _family_step(result, lr, lengths)) is not None]
+    families = sweep_families(result)
+    steps = [(lr, step) for lr, lengths in families.items() if (step := _family_step(result, lr, lengths)) is not None]
     if not steps:
         return None, "no sweep of at most half the longest one's epochs measured"
     settled = [(lr, step) for lr, step in steps if step[0] < bound]
     if not settled:
         return None, "; ".join(step[1] for _, step in steps)
-    lr, (_, evidence, longest) = min(settled, key=lambda item: (item[0] is not None,
-                                                                -sweep_families(result)[item[0]][-1][0]))
+    lr, (_, evidence, longest) = min(settled, key=lambda item: (item[0] is not None, -families[item[0]][-1][0]))
     return longest, evidence
 
 
@@ -138,11 +144,10 @@ def settled_cuts_text(result: dict[str, Any]) -> str:
     they were (accuracies still moving, the decision not), beside the default's cuts; empty where none."""
     parts = []
     for lr, lengths in sweep_families(result).items():
-        step = _family_step(result, lr, lengths)
-        if step is None:
+        pair = _halving_pair(lengths)
+        if pair is None:
             continue
-        long_n, longest = lengths[-1]
-        short_n, short = [(n, name) for n, name in lengths if 2 * n <= long_n][-1]
+        (short_n, short), (long_n, longest) = pair
         a, b = result["rules"][short], result["rules"][longest]
         if all(a[r] == b[r] for r in ("tolerance", "knee")):
             rate = "" if lr is None else f" at lr {lr}"

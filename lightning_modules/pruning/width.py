@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from lightning_modules.modes import eval_mode
 from lightning_modules.pruning.criteria import CONVS, NORMS, Criterion
+from lightning_modules.pruning.slicing_checks import check_still_runs, output_shape, unsliceable_reason
 
 if TYPE_CHECKING:  # torch-pruning is imported where it is used: it pulls in timm's data stack and W&B,
     import torch_pruning as tp  # seconds of start-up that runs without width pruning do not need
@@ -112,7 +113,9 @@ def prunable_groups(
 
     The root of a group is its first non-depthwise convolution (the stem, a pointwise convolution, the
     first convolution of a residual stage); depthwise convolutions only follow. Groups that would change
-    the outputs of the final ``nn.Linear`` or of a module in ``ignore`` are left out.
+    the outputs of the final ``nn.Linear`` or of a module in ``ignore`` are left out, and so are groups
+    torch-pruning cannot slice correctly (:func:`~lightning_modules.pruning.slicing_checks.unsliceable_reason`:
+    a warning names them); a network where that leaves no group is an error.
     """
     import torch_pruning as tp
 
@@ -121,7 +124,7 @@ def prunable_groups(
     names = {m: n for n, m in model.named_modules()}
     classifier = output_layer(model)
     ignored = [*ignore, *([classifier] if classifier is not None else [])]
-    groups = []
+    groups, kept = [], {}
     for full in graph.get_all_groups(ignored_layers=ignored, root_module_types=CONVS):
         convs = [
             item.dep.target.module
@@ -134,7 +137,19 @@ def prunable_groups(
             continue
         pruner = graph.get_pruner_of_module(root)
         group = graph.get_pruning_group(root, pruner.prune_out_channels, list(range(root.out_channels)))
-        groups.append(ChannelGroup(names[root], group, graph))
+        reason = unsliceable_reason(group, graph, names)
+        if reason is None:
+            groups.append(ChannelGroup(names[root], group, graph))
+        else:
+            kept[names[root]] = reason
+    kept = {n: kept[n] for n in sorted(kept, key=lambda n: order[dict(model.named_modules())[n]])}
+    if kept and not groups:
+        raise ValueError(f"no channel group of {type(model).__name__} can be width-pruned: "
+                         + "; ".join(f"{n}: {r}" for n, r in list(kept.items())[:4]))
+    if kept:
+        warnings.warn(f"width pruning keeps every channel of {len(kept)} of {len(kept) + len(groups)} groups: "
+                      + "; ".join(f"{n}: {r}" for n, r in list(kept.items())[:4])
+                      + (" ..." if len(kept) > 4 else ""), stacklevel=2)
     return sorted(groups, key=lambda g: order[g.root])
 
 
@@ -288,12 +303,20 @@ def _global_keep(
     return left
 
 
-def apply_plan(groups: Sequence[ChannelGroup], plan: Mapping[str, Sequence[int]]) -> None:
-    """Slice every group's channels in ``plan`` out of the network (torch-pruning ``Group.prune``)."""
+def apply_plan(
+    groups: Sequence[ChannelGroup], plan: Mapping[str, Sequence[int]], example_input: Tensor | None = None
+) -> None:
+    """Slice every group's channels in ``plan`` out of the network (torch-pruning ``Group.prune``); with
+    ``example_input``, then check that the network still runs and gives outputs of the same shape
+    (:func:`~lightning_modules.pruning.slicing_checks.check_still_runs`)."""
+    model = groups[0].graph.model if groups and example_input is not None else None
+    expected = output_shape(model, example_input) if model is not None else None
     for g in groups:
         idxs = list(plan.get(g.name, ()))
         if idxs:
             g.group.prune(idxs)
+    if model is not None and expected is not None:
+        check_still_runs(model, example_input, expected, [g.name for g in groups if plan.get(g.name)])
 
 
 def prune_model(
@@ -313,7 +336,8 @@ def prune_model(
     """
     groups = prunable_groups(model, example_input, ignore)
     scores = channel_scores(groups, criterion, normalize=global_ranking)
-    apply_plan(groups, plan_pruning(scores, sparsity, round_to, global_ranking, min_channels, max_pruning_ratio))
+    plan = plan_pruning(scores, sparsity, round_to, global_ranking, min_channels, max_pruning_ratio)
+    apply_plan(groups, plan, example_input)
     return model
 
 

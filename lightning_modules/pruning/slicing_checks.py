@@ -1,0 +1,90 @@
+"""Which channel groups torch-pruning can slice correctly, and a check that a sliced network still runs.
+
+torch-pruning's dependency graph couples the channels of a network through the operations it traces, but a
+network may keep channel counts in its own attributes, where slicing the tensors cannot reach them:
+
+* ``torch.split`` / ``unbind`` with sizes stored on the module (timm's ``MixedConv2d``, CSP blocks): after
+  slicing, the split no longer matches the channels it receives, or, worse, splits at the wrong place;
+* a slice along the channels (GhostNet's ``cat(...)[:, :out_chs]``) or an in-place add into one
+  (ReXNet's ``x[:, :C] += shortcut``), whose bounds are fixed numbers;
+* a grouped convolution that is not depthwise (ResNeXt, RegNet): its input and output channels are tied
+  group by group, and removing channels other than the same positions of every group breaks it.
+
+A group that passes one of these keeps its channels (:func:`unsliceable_reason` says why, and the caller
+warns); everything else torch-pruning slices as usual. After slicing, :func:`check_still_runs` runs the
+network once, so a structure this screen does not know ends the run with a clear error instead of a
+network that fails (or silently computes something else) later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from lightning_modules.modes import eval_mode
+
+if TYPE_CHECKING:
+    import torch_pruning as tp
+
+#: torch-pruning's stand-ins for ``torch.split`` / ``chunk`` and ``unbind``: their sizes live in the network.
+_SPLITS: tuple[str, ...] = ("_SplitOp", "_UnbindOp")
+
+
+def _channel_count(module: nn.Module, out: bool) -> int | None:
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return module.out_channels if out else module.in_channels
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return module.num_features
+    if isinstance(module, nn.Linear):
+        return module.out_features if out else module.in_features
+    return None
+
+
+def is_grouped(module: nn.Module) -> bool:
+    """A convolution with channel groups that is not depthwise (one group per output channel)."""
+    return (isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
+            and module.groups != module.out_channels)
+
+
+def unsliceable_reason(group: tp.Group, graph: tp.DependencyGraph, names: Mapping[nn.Module, str]) -> str | None:
+    """Why torch-pruning cannot slice ``group`` correctly (see the module docstring), or ``None``."""
+    for item in group:
+        module, handler = item.dep.target.module, item.dep.handler
+        kind = type(module).__name__
+        if kind in _SPLITS:
+            return "its channels pass a torch.split / unbind whose sizes the network stores"
+        if kind == "_SliceOp" and module.dim in (1, -3):
+            return "its channels pass a slice along the channels with fixed bounds"
+        if kind == "_ElementWiseOp" and "CopySlices" in str(module._grad_fn):
+            return "its channels are written into a slice of another tensor (x[:, a:b] += ...)"
+        if is_grouped(module):
+            return f"it reaches the grouped convolution {names.get(module, kind)} (groups={module.groups})"
+        count = _channel_count(module, graph.is_out_channel_pruning_fn(handler))
+        if count is not None and item.idxs and max(item.idxs) >= count:
+            return f"torch-pruning maps its channels past the {count} channels of {names.get(module, kind)}"
+    return None
+
+
+def output_shape(model: nn.Module, example_input: Tensor) -> torch.Size:
+    """The shape of ``model``'s output for ``example_input``, computed in eval mode without gradients."""
+    with eval_mode(model), torch.no_grad():
+        return model(example_input).shape
+
+
+def check_still_runs(model: nn.Module, example_input: Tensor, expected: torch.Size, sliced: list[str]) -> None:
+    """Raise ``ValueError`` when the sliced ``model`` no longer runs on ``example_input`` or changed its
+    output shape from ``expected``; ``sliced`` names the groups whose channels were removed."""
+    try:
+        shape = output_shape(model, example_input)
+    except RuntimeError as err:
+        problem = f"fails on an input of shape {tuple(example_input.shape)}: {str(err).splitlines()[0]}"
+    else:
+        if shape == expected:
+            return
+        problem = f"gives outputs of shape {tuple(shape)} instead of {tuple(expected)}"
+    raise ValueError(f"width pruning left a network that {problem}; the network keeps a channel count "
+                     f"torch-pruning does not update. Keep the channels of the failing layer with the "
+                     f"callback's ignore (sliced groups: {sliced[:8]}{' ...' if len(sliced) > 8 else ''})")

@@ -159,3 +159,22 @@ def test_a_channel_count_the_graph_cannot_see_ends_in_one_clear_error() -> None:
     with pytest.raises(ValueError, match=r"width pruning left a network that fails on an input of shape "
                                          r"\(1, 3, 16, 16\): .*Keep the channels of the failing layer"):
         prune_model(net, make_criterion("l2_norm"), 0.5, X[:1])
+
+
+@pytest.mark.parametrize("name", ["regnetx_002", "ghostnet_050"])
+def test_timm_families_torch_pruning_cannot_fully_slice_prune_run_and_rebuild(name: str) -> None:
+    """RegNet (grouped convolutions) and GhostNet (channel slices): a one-shot prune keeps the groups it
+    cannot slice, the rest shrinks, and the sliced network rebuilds from its description alone."""
+    from lightning_modules.backbones.timm import TimmAdapter
+
+    adapter = TimmAdapter(name, None, 5)
+    torch.manual_seed(0)
+    net = trained_like(adapter.build({}))
+    before = sum(p.numel() for p in net.parameters())
+    with pytest.warns(UserWarning, match=r"width pruning keeps every channel of \d+ of \d+ groups"):
+        prune_model(net, make_criterion("l2_norm"), 0.5, X[:1])
+    assert sum(p.numel() for p in net.parameters()) < 0.8 * before
+    rebuilt = adapter.build(adapter.describe(net)).eval()
+    rebuilt.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(X), net(X))

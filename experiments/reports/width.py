@@ -13,6 +13,7 @@ from typing import Any
 
 from callbacks.pruning_base import WidthPruningCallback
 from experiments.reports.format import pct
+from experiments.reports.reproduce import run_seed
 
 #: TinyNeuralNetwork's CIFAR-10 MobileNetV1 tables (baseline 94.2 %, fine-tuned at 224 px):
 #: (sparsity, method, criterion, distillation) → top-1 %.
@@ -95,8 +96,8 @@ def schedule_text(summary: dict[str, Any]) -> str:
 def width_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| net | method | criterion | distill | sparsity | FLOPs preserve rate | params | MACs | acc before % "
-        "| acc after % | Δ pp | epochs | schedule (epochs) | wall min | TinyNN % (from 94.2) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| acc after % | Δ pp | epochs | schedule (epochs) | wall min | TinyNN % (from 94.2) | seed | run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in rows:
         ref = REFERENCE_WIDTH.get(row_key(s))
@@ -104,13 +105,14 @@ def width_table(rows: list[dict[str, Any]]) -> list[str]:
         delta = "—" if before is None or after is None else f"{100 * (after - before):+.2f}"
         sparsity = s.get("sparsity")
         width = f"{1 - sparsity:g}" if isinstance(sparsity, int | float) else "—"
-        wall = s.get("wall_time_s")
+        wall, seed = s.get("wall_time_s"), run_seed(s)
         lines.append(
             f"| MBv1-{width} | {s.get('method')} | {s.get('criterion')} | {'yes' if s.get('distillation') else ''} "
             f"| {sparsity} | {s.get('flops_preserve_rate', float('nan')):.3f} | {s.get('params', 0):,} "
             f"| {s.get('macs', 0):,} | {pct(before)} | {pct(after)} | {delta} | {s.get('epochs')} "
             f"| {schedule_text(s)} "
-            f"| {'—' if wall is None else f'{wall / 60:.1f}'} | {'—' if ref is None else f'{ref:.2f}'} |"
+            f"| {'—' if wall is None else f'{wall / 60:.1f}'} | {'—' if ref is None else f'{ref:.2f}'} "
+            f"| {'—' if seed is None else seed} | `{Path(s['_path']).parent.name}` |"
         )
     return lines
 

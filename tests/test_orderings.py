@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.reports.orderings import ONE_SEED_MARGIN, decide, ordering_rows, orderings_finding
+from experiments.reports.orderings import (
+    ONE_SEED_MARGIN,
+    decide,
+    ordering_rows,
+    orderings_finding,
+    orderings_section,
+)
 
 
 def summary(sparsity: float, method: str, criterion: str, acc: float, distill: bool = False) -> dict:
@@ -77,3 +83,16 @@ def test_a_longer_fine_tune_from_the_same_baseline_is_a_row_of_its_own_under_the
     assert "2 of 12 pairs" in first and "6-epoch runs" in first and "2 hold" in first
     assert second.startswith("| the same orderings after longer fine-tuning (20 epochs in all)")
     assert "1 of 12 pairs" in second and "0 hold, 0 do not, 1 cannot tell" in second
+
+
+def test_one_seed_cannot_decide_within_the_seed_to_seed_change_the_table_itself_measured() -> None:
+    """Two seeds of one setting 3 points apart: a one-seed pair 2 points apart no longer decides."""
+    rows = [summary(0.5, "oneshot", "random", 0.78), summary(0.5, "oneshot", "random", 0.81),
+            summary(0.5, "oneshot", "l1_norm", 0.815)]
+    (found,) = ordering_rows(rows)
+    assert found["margin"] == pytest.approx(3.0)
+    assert found["verdict"] == "cannot tell (within 3.00 points, 1 seed)"
+    assert ordering_rows(rows[1:])[0]["verdict"] == "cannot tell (within 1 point, 1 seed)"
+    assert ordering_rows([rows[0], rows[2]])[0]["verdict"] == "holds (1 seed)"
+    assert "at least 3.00 points (the largest change between the seeds of one setting in this table) decides" in "\n".join(
+        orderings_section(rows, "p32s0"))

@@ -142,7 +142,8 @@ def prunable_groups(
             groups.append(ChannelGroup(names[root], group, graph))
         else:
             kept[names[root]] = reason
-    kept = {n: kept[n] for n in sorted(kept, key=lambda n: order[dict(model.named_modules())[n]])}
+    position = {n: order[m] for m, n in names.items()}
+    kept = {n: kept[n] for n in sorted(kept, key=position.__getitem__)}
     if kept and not groups:
         raise ValueError(f"no channel group of {type(model).__name__} can be width-pruned: "
                          + "; ".join(f"{n}: {r}" for n, r in list(kept.items())[:4]))

@@ -96,15 +96,14 @@ def prune_width(
     before = model_cost(net, image_size)
     notify_before_prune(trainer, pl_module)
     device = next(net.parameters()).device
-    example = example_input(pl_module, image_size)
-    groups = prunable_groups(net, example, ignored_modules(net, ignore))
+    groups = module_groups(trainer, pl_module, ignore)
     if plan is None:
         if criterion.needs_data:
             criterion.collect(net, statistics_batches(trainer, hrank_batches, device))
         scores = channel_scores(groups, criterion, normalize=global_ranking)
         plan = plan_pruning(scores, sparsity, round_to, global_ranking, max_pruning_ratio=max_pruning_ratio)
     plan = broadcast_from_rank_zero(trainer, plan)  # every rank removes exactly rank 0's channels
-    apply_plan(groups, plan, example)
+    apply_plan(groups, plan, example_input(pl_module, image_size))  # only its shape matters
     new_net, arch = pl_module.adapter.after_width_prune(net)
     pl_module.rebuild_net(new_net, **arch)
     if restart_schedule:

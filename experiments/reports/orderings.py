@@ -49,6 +49,11 @@ def one_seed_margin(accs: dict[Setting, list[float]]) -> float:
     return max([ONE_SEED_MARGIN, *spreads])
 
 
+def margin_text(margin: float) -> str:
+    """The one-seed margin as the verdicts and the section's rule name it."""
+    return f"{margin:g} point" if margin == ONE_SEED_MARGIN else f"{margin:.2f} points"
+
+
 def decide(lower: list[float], higher: list[float], margin: float = ONE_SEED_MARGIN) -> tuple[float, float | None, str]:
     """Mean difference ``higher − lower`` (points), its 2-standard-error half width (``None`` with a single
     seed on either side) and the verdict; ``margin``: the one-seed margin (points)."""
@@ -59,8 +64,7 @@ def decide(lower: list[float], higher: list[float], margin: float = ONE_SEED_MAR
         return diff, 2 * se, verdict
     if abs(diff) >= margin:
         return diff, None, ("holds" if diff > 0 else "does not hold") + " (1 seed)"
-    within = f"{margin:g} point" if margin == ONE_SEED_MARGIN else f"{margin:.2f} points"
-    return diff, None, f"cannot tell (within {within}, 1 seed)"
+    return diff, None, f"cannot tell (within {margin_text(margin)}, 1 seed)"
 
 
 def accuracies(rows: list[dict[str, Any]]) -> dict[Setting, list[float]]:
@@ -95,8 +99,8 @@ def orderings_section(rows: list[dict[str, Any]], baseline: str, epochs: int | N
         return []
     length = f", {epochs}-epoch runs" if epochs is not None else ""
     margin = found[0]["margin"]
-    why = (f"{margin:.2f} points (the largest change between the seeds of one setting in this table)"
-           if margin > ONE_SEED_MARGIN else f"{ONE_SEED_MARGIN:g} point")
+    why = margin_text(margin) + (" (the largest change between the seeds of one setting in this table)"
+                                 if margin > ONE_SEED_MARGIN else "")
     lines = [f"#### Orderings of TinyNeuralNetwork's table (runs from baseline `{baseline}`{length})", "",
              f"Difference = higher − lower setting, test accuracy in points. Verdict: mean ± 2 standard errors with "
              f"≥ 2 seeds on both sides; with one seed, a difference of at least {why} decides "

@@ -21,9 +21,16 @@ from callbacks.loss_term import LossTermCallback
 from callbacks.pruning_base import WidthPruningCallback, check_at_least, settings_error
 from callbacks.stages import log_scalars
 from callbacks.width_stage import module_groups, prune_width
-from lightning_modules.pruning.admm import admm_penalty, admm_update, primal_residual, project_rows, zero_rows
+from lightning_modules.pruning.admm import (
+    admm_penalty,
+    admm_update,
+    primal_residual,
+    project_rows,
+    row_norms,
+    zero_rows,
+)
 from lightning_modules.pruning.criteria import L2Norm
-from lightning_modules.pruning.width import keep_counts
+from lightning_modules.pruning.width import keep_counts, lowest_channels
 
 if TYPE_CHECKING:
     from lightning_modules.image_classifier import ImageClassifier
@@ -69,7 +76,7 @@ class ADMMPrune(WidthPruningCallback, LossTermCallback):
     # the Euclidean projection onto the filter-sparse set keeps the filters of largest L2 norm
     criteria = frozenset({"l2_norm"})
     epoch_attributes = ("start_epoch", "prune_epoch")
-    state_attributes = ("keep", "Z", "U", "updates", "result")
+    state_attributes = ("keep", "channel_groups", "Z", "U", "updates", "result")
 
     start_epoch: int = 0
     admm_epoch: int = 1
@@ -85,6 +92,8 @@ class ADMMPrune(WidthPruningCallback, LossTermCallback):
         super().__post_init__()
         #: Filters kept by the projection, per root convolution name.
         self.keep: dict[str, int] = {}
+        #: Equal chunks pruned alike, per root convolution name (> 1 where a grouped convolution follows).
+        self.channel_groups: dict[str, int] = {}
         #: ADMM variables per root convolution name (on the module's device while training).
         self.Z: dict[str, Tensor] = {}
         self.U: dict[str, Tensor] = {}
@@ -134,10 +143,12 @@ class ADMMPrune(WidthPruningCallback, LossTermCallback):
     def _init(self, trainer: L.Trainer, pl_module: ImageClassifier) -> dict[str, Tensor]:
         """``Z = proj(W)``, ``U = 0`` over the root convolution of every prunable group."""
         groups = module_groups(trainer, pl_module, self.ignore)
-        self.keep = keep_counts({g.name: g.num_channels for g in groups}, self.sparsity, self.round_to)
+        self.channel_groups = {g.name: g.channel_groups for g in groups}
+        self.keep = keep_counts({g.name: g.num_channels for g in groups}, self.sparsity, self.round_to,
+                                channel_groups=self.channel_groups)
         weights = {g.name: g.root.weight for g in groups}
         with torch.no_grad():
-            self.Z = {n: project_rows(w, self.keep[n]) for n, w in weights.items()}
+            self.Z = {n: project_rows(w, self.keep[n], self.channel_groups[n]) for n, w in weights.items()}
             self.U = {n: torch.zeros_like(w) for n, w in weights.items()}
         rank_zero_info(f"ADMM: {len(weights)} layers, keeping {sum(self.keep.values())} of "
                        f"{sum(w.shape[0] for w in weights.values())} filters, rho={self.rho}")
@@ -145,7 +156,8 @@ class ADMMPrune(WidthPruningCallback, LossTermCallback):
 
     def _update(self, weights: Mapping[str, Tensor]) -> None:
         for name, w in weights.items():
-            self.Z[name], self.U[name] = admm_update(w, self.Z[name], self.U[name], self.keep[name])
+            self.Z[name], self.U[name] = admm_update(w, self.Z[name], self.U[name], self.keep[name],
+                                                     self.channel_groups.get(name, 1))
         self.updates += 1
 
     def _prune(self, trainer: L.Trainer, pl_module: ImageClassifier, weights: Mapping[str, Tensor]) -> None:
@@ -154,7 +166,9 @@ class ADMMPrune(WidthPruningCallback, LossTermCallback):
             removed, expected = zero_rows(z), z.shape[0] - self.keep[name]
             if len(removed) > expected:  # a kept row of W + U was exactly zero: remove only the count planned
                 rank_zero_warn(f"ADMM: Z of {name!r} has {len(removed)} zero rows, {expected} are removed")
-            plan[name] = removed[:expected]
+            # the rows of least norm: the zero rows, the lowest first (the same positions of every chunk of a
+            # group that reaches a grouped convolution)
+            plan[name] = lowest_channels(row_norms(z).double(), expected, self.channel_groups.get(name, 1))
         residual = primal_residual(weights, self.Z)
         result = prune_width(trainer, pl_module, L2Norm(), self.sparsity, self.round_to, False, self.ignore,
                              plan=plan, tag="admm")

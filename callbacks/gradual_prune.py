@@ -149,9 +149,11 @@ class GradualPrune(WidthPruningCallback):
         return agp_sparsity(epoch, min(self.initial_sparsity, final), final, self.start_epoch, self.num_steps,
                             self.interval)
 
-    def target_channels(self, epoch: int) -> dict[str, int]:
-        """Channels every group keeps after the step at ``epoch``, counted from its original width."""
-        return keep_counts(self.original, {n: self.sparsity_at(epoch, n) for n in self.original}, self.round_to)
+    def target_channels(self, epoch: int, channel_groups: Mapping[str, int] | None = None) -> dict[str, int]:
+        """Channels every group keeps after the step at ``epoch``, counted from its original width (in
+        ``channel_groups`` equal chunks alike where a grouped convolution follows)."""
+        return keep_counts(self.original, {n: self.sparsity_at(epoch, n) for n in self.original}, self.round_to,
+                           channel_groups=channel_groups)
 
     # ------------------------------------------------------------------------------------- hooks
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -159,11 +161,12 @@ class GradualPrune(WidthPruningCallback):
         due = sum(1 for e in self.step_epochs[self.completed:] if e <= epoch)
         if not due:
             return
-        current = self._current_channels(trainer, pl_module)
+        groups = module_groups(trainer, pl_module, self.ignore)
+        current = {g.name: g.num_channels for g in groups}
         if not self.original:
             check_sparsity_names(self.final_sparsity, current, "final_sparsity")
             self.original = dict(current)
-        target = self.target_channels(epoch)
+        target = self.target_channels(epoch, {g.name: g.channel_groups for g in groups})
         current = {n: c for n, c in current.items() if n in target}
         if self.global_ranking:
             sparsity: SparsitySpec = global_relative_sparsity(current, target)
@@ -189,7 +192,3 @@ class GradualPrune(WidthPruningCallback):
             "total_flops_preserve_rate": step["after"]["macs"] / start["macs"],
             "total_params_ratio": step["after"]["params"] / start["params"],
         }
-
-    def _current_channels(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, int]:
-        """Output channels of every prunable group of the current network, by root name."""
-        return {g.name: g.num_channels for g in module_groups(trainer, pl_module, self.ignore)}

@@ -30,9 +30,10 @@ from lightning_modules.pruning.criteria import L2Norm
 from lightning_modules.pruning.width import keep_counts
 
 
-def weakest_rows(w: Tensor, keep: int) -> list[int]:
-    """The filters (rows) of ``w`` outside its ``keep`` largest-L2-norm ones, ascending."""
-    kept = set(kept_rows(w, keep).tolist())
+def weakest_rows(w: Tensor, keep: int, channel_groups: int = 1) -> list[int]:
+    """The filters (rows) of ``w`` outside its ``keep`` largest-L2-norm ones, ascending (the same positions
+    of each of ``channel_groups`` equal chunks, :func:`~lightning_modules.pruning.admm.kept_rows`)."""
+    kept = set(kept_rows(w, keep, channel_groups).tolist())
     return [i for i in range(w.shape[0]) if i not in kept]
 
 
@@ -77,8 +78,9 @@ class SoftFilterPrune(WidthPruningCallback):
         if self.done or epoch < self.start_epoch:
             return
         groups = module_groups(trainer, pl_module, self.ignore)
-        keep = keep_counts({g.name: g.num_channels for g in groups}, self.sparsity, self.round_to)
-        weakest = {g.name: weakest_rows(g.root.weight.detach(), keep[g.name]) for g in groups}
+        keep = keep_counts({g.name: g.num_channels for g in groups}, self.sparsity, self.round_to,
+                           channel_groups={g.name: g.channel_groups for g in groups})
+        weakest = {g.name: weakest_rows(g.root.weight.detach(), keep[g.name], g.channel_groups) for g in groups}
         if epoch >= self.prune_epoch:
             result = prune_width(trainer, pl_module, L2Norm(), self.sparsity, self.round_to, False, self.ignore,
                                  plan=weakest, tag="sfp")

@@ -101,7 +101,8 @@ def prune_width(
         if criterion.needs_data:
             criterion.collect(net, statistics_batches(trainer, hrank_batches, device))
         scores = channel_scores(groups, criterion, normalize=global_ranking)
-        plan = plan_pruning(scores, sparsity, round_to, global_ranking, max_pruning_ratio=max_pruning_ratio)
+        plan = plan_pruning(scores, sparsity, round_to, global_ranking, max_pruning_ratio=max_pruning_ratio,
+                            channel_groups={g.name: g.channel_groups for g in groups})
     plan = broadcast_from_rank_zero(trainer, plan)  # every rank removes exactly rank 0's channels
     apply_plan(groups, plan, example_input(pl_module, image_size))  # only its shape matters
     new_net, arch = pl_module.adapter.after_width_prune(net)

@@ -17,7 +17,6 @@ import pytest
 import torch
 from lightning.pytorch.utilities.model_summary import ModelSummary
 
-from callbacks import ADMMPrune, BNSlimming, GradualPrune, OneShotPrune
 from experiments import depth_prune, train, width_prune
 from experiments.bench import profile_model
 from experiments.reports import results as report
@@ -27,7 +26,7 @@ from lightning_modules.pruning.criteria import make_criterion
 from lightning_modules.pruning.width import prune_model
 from tests.helpers.cli_args import STOP_AFTER, cli_args
 from tests.helpers.fake_data import make_image_folder
-from tests.helpers.tiny_fit import tiny_datamodule, tiny_trainer
+from tests.helpers.tiny_fit import tiny_datamodule, tiny_trainer, width_method
 from tests.helpers.weights import assert_same_weights, load_weights, save_checkpoint
 
 FAMILIES = ["resnet10t", "mobilenetv3_small_050", "convnext_atto"]
@@ -187,15 +186,6 @@ def test_one_shot_width_prune_with_distillation_on_timm(backbone: str, folder: P
                         "--latency_runs", "0"]).read_text()
     assert f"| {backbone} | CIFAR10 | 32 | width | oneshot l2_norm, sparsity 0.5 + distillation | 2 " in text
     assert "## Width (channel) pruning" not in text  # the MobileNetV1 tables hold MobileNetV1 runs only
-
-
-def width_method(name: str) -> L.Callback:
-    """Each width-pruning method, scheduled to prune within a 2-epoch fit."""
-    if name.startswith("oneshot_"):
-        return OneShotPrune(epoch=1, criterion=name.removeprefix("oneshot_"), sparsity=0.5, hrank_batches=2)
-    return {"bn_slimming": lambda: BNSlimming(start_epoch=0, prune_epoch=1, sparsity=0.5),
-            "admm": lambda: ADMMPrune(start_epoch=0, admm_epoch=1, prune_epoch=1, sparsity=0.5),
-            "gradual": lambda: GradualPrune(start_epoch=0, num_steps=2, interval=1, final_sparsity=0.5)}[name]()
 
 
 METHODS = [*(f"oneshot_{c}" for c in ("random", "l1_norm", "l2_norm", "fpgm", "hrank", "bn_scale")),

@@ -22,29 +22,40 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from lightning_modules.pruning.width import lowest_channels
+
 
 def row_norms(w: Tensor) -> Tensor:
     """L2 norm of every output row (filter) of ``w``: ``(out_channels,)``."""
     return w.detach().flatten(1).norm(dim=1)
 
 
-def kept_rows(w: Tensor, keep: int) -> Tensor:
-    """Sorted indices of the ``keep`` rows of ``w`` with the largest L2 norm (ties: the lower index)."""
+def kept_rows(w: Tensor, keep: int, channel_groups: int = 1) -> Tensor:
+    """Sorted indices of the ``keep`` rows of ``w`` with the largest L2 norm (ties: the lower index).
+
+    With ``channel_groups`` ``g`` > 1 (the rows feed or form a grouped convolution) the same positions stay
+    in each of the ``g`` equal chunks of rows: those of largest squared norm summed over the chunks, which
+    keeps the projection onto such supports Euclidean.
+    """
     rows = w.shape[0]
     if not 0 <= keep <= rows:
         raise ValueError(f"keep must be in [0, {rows}] for a weight with {rows} rows, got {keep}")
-    order = torch.argsort(-row_norms(w).double(), stable=True)
-    return torch.sort(order[:keep]).values
+    if channel_groups == 1:
+        order = torch.argsort(-row_norms(w).double(), stable=True)
+        return torch.sort(order[:keep]).values
+    removed = set(lowest_channels(row_norms(w).double().pow(2), rows - keep, channel_groups))
+    return torch.tensor([i for i in range(rows) if i not in removed], dtype=torch.long)
 
 
 @torch.no_grad()
-def project_rows(w: Tensor, keep: int) -> Tensor:
-    """Euclidean projection of ``w`` onto the weights with at most ``keep`` non-zero rows.
+def project_rows(w: Tensor, keep: int, channel_groups: int = 1) -> Tensor:
+    """Euclidean projection of ``w`` onto the weights with at most ``keep`` non-zero rows (the same
+    positions in each of ``channel_groups`` chunks, :func:`kept_rows`).
 
     The ``keep`` rows with the largest L2 norm are copied unchanged; the others are exactly zero.
     """
     z = torch.zeros_like(w)
-    idx = kept_rows(w, keep).to(w.device)
+    idx = kept_rows(w, keep, channel_groups).to(w.device)
     z[idx] = w.detach()[idx]
     return z
 
@@ -65,7 +76,7 @@ def admm_penalty(
 
 
 @torch.no_grad()
-def admm_update(W: Tensor, Z: Tensor, U: Tensor, keep: int) -> tuple[Tensor, Tensor]:
+def admm_update(W: Tensor, Z: Tensor, U: Tensor, keep: int, channel_groups: int = 1) -> tuple[Tensor, Tensor]:
     """One Z- and U-step: ``Z ← proj(W + U)``, ``U ← U + W − Z``; returns the new ``(Z, U)``.
 
     ``Z`` is the previous auxiliary variable (only its shape is checked: the projection does not read it).
@@ -73,7 +84,7 @@ def admm_update(W: Tensor, Z: Tensor, U: Tensor, keep: int) -> tuple[Tensor, Ten
     if not W.shape == Z.shape == U.shape:
         raise ValueError(f"W, Z and U differ in shape: {tuple(W.shape)}, {tuple(Z.shape)}, {tuple(U.shape)}")
     W = W.detach()
-    new_z = project_rows(W + U, keep)
+    new_z = project_rows(W + U, keep, channel_groups)
     return new_z, U + W - new_z
 
 

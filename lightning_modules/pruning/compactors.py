@@ -33,6 +33,7 @@ backbone adapter can keep them in a network's description and rebuild the compac
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -127,7 +128,15 @@ def compactor_positions(net: nn.Module, example_input: Tensor, ignore: Iterable[
     names = {m: n for n, m in net.named_modules()}
     order = {m: i for i, m in enumerate(net.modules())}
     positions: Positions = {}
+    # ResRep's masks are chosen per compactor row; a group whose channels reach a grouped convolution must
+    # lose the same positions of every chunk, which its masks do not ensure: such groups get no compactor
+    chunked = [g.name for g in groups if g.channel_groups > 1]
+    if chunked:
+        warnings.warn(f"ResRep keeps every channel of {len(chunked)} groups that reach grouped convolutions: "
+                      f"{chunked[:4]}{' ...' if len(chunked) > 4 else ''}", stacklevel=2)
     for g in groups:
+        if g.channel_groups > 1:
+            continue
         members = [(item.dep.target.module, list(item.idxs), list(item.root_idxs)) for item in g.group
                    if g.graph.is_out_channel_pruning_fn(item.dep.handler) and not _is_graph_op(item.dep.target.module)]
         convs = {m for m, _, _ in members if isinstance(m, nn.Conv2d)}

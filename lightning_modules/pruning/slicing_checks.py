@@ -7,10 +7,15 @@ network may keep channel counts in its own attributes, where slicing the tensors
   slicing, the split no longer matches the channels it receives, or, worse, splits at the wrong place;
 * a slice along the channels (GhostNet's ``cat(...)[:, :out_chs]``) or an in-place add into one
   (ReXNet's ``x[:, :C] += shortcut``), whose bounds are fixed numbers;
-* a grouped convolution that is not depthwise (ResNeXt, RegNet): its input and output channels are tied
-  group by group, and removing channels other than the same positions of every group breaks it.
+* a grouped convolution that is not depthwise (ResNeXt, RegNet) reached at other positions than the group
+  root's own (through a concatenation, say).
 
-A group that passes one of these keeps its channels (:func:`unsliceable_reason` says why, and the caller
+A grouped convolution reached position for position is sliced: its ``g`` groups must each lose the same
+positions (torch-pruning's convolution pruner assumes it for the input channels), so such a channel group
+carries ``g`` (:func:`channel_groups`) and every width method removes whole positions across the ``g``
+chunks (:func:`~lightning_modules.pruning.width.lowest_channels`).
+
+A group that passes one of the structures above keeps its channels (:func:`unsliceable_reason` says why, and the caller
 warns); everything else torch-pruning slices as usual. After slicing, :func:`check_still_runs` runs the
 network once, so a structure this screen does not know ends the run with a clear error instead of a
 network that fails (or silently computes something else) later.
@@ -18,6 +23,7 @@ network that fails (or silently computes something else) later.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -60,12 +66,19 @@ def unsliceable_reason(group: tp.Group, graph: tp.DependencyGraph, names: Mappin
             return "its channels pass a slice along the channels with fixed bounds"
         if kind == "_ElementWiseOp" and "CopySlices" in str(module._grad_fn):
             return "its channels are written into a slice of another tensor (x[:, a:b] += ...)"
-        if is_grouped(module):
-            return f"it reaches the grouped convolution {names.get(module, kind)} (groups={module.groups})"
         count = _channel_count(module, graph.is_out_channel_pruning_fn(handler))
+        if is_grouped(module) and (list(item.idxs) != list(item.root_idxs) or len(item.idxs) != count):
+            return (f"it reaches the grouped convolution {names.get(module, kind)} (groups={module.groups}) "
+                    "at other positions than its own")
         if count is not None and item.idxs and max(item.idxs) >= count:
             return f"torch-pruning maps its channels past the {count} channels of {names.get(module, kind)}"
     return None
+
+
+def channel_groups(group: tp.Group) -> int:
+    """The number of equal chunks ``group``'s channels must be pruned in alike: the least common multiple of
+    the ``groups`` of the grouped convolutions it reaches (1 when it reaches none)."""
+    return math.lcm(1, *(item.dep.target.module.groups for item in group if is_grouped(item.dep.target.module)))
 
 
 def output_shape(model: nn.Module, example_input: Tensor) -> torch.Size:

@@ -37,7 +37,12 @@ from torch import Tensor, nn
 
 from lightning_modules.modes import eval_mode
 from lightning_modules.pruning.criteria import CONVS, NORMS, Criterion
-from lightning_modules.pruning.slicing_checks import check_still_runs, output_shape, unsliceable_reason
+from lightning_modules.pruning.slicing_checks import (
+    channel_groups,
+    check_still_runs,
+    output_shape,
+    unsliceable_reason,
+)
 
 if TYPE_CHECKING:  # torch-pruning is imported where it is used: it pulls in timm's data stack and W&B,
     import torch_pruning as tp  # seconds of start-up that runs without width pruning do not need
@@ -56,11 +61,15 @@ class ChannelGroup:
         name: module name of the convolution that produces the channels (the group's root).
         group: torch-pruning group rooted at that convolution, over all its output channels.
         graph: the dependency graph the group belongs to.
+        channel_groups: ``g`` when the channels reach a grouped convolution with ``g`` groups: they are then
+            ``g`` equal consecutive chunks, and every removal takes the same positions from each
+            (:func:`lowest_channels`); 1 otherwise.
     """
 
     name: str
     group: tp.Group
     graph: tp.DependencyGraph
+    channel_groups: int = 1
 
     @property
     def root(self) -> nn.Module:
@@ -139,7 +148,7 @@ def prunable_groups(
         group = graph.get_pruning_group(root, pruner.prune_out_channels, list(range(root.out_channels)))
         reason = unsliceable_reason(group, graph, names)
         if reason is None:
-            groups.append(ChannelGroup(names[root], group, graph))
+            groups.append(ChannelGroup(names[root], group, graph, channel_groups(group)))
         else:
             kept[names[root]] = reason
     position = {n: order[m] for m, n in names.items()}
@@ -215,7 +224,9 @@ def round_channels(count: float, round_to: int = 1) -> int:
     return int(make_divisible(count, round_to)) if round_to > 1 else int(count + 0.5)
 
 
-def keep_count(num_channels: int, sparsity: float, round_to: int = 1, min_channels: int = 1) -> int:
+def keep_count(
+    num_channels: int, sparsity: float, round_to: int = 1, min_channels: int = 1, channel_groups: int = 1
+) -> int:
     """Channels kept when removing a ``sparsity`` fraction: :func:`round_channels` of
     ``num_channels · (1 − sparsity)``, at least ``min_channels``, at most ``num_channels``.
 
@@ -223,11 +234,21 @@ def keep_count(num_channels: int, sparsity: float, round_to: int = 1, min_channe
     (``int(C · (1 − s))``) and round the kept count *down* to ``round_to``, which can leave 0 channels;
     rounding to the nearest keeps TinyNeuralNetwork's widths (0.5 → MobileNetV1-0.5) and never empties a
     layer.
+
+    With ``channel_groups`` ``g`` (the channels reach a grouped convolution, see :class:`ChannelGroup`) the
+    count is ``g`` times the count kept of each chunk of ``num_channels / g``, rounded so that the total is
+    a multiple of ``round_to`` where a chunk allows it.
     """
     if not 0.0 <= sparsity <= 1.0:
         raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
     if sparsity == 0.0:
         return num_channels
+    if channel_groups > 1:
+        if num_channels % channel_groups:
+            raise ValueError(f"{num_channels} channels do not split into {channel_groups} equal groups")
+        chunk = keep_count(num_channels // channel_groups, sparsity, round_to // math.gcd(round_to, channel_groups),
+                           math.ceil(min_channels / channel_groups))
+        return chunk * channel_groups
     return int(min(num_channels, max(min_channels, round_channels(num_channels * (1.0 - sparsity), round_to))))
 
 
@@ -238,14 +259,36 @@ def keep_counts(
     min_channels: int = 1,
     ignore: Iterable[str] = (),
     kind: str = "prunable group",
+    channel_groups: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
     """:func:`keep_count` of every layer of ``channels`` (name → output channels) at its sparsity
-    (:func:`sparsity_of`); the layers in ``ignore`` keep all their channels. A per-layer ``sparsity``
-    naming no layer of ``channels`` is an error."""
+    (:func:`sparsity_of`) and its ``channel_groups`` (1 for a name it lacks); the layers in ``ignore`` keep
+    all their channels. A per-layer ``sparsity`` naming no layer of ``channels`` is an error."""
     check_sparsity_names(sparsity, channels, kind=kind)
-    ignored = set(ignore)
-    return {name: c if name in ignored else keep_count(c, sparsity_of(name, sparsity), round_to, min_channels)
+    ignored, chunks = set(ignore), channel_groups or {}
+    return {name: c if name in ignored
+            else keep_count(c, sparsity_of(name, sparsity), round_to, min_channels, chunks.get(name, 1))
             for name, c in channels.items()}
+
+
+def lowest_channels(scores: Tensor, count: int, channel_groups: int = 1) -> list[int]:
+    """Sorted indices of the ``count`` lowest ``scores`` (ties: the lower index).
+
+    With ``channel_groups`` ``g`` > 1 the channels are ``g`` equal consecutive chunks (the groups of a
+    grouped convolution) and the same positions leave every chunk: the positions are ranked by their scores
+    summed over the chunks, and ``count`` must be a multiple of ``g``.
+    """
+    total = scores.numel()
+    if not 0 <= count <= total:
+        raise ValueError(f"cannot remove {count} of {total} channels")
+    if channel_groups == 1:
+        return sorted(torch.argsort(scores, stable=True)[:count].tolist())
+    if total % channel_groups or count % channel_groups:
+        raise ValueError(f"{count} of {total} channels cannot leave {channel_groups} equal groups alike")
+    chunk = total // channel_groups
+    positions = torch.argsort(scores.double().view(channel_groups, chunk).sum(0), stable=True)
+    positions = positions[: count // channel_groups]
+    return sorted((positions + chunk * torch.arange(channel_groups).view(-1, 1)).flatten().tolist())
 
 
 def plan_pruning(
@@ -255,8 +298,9 @@ def plan_pruning(
     global_ranking: bool = False,
     min_channels: int = 1,
     max_pruning_ratio: float = 1.0,
+    channel_groups: Mapping[str, int] | None = None,
 ) -> dict[str, list[int]]:
-    """Sorted channel indices to remove from each group (lowest scores first).
+    """Sorted channel indices to remove from each group (lowest scores first, :func:`lowest_channels`).
 
     Local ranking removes ``num_channels - keep_count(...)`` channels from every group. Global ranking
     removes the same total from the groups with non-zero sparsity, but below one threshold on the scores
@@ -264,19 +308,23 @@ def plan_pruning(
     then keeps at least ``max(min_channels, round_to)`` channels, at least the ``1 − max_pruning_ratio``
     fraction of its channels (torch-pruning's option of the same name: without it one threshold can empty
     a layer whose scores are all small, e.g. the last BatchNorm of a slimmed MobileNet) and a multiple of
-    ``round_to``.
+    ``round_to``. ``channel_groups`` (group name → ``g``, see :class:`ChannelGroup`) makes a group remove
+    the same positions from each of its ``g`` chunks; under global ranking its kept count is rounded up to
+    a multiple of ``g``.
     """
     # torch-pruning's MetaPruner ranks globally too, but keeps every channel at or below one threshold and
     # enforces max_pruning_ratio only between iterative steps; here the removed total is exactly the local
     # plans' total and the cap holds within the one step, so the planning is our own.
     if not 0.0 < max_pruning_ratio <= 1.0:
         raise ValueError(f"max_pruning_ratio must be in (0, 1], got {max_pruning_ratio}")
+    chunks = {name: (channel_groups or {}).get(name, 1) for name in scores}
     rates = {name: sparsity_of(name, sparsity) for name in scores}
-    keep = keep_counts({name: len(s) for name, s in scores.items()}, sparsity, round_to, min_channels)
+    keep = keep_counts({name: len(s) for name, s in scores.items()}, sparsity, round_to, min_channels,
+                       channel_groups=chunks)
     if global_ranking:
         keep = _global_keep(scores, rates, keep, round_to, min_channels, max_pruning_ratio)
-    order = {name: torch.argsort(s, stable=True) for name, s in scores.items()}
-    return {name: sorted(order[name][: len(s) - keep[name]].tolist()) for name, s in scores.items()}
+        keep = {name: min(len(scores[name]), math.ceil(k / chunks[name]) * chunks[name]) for name, k in keep.items()}
+    return {name: lowest_channels(s, len(s) - keep[name], chunks[name]) for name, s in scores.items()}
 
 
 def _global_keep(
@@ -337,7 +385,8 @@ def prune_model(
     """
     groups = prunable_groups(model, example_input, ignore)
     scores = channel_scores(groups, criterion, normalize=global_ranking)
-    plan = plan_pruning(scores, sparsity, round_to, global_ranking, min_channels, max_pruning_ratio)
+    plan = plan_pruning(scores, sparsity, round_to, global_ranking, min_channels, max_pruning_ratio,
+                        {g.name: g.channel_groups for g in groups})
     apply_plan(groups, plan, example_input)
     return model
 

@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+import callbacks
 from callbacks.epoch_seed import EpochSeed
 from datamodules import CIFAR10DataModule
 from lightning_modules.image_classifier import ImageClassifier
@@ -37,6 +38,18 @@ def tiny_trainer(out: Path, max_epochs: int, callbacks: list[L.Callback], **kwar
     return L.Trainer(max_epochs=max_epochs, callbacks=[EpochSeed(), checkpoint, *callbacks], logger=False,
                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
                      default_root_dir=out, **kwargs)
+
+
+def width_method(name: str) -> L.Callback:
+    """Each width-pruning method, scheduled to prune within a 2-epoch fit (AGP: its second step at epoch 2)."""
+    if name.startswith("oneshot_"):
+        return callbacks.OneShotPrune(epoch=1, criterion=name.removeprefix("oneshot_"), sparsity=0.5,
+                                      hrank_batches=2)
+    return {"bn_slimming": lambda: callbacks.BNSlimming(start_epoch=0, prune_epoch=1, sparsity=0.5),
+            "admm": lambda: callbacks.ADMMPrune(start_epoch=0, admm_epoch=1, prune_epoch=1, sparsity=0.5),
+            "sfp": lambda: callbacks.SoftFilterPrune(start_epoch=0, prune_epoch=1, sparsity=0.5),
+            "gradual": lambda: callbacks.GradualPrune(start_epoch=0, num_steps=2, interval=1,
+                                                      final_sparsity=0.5)}[name]()
 
 
 def assert_reloads_identically(module: ImageClassifier, checkpoint: Path, image_size: int = 32) -> ImageClassifier:

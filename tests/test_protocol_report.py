@@ -195,11 +195,16 @@ def test_runs_of_another_schedule_pair_among_themselves_and_findings_read_the_lo
     text = report.main(["--runs", str(logs), "--out", str(out), "--latency_runs", "0"]).read_text()
     assert "### CIFAR10 @32 px, cut after block 6, per-stage protocol, 30-epoch baseline, 5-epoch fine-tune" in text
     assert "Δ +2.50 ± 0.71 (+2.00 to +3.00, 2 seeds) pp at 32 px, 10-epoch baseline, 5-epoch fine-tune |" in text
+    # the longer schedule's one seed stands under the verdicts it may reverse, with no verdict of its own
+    assert ("| CIFAR-10 @32 px, 30-epoch baseline, 5-epoch fine-tune (the rows above, under a longer baseline) | "
+            "baseline test 84.00 (1 seed) %; control − baseline +0.50 (1 seed) pp; Δ -1.00 (1 seed) pp; "
+            "cut − control -1.50 (1 seed) pp | cannot tell (1 seed; a verdict needs 2) |") in text
 
     scheduled(logs, "long1", depth(1, 0.85, 0.845), 30)
     write_run(logs, "longc1", control(1, 0.852) | {"epochs": 35})
     text = report.main(["--runs", str(logs), "--out", str(out), "--latency_runs", "0"]).read_text()
     assert "Δ -0.75 ± 0.35 (-1.00 to -0.50, 2 seeds) pp at 32 px, 30-epoch baseline, 5-epoch fine-tune |" in text
+    assert "under a longer baseline" not in text  # the verdicts read it now
     # 0.5 and 0.2 points more for 5 more epochs: converged, so the verdicts carry no caveat
     assert ("| CIFAR-10 @32 px, 30-epoch baseline, 5-epoch fine-tune: the baseline had converged (the premise of the Δ rows): the "
             "same-budget unpruned net gains < 1 point on it | control − baseline +0.35 ± 0.21 (+0.20 to +0.50, 2 "

@@ -191,10 +191,11 @@ def test_a_channel_count_the_graph_cannot_see_ends_in_one_clear_error() -> None:
         prune_model(net, make_criterion("l2_norm"), 0.5, X[:1])
 
 
-@pytest.mark.parametrize(("name", "kept"), [("regnetx_002", 0), ("ghostnet_050", 6)])
+@pytest.mark.parametrize(("name", "kept"), [("regnetx_002", 0), ("ghostnet_050", 6), ("rexnet_100", 11)])
 def test_timm_families_torch_pruning_cannot_fully_slice_prune_run_and_rebuild(name: str, kept: int) -> None:
-    """RegNet (grouped convolutions, sliced group-symmetrically) and GhostNet (channel slices, whose groups
-    keep their channels): a one-shot prune shrinks the rest, and the sliced network rebuilds from its
+    """RegNet (grouped convolutions, sliced group-symmetrically), GhostNet (channel slices) and ReXNet
+    (partial residuals, on which torch-pruning's tracing of one group never ends): the groups that cannot be
+    sliced keep their channels, a one-shot prune shrinks the rest, and the sliced network rebuilds from its
     description alone."""
     import warnings
 

@@ -24,7 +24,8 @@ network that fails (or silently computes something else) later.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
@@ -79,6 +80,39 @@ def channel_groups(group: tp.Group) -> int:
     """The number of equal chunks ``group``'s channels must be pruned in alike: the least common multiple of
     the ``groups`` of the grouped convolutions it reaches (1 when it reaches none)."""
     return math.lcm(1, *(item.dep.target.module.groups for item in group if is_grouped(item.dep.target.module)))
+
+
+class UntraceableChannels(RuntimeError):
+    """torch-pruning's search for the layers coupled to a group's channels did not end (see :func:`bounded_tracing`)."""
+
+
+@contextmanager
+def bounded_tracing(graph: tp.DependencyGraph, per_node: int = 4) -> Iterator[None]:
+    """Within the block, a group torch-pruning builds on ``graph`` may hold at most ``per_node`` entries per
+    node of the graph; past that, :class:`UntraceableChannels` is raised.
+
+    torch-pruning follows channel dependencies until no new (layer, indices) pair turns up. Where a network
+    writes into a channel slice in place and reads the result back (ReXNet's ``x[:, :C] += shortcut``), each
+    pass maps the indices somewhere new and the search never ends: ``get_all_groups`` hangs. The library has
+    no option that bounds it, so its ``Group`` is swapped for one that counts (a legitimate group holds each
+    node at most a few times: once per handler and per concatenation it reaches).
+    """
+    from torch_pruning.dependency import graph as tp_graph
+
+    limit = per_node * len(graph.module2node) + 64
+    library_group = tp_graph.Group
+
+    class Bounded(library_group):
+        def add_dep(self, dep, idxs) -> None:  # noqa: ANN001 (torch-pruning's own types)
+            if len(self._group) >= limit:
+                raise UntraceableChannels(f"more than {limit} coupled entries")
+            super().add_dep(dep, idxs)
+
+    tp_graph.Group = Bounded
+    try:
+        yield
+    finally:
+        tp_graph.Group = library_group
 
 
 def output_shape(model: nn.Module, example_input: Tensor) -> torch.Size:

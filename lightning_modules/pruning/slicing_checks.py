@@ -24,7 +24,7 @@ network that fails (or silently computes something else) later.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_modules.modes import eval_mode
+from lightning_modules.pruning.criteria import CONVS
 
 if TYPE_CHECKING:
     import torch_pruning as tp
@@ -113,6 +114,35 @@ def bounded_tracing(graph: tp.DependencyGraph, per_node: int = 4) -> Iterator[No
         yield
     finally:
         tp_graph.Group = library_group
+
+
+def traceable_groups(
+    graph: tp.DependencyGraph, ignored: Iterable[nn.Module], names: Mapping[nn.Module, str], kept: dict[str, str]
+) -> Iterator[tp.Group]:
+    """torch-pruning's ``get_all_groups`` over the convolutions of ``graph``, with each group's tracing
+    bounded (:func:`bounded_tracing`): a convolution whose
+    channels cannot be traced goes into ``kept`` with the reason instead of hanging the run."""
+    skip = {*ignored, *graph.IGNORED_LAYERS_IN_TRACING}
+    visited: set[nn.Module] = set()
+    for module in list(graph.module2node):
+        if module in skip or module in visited or not isinstance(module, CONVS):
+            continue
+        pruner = graph.get_pruner_of_module(module)
+        if pruner is None or pruner.get_out_channels(module) is None:
+            continue
+        try:
+            with bounded_tracing(graph):
+                group = graph.get_pruning_group(module, pruner.prune_out_channels,
+                                                list(range(pruner.get_out_channels(module))))
+        except UntraceableChannels:
+            kept[names[module]] = "torch-pruning's tracing of its channels does not end (an in-place write " \
+                                  "into a channel slice, x[:, :C] += ...)"
+            visited.add(module)
+            continue
+        members = [item.dep.target.module for item in group if graph.is_out_channel_pruning_fn(item.dep.handler)]
+        visited.update(members)
+        if not any(m in skip for m in members):
+            yield group
 
 
 def output_shape(model: nn.Module, example_input: Tensor) -> torch.Size:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,11 +38,11 @@ from torch import Tensor, nn
 from lightning_modules.modes import eval_mode
 from lightning_modules.pruning.criteria import CONVS, NORMS, Criterion
 from lightning_modules.pruning.slicing_checks import (
-    UntraceableChannels,
     bounded_tracing,
     channel_groups,
     check_still_runs,
     output_shape,
+    traceable_groups,
     unsliceable_reason,
 )
 
@@ -136,7 +136,7 @@ def prunable_groups(
     classifier = output_layer(model)
     ignored = [*ignore, *([classifier] if classifier is not None else [])]
     groups, kept = [], {}
-    for full in _coupled_groups(graph, ignored, names, kept):
+    for full in traceable_groups(graph, ignored, names, kept):
         convs = [
             item.dep.target.module
             for item in full
@@ -164,35 +164,6 @@ def prunable_groups(
                       + "; ".join(f"{n}: {r}" for n, r in list(kept.items())[:4])
                       + (" ..." if len(kept) > 4 else ""), stacklevel=2)
     return sorted(groups, key=lambda g: order[g.root])
-
-
-def _coupled_groups(
-    graph: tp.DependencyGraph, ignored: Sequence[nn.Module], names: Mapping[nn.Module, str], kept: dict[str, str]
-) -> Iterator[tp.Group]:
-    """torch-pruning's ``get_all_groups`` over the convolutions of ``graph``, with each group's tracing
-    bounded (:func:`~lightning_modules.pruning.slicing_checks.bounded_tracing`): a convolution whose
-    channels cannot be traced goes into ``kept`` with the reason instead of hanging the run."""
-    skip = {*ignored, *graph.IGNORED_LAYERS_IN_TRACING}
-    visited: set[nn.Module] = set()
-    for module in list(graph.module2node):
-        if module in skip or module in visited or not isinstance(module, CONVS):
-            continue
-        pruner = graph.get_pruner_of_module(module)
-        if pruner is None or pruner.get_out_channels(module) is None:
-            continue
-        try:
-            with bounded_tracing(graph):
-                group = graph.get_pruning_group(module, pruner.prune_out_channels,
-                                                list(range(pruner.get_out_channels(module))))
-        except UntraceableChannels:
-            kept[names[module]] = "torch-pruning's tracing of its channels does not end (an in-place write " \
-                                  "into a channel slice, x[:, :C] += ...)"
-            visited.add(module)
-            continue
-        members = [item.dep.target.module for item in group if graph.is_out_channel_pruning_fn(item.dep.handler)]
-        visited.update(members)
-        if not any(m in skip for m in members):
-            yield group
 
 
 @torch.no_grad()

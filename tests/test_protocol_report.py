@@ -195,6 +195,9 @@ def test_runs_of_another_schedule_pair_among_themselves_and_findings_read_the_lo
     text = report.main(["--runs", str(logs), "--out", str(out), "--latency_runs", "0"]).read_text()
     assert "### CIFAR10 @32 px, cut after block 6, per-stage protocol, 30-epoch baseline, 5-epoch fine-tune" in text
     assert "Δ +2.50 ± 0.71 (+2.00 to +3.00, 2 seeds) pp at 32 px, 10-epoch baseline, 5-epoch fine-tune |" in text
+    # "Every depth run": runs cut from baselines of different lengths are different rows, never one mean
+    assert "| CIFAR10 | 32 | original, NCHW, 30-epoch baseline | 6 | 36 | 83.90 |" in text
+    assert "| CIFAR10 | 32 | original, NCHW, 10-epoch baseline | 6 | 16 | 74.90 (73.90–75.90, 2 seeds) |" in text
     # the longer schedule's one seed stands under the verdicts it may reverse, with no verdict of its own
     assert ("| CIFAR-10 @32 px, 30-epoch baseline, 5-epoch fine-tune (the rows above, under a longer baseline) | "
             "baseline test 84.00 (1 seed) %; control − baseline +0.50 (1 seed) pp; Δ -1.00 (1 seed) pp; "

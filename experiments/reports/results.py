@@ -32,6 +32,7 @@ from experiments.reports.reproduce import (
     memory_format_of,
     portable,
     reproduce_script,
+    run_config,
     seed_spread,
 )
 from experiments.reports.speed import speed_section
@@ -83,6 +84,16 @@ def layout_note(summary: dict) -> str:
         (", whole-fit" if schedule_span(summary) == "fit" else "")
 
 
+def baseline_epochs(summary: dict) -> int | None:
+    """Epochs of the baseline a per-stage depth run cut (its sweep starts where they end; a random-init run
+    from a baseline checkpoint keeps that baseline's ``sweep.start_epoch``): runs from baselines of different
+    lengths are different rows."""
+    if schedule_span(summary) != "stage":
+        return None
+    start = (run_config(summary).get("sweep") or {}).get("start_epoch")
+    return start if isinstance(start, int) else None
+
+
 def depth_table(runs: list[dict], groups: dict[int, list[dict]] | None = None) -> list[str]:
     """One row per configuration (the newest run); accuracies as mean and range when ``groups`` holds
     several seeds' runs of that row (keyed by ``id`` of the newest run)."""
@@ -104,7 +115,8 @@ def depth_table(runs: list[dict], groups: dict[int, list[dict]] | None = None) -
         base_acc = seed_spread([r.get("baseline", {}).get("acc") for r in seeds])
         pruned_acc = seed_spread([r.get("pruned", {}).get("acc") for r in seeds])
         lines.append(
-            f"| {s.get('dataset')} | {s.get('image_size')} | {s.get('init')}{width_note(s)}{layout_note(s)} "
+            f"| {s.get('dataset')} | {s.get('image_size')} | {s.get('init')}{width_note(s)}{layout_note(s)}"
+            f"{f', {start}-epoch baseline' if (start := baseline_epochs(s)) is not None else ''} "
             f"| {s.get('chosen_cut')} "
             f"| {s.get('epochs')} | {base_acc} | {count(base.get('params'))} "
             f"| {count(base.get('macs'))} | {pruned_acc} | {count(pruned.get('params'))} "
@@ -251,7 +263,7 @@ def render(summaries: list[dict], out: Path, latency_runs: int = 50) -> str:
     # one key per run, computed once (the layout may come from the run's saved config)
     keys = {id(s): (s.get("dataset"), s.get("image_size"), s.get("init"), s.get("chosen_cut"),
                     s.get("baseline_ckpt") is None, len(s.get("stages", [])) > 1, memory_format_of(s),
-                    schedule_span(s)) for s in depth}
+                    schedule_span(s), baseline_epochs(s)) for s in depth}
 
     def depth_key(s: dict) -> tuple:
         return keys[id(s)]

@@ -144,7 +144,9 @@ def test_depth_prune_from_baseline_checkpoint_with_random_init(real_data_dir: Pa
     out = report.main(["--runs", str(tmp_path / "logs"), "--out", str(tmp_path / "docs" / "RESULTS.md")])
     text = out.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| CIFAR10 | 32 |")]
-    assert len(rows) == 2 and any("| original |" in r for r in rows) and any("| random |" in r for r in rows)
+    # both rows name the length of the baseline they were cut from (the random-init run: its checkpoint's)
+    assert len(rows) == 2 and any("| original, 1-epoch baseline |" in r for r in rows) \
+        and any("| random, 1-epoch baseline |" in r for r in rows), rows
     assert f"{100 * full['pruned']['acc']:.2f}" in text and f"{100 * summary['pruned']['acc']:.2f}" in text
     assert text.count("← chosen") == 1  # one sweep table (the random-init run had no sweep)
     # the one sweep's figure, named by its run (several runs of one dataset and size each get their own)

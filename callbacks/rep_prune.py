@@ -25,7 +25,11 @@ from callbacks.width_stage import prune_width
 from lightning_modules.deploy.profiling import model_cost
 from lightning_modules.models.layers import Compactor
 from lightning_modules.models.mobilenet_v1 import MobileNetV1
-from lightning_modules.pruning.compactors import CompactorPlacementError, compactor_positions
+from lightning_modules.pruning.compactors import (
+    CompactorPlacementError,
+    compactor_channel_groups,
+    compactor_positions,
+)
 from lightning_modules.pruning.resrep import (
     ROW_NORMS,
     CompactorRowNorm,
@@ -212,7 +216,8 @@ class RepPrune(WidthPruningCallback):
             pl_module.rebuild_net(new_net, **arch)
             restart_optimization(trainer, pl_module, self.prune_epoch - trainer.current_epoch)
         compactors = compactor_groups(pl_module.net)
-        self.targets = removal_targets(compactors, self.sparsity, self.round_to, self.ignore)
+        self.targets = removal_targets(compactors, self.sparsity, self.round_to, self.ignore,
+                                       compactor_channel_groups(pl_module.net))
         self.masks = {name: [] for name in compactors}
         self._mask_cache = {}
         self.start_step = trainer.global_step
@@ -259,7 +264,8 @@ class RepPrune(WidthPruningCallback):
     def _update_masks(
         self, pl_module: L.LightningModule, compactors: dict[str, list[Compactor]], fraction: float
     ) -> None:
-        self.masks = update_masks(compactors, self.targets, fraction, self.row_norm)
+        self.masks = update_masks(compactors, self.targets, fraction, self.row_norm,
+                                  compactor_channel_groups(pl_module.net))
         self._mask_cache = {}
         scores = {name: self.row_norm.group_score(c) for name, c in compactors.items()}
         kept = [s[mask_vector(len(s), self.masks[name], s).bool()] for name, s in scores.items()]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -286,8 +287,6 @@ def test_a_grouped_bottleneck_is_sliced_alike_in_every_group_and_computes_the_ma
     """ResNeXt / RegNet: the channels into and out of a grouped convolution lose the same positions of each
     group, the convolution keeps its ``groups``, and the sliced network equals the unpruned one with the
     removed channels switched off."""
-    import warnings
-
     torch.manual_seed(0)
     net = trained_like(Net(Grouped(), 8))
     with warnings.catch_warnings():
@@ -307,7 +306,7 @@ def test_a_grouped_bottleneck_is_sliced_alike_in_every_group_and_computes_the_ma
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["oneshot_l2_norm", "oneshot_fpgm", "oneshot_hrank", "bn_slimming", "admm",
-                                    "sfp", "gradual"])
+                                    "sfp", "gradual", "resrep"])
 def test_every_width_method_slices_regnet_grouped_convolutions_alike_in_every_group(
     method: str, tmp_path: Path
 ) -> None:
@@ -332,13 +331,50 @@ def test_every_width_method_slices_regnet_grouped_convolutions_alike_in_every_gr
         torch.testing.assert_close(reloaded(X), module(X))
 
 
-def test_resrep_leaves_the_groups_that_reach_a_grouped_convolution_without_compactors() -> None:
-    """ResRep masks compactor rows one by one, which cannot keep the groups of a grouped convolution alike:
-    those channel groups get no compactor (a warning names them), the others do."""
-    from lightning_modules.pruning.compactors import compactor_positions
+def test_resrep_masks_the_same_positions_of_every_group_and_merging_then_slicing_is_lossless() -> None:
+    """ResRep on a grouped bottleneck: every channel group gets compactors, those reaching the grouped
+    convolution carry its ``g``, their targets and masks take the same positions of each chunk at every
+    ramp step, and the merged, sliced network computes what the network with compactors computes once the
+    masked rows are zero."""
+    from lightning_modules.models.layers import Compactor
+    from lightning_modules.pruning.compactors import (
+        compactor_channel_groups,
+        compactor_groups,
+        compactor_positions,
+        install_compactors,
+        merge_compactors,
+    )
+    from lightning_modules.pruning.resrep import removal_plan, removal_targets, update_masks
 
-    net = Net(Grouped(), 8).eval()
-    with pytest.warns(UserWarning, match=r"ResRep keeps every channel of 2 groups that reach grouped "
-                                         r"convolutions: \['body.a.0', 'body.b.0'\]"):
+    torch.manual_seed(0)
+    net = trained_like(Net(Grouped(), 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is kept back
         positions = compactor_positions(net, X[:1])
-    assert set(positions) == {"stem.0", "tail.0"}
+    assert set(positions) == {"stem.0", "body.a.0", "body.b.0", "tail.0"}
+    install_compactors(net, positions)
+    chunks = compactor_channel_groups(net)
+    assert chunks == {"body.a.0": 4, "body.b.0": 4}
+    compactors = compactor_groups(net)
+    for c in (m for m in net.modules() if isinstance(m, Compactor)):  # trained compactors: not the identity
+        c.weight.data.add_(0.2 * torch.randn_like(c.weight) * (c.weight != 0))
+    targets = removal_targets(compactors, 0.5, channel_groups=chunks)
+    assert targets["body.a.0"] == targets["body.b.0"] == 8
+    for fraction in (0.1, 0.3, 0.6, 1.0):
+        masks = update_masks(compactors, targets, fraction, channel_groups=chunks)
+        assert all(len(masks[n]) % 4 == 0 and symmetric(masks[n], 16, 4) for n in chunks)
+    assert all(len(masks[n]) == targets[n] for n in masks)
+    with torch.no_grad():  # what ResRep's forgetting reaches: the masked rows at zero
+        for name, group in compactors.items():
+            for c in group:
+                c.weight[masks[name]] = 0.0
+    net.eval()
+    with torch.no_grad():
+        expected = net(X)
+    merged = merge_compactors(net).eval()
+    groups = prunable_groups(merged, X[:1])
+    apply_plan(groups, removal_plan(masks), X[:1])
+    b = merged.body.b[0]
+    assert (b.in_channels, b.out_channels, b.groups) == (8, 8, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(X), expected, atol=1e-5, rtol=1e-5)

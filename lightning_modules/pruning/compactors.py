@@ -13,7 +13,10 @@ grouped (depthwise) convolution is *diagonal* (one scale per channel, a depthwis
 full matrix would mix channels that the grouped convolution keeps apart, and could not be folded into it.
 All compactors of a group share one mask and are ranked together (:func:`group_row_scores`), so a masked
 channel is driven to zero at every place that produces it: before a residual addition on every branch,
-after the depthwise convolution of an inverted residual, so that removing it is lossless.
+after the depthwise convolution of an inverted residual, so that removing it is lossless. A group whose
+channels reach a grouped convolution of ``g`` groups (ResNeXt, RegNet) keeps ``g`` in its positions
+(``"channel_groups"``): its masks take the same positions of each of the ``g`` chunks, so that the
+grouped convolution still splits into equal groups after the slicing.
 
 **Merge.** ``conv → BN → compactor`` folds into ``conv' → identity BN`` exactly as for MobileNetV1
 (:func:`fold_into_conv_norm`), ``conv → compactor`` into ``conv'`` (:func:`fold_into_conv`); the merged
@@ -33,7 +36,6 @@ backbone adapter can keep them in a network's description and rebuild the compac
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -64,14 +66,17 @@ class CompactedLayer(nn.Module):
         group: name of the channel group the compactor belongs to (the root convolution of the group).
         conv: name of the convolution the compactor folds into (the layer itself, or the convolution
             before the BatchNorm), in the network without compactors.
+        channel_groups: the ``g`` of the group's channels (:class:`~lightning_modules.pruning.width.ChannelGroup`):
+            its masks remove the same positions of each of ``g`` equal chunks.
     """
 
-    def __init__(self, layer: nn.Module, group: str, conv: str, diagonal: bool = False) -> None:
+    def __init__(self, layer: nn.Module, group: str, conv: str, diagonal: bool = False,
+                 channel_groups: int = 1) -> None:
         super().__init__()
         channels = layer.num_features if isinstance(layer, _BatchNorm) else layer.out_channels
         self.layer = layer
         self.compactor = Compactor(channels, diagonal=diagonal)
-        self.group, self.conv = group, conv
+        self.group, self.conv, self.channel_groups = group, conv, channel_groups
         param = next(layer.parameters())
         self.compactor.to(device=param.device, dtype=param.dtype)
         self.train(layer.training)
@@ -128,15 +133,7 @@ def compactor_positions(net: nn.Module, example_input: Tensor, ignore: Iterable[
     names = {m: n for n, m in net.named_modules()}
     order = {m: i for i, m in enumerate(net.modules())}
     positions: Positions = {}
-    # ResRep's masks are chosen per compactor row; a group whose channels reach a grouped convolution must
-    # lose the same positions of every chunk, which its masks do not ensure: such groups get no compactor
-    chunked = [g.name for g in groups if g.channel_groups > 1]
-    if chunked:
-        warnings.warn(f"ResRep keeps every channel of {len(chunked)} groups that reach grouped convolutions: "
-                      f"{chunked[:4]}{' ...' if len(chunked) > 4 else ''}", stacklevel=2)
     for g in groups:
-        if g.channel_groups > 1:
-            continue
         members = [(item.dep.target.module, list(item.idxs), list(item.root_idxs)) for item in g.group
                    if g.graph.is_out_channel_pruning_fn(item.dep.handler) and not _is_graph_op(item.dep.target.module)]
         convs = {m for m, _, _ in members if isinstance(m, nn.Conv2d)}
@@ -154,6 +151,9 @@ def compactor_positions(net: nn.Module, example_input: Tensor, ignore: Iterable[
             entries.append((layer, {"after": names[layer], "conv": names[conv], "diagonal": conv.groups > 1}))
         if g.root not in {producer.get(layer) for layer, _ in entries}:
             entries.append((g.root, {"after": g.name, "conv": g.name, "diagonal": False}))
+        if g.channel_groups > 1:  # written only where it matters: earlier descriptions stay as they were
+            for _, entry in entries:
+                entry["channel_groups"] = g.channel_groups
         positions[g.name] = [entry for _, entry in sorted(entries, key=lambda e: order[e[0]])]
     return positions
 
@@ -167,7 +167,8 @@ def install_compactors(net: nn.Module, positions: Mapping[str, Sequence[Mapping[
             layer = getattr(parent, child)
             if isinstance(layer, CompactedLayer):
                 raise ValueError(f"{entry['after']!r} already has a compactor")
-            setattr(parent, child, CompactedLayer(layer, group, str(entry["conv"]), bool(entry["diagonal"])))
+            setattr(parent, child, CompactedLayer(layer, group, str(entry["conv"]), bool(entry["diagonal"]),
+                                                  int(entry.get("channel_groups", 1))))
     return net
 
 
@@ -180,8 +181,10 @@ def positions_of(net: nn.Module) -> Positions:
     """The positions of ``net``'s compactors, as :func:`compactor_positions` gave them (``{}`` without)."""
     positions: Positions = {}
     for name, m in compacted_layers(net).items():
-        diagonal = m.compactor.groups > 1
-        positions.setdefault(m.group, []).append({"after": name, "conv": m.conv, "diagonal": diagonal})
+        entry: dict[str, Any] = {"after": name, "conv": m.conv, "diagonal": m.compactor.groups > 1}
+        if m.channel_groups > 1:
+            entry["channel_groups"] = m.channel_groups
+        positions.setdefault(m.group, []).append(entry)
     return positions
 
 
@@ -191,6 +194,11 @@ def compactor_groups(net: nn.Module) -> dict[str, list[Compactor]]:
     for m in compacted_layers(net).values():
         groups.setdefault(m.group, []).append(m.compactor)
     return groups
+
+
+def compactor_channel_groups(net: nn.Module) -> dict[str, int]:
+    """The ``g`` of each compactor group of ``net`` whose channels reach a grouped convolution (the others: 1)."""
+    return {m.group: m.channel_groups for m in compacted_layers(net).values() if m.channel_groups > 1}
 
 
 def strip_compactors(net: nn.Module) -> nn.Module:

@@ -40,6 +40,7 @@ from lightning_modules.pruning.width import (
     SparsitySpec,
     check_sparsity_names,
     keep_count,
+    lowest_channels,
     sparsity_of,
 )
 
@@ -102,20 +103,25 @@ def compactor_groups(net: nn.Module) -> dict[str, list[Compactor]]:
 
 
 def removal_targets(
-    compactors: CompactorSet, sparsity: SparsitySpec, round_to: int = 1, ignore: Iterable[str] = ()
+    compactors: CompactorSet,
+    sparsity: SparsitySpec,
+    round_to: int = 1,
+    ignore: Iterable[str] = (),
+    channel_groups: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
     """Rows to remove from each compactor: ``C − keep_count(C, sparsity, round_to)`` (0 for ``ignore``).
 
     ``sparsity`` is a float for all layers or ``{"default": s, "<conv name>": s, ...}`` as in
-    :func:`~lightning_modules.pruning.width.sparsity_of`.
+    :func:`~lightning_modules.pruning.width.sparsity_of`. ``channel_groups`` (group → ``g``, 1 where left
+    out) makes a group's target a multiple of ``g``, the same count from each chunk (:func:`keep_count`).
     """
     check_sparsity_names(sparsity, compactors, kind="compactor")
-    ignored = set(ignore)
+    ignored, chunks = set(ignore), dict(channel_groups or {})
     targets = {}
     for name, c in compactors.items():
         rate = 0.0 if name in ignored else sparsity_of(name, sparsity)
         channels = group_members(c)[0].out_channels
-        targets[name] = channels - keep_count(channels, rate, round_to)
+        targets[name] = channels - keep_count(channels, rate, round_to, channel_groups=chunks.get(name, 1))
     return targets
 
 
@@ -130,19 +136,25 @@ def update_masks(
     targets: Mapping[str, int],
     fraction: float,
     criterion: CompactorRowNorm | None = None,
+    channel_groups: Mapping[str, int] | None = None,
 ) -> dict[str, list[int]]:
     """Sorted rows to mask in each compactor: the ``ceil(fraction · target)`` rows of smallest norm.
 
     Masks are chosen afresh from the current norms at every update (a row that grew back is released), as
-    in ResRep's reference implementation; ``fraction`` 1 masks exactly the target counts.
+    in ResRep's reference implementation; ``fraction`` 1 masks exactly the target counts. A group with
+    ``channel_groups`` ``g`` > 1 masks the same positions of each of its ``g`` chunks, those of smallest
+    norm summed over the chunks (:func:`~lightning_modules.pruning.width.lowest_channels`), its count
+    rounded up to a multiple of ``g``.
     """
     criterion = criterion or CompactorRowNorm()
     fraction = min(max(float(fraction), 0.0), 1.0)
+    chunks = dict(channel_groups or {})
     masks = {}
     for name, compactor in compactors.items():
-        count = min(math.ceil(round(targets.get(name, 0) * fraction, 6)), group_members(compactor)[0].out_channels)
-        scores = criterion.group_score(compactor).float().cpu()
-        masks[name] = sorted(torch.argsort(scores, stable=True)[:count].tolist())
+        rows, g = group_members(compactor)[0].out_channels, chunks.get(name, 1)
+        count = math.ceil(round(targets.get(name, 0) * fraction, 6))
+        count = min(g * math.ceil(count / g), rows - rows % g)
+        masks[name] = lowest_channels(criterion.group_score(compactor).float().cpu(), count, g)
     return masks
 
 

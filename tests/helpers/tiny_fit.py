@@ -48,6 +48,8 @@ def width_method(name: str) -> L.Callback:
     return {"bn_slimming": lambda: callbacks.BNSlimming(start_epoch=0, prune_epoch=1, sparsity=0.5),
             "admm": lambda: callbacks.ADMMPrune(start_epoch=0, admm_epoch=1, prune_epoch=1, sparsity=0.5),
             "sfp": lambda: callbacks.SoftFilterPrune(start_epoch=0, prune_epoch=1, sparsity=0.5),
+            "resrep": lambda: callbacks.RepPrune(start_epoch=0, prune_epoch=1, sparsity=0.5, penalty=0.5,
+                                                 mask_interval=1, ramp_updates=1),
             "gradual": lambda: callbacks.GradualPrune(start_epoch=0, num_steps=2, interval=1,
                                                       final_sparsity=0.5)}[name]()
 

@@ -92,6 +92,48 @@ def test_a_width_prune_cut_short_writes_no_summary(data: Path, tmp_path: Path) -
     assert not list((tmp_path / "out").rglob("summary.json"))
 
 
+def test_a_shutdown_that_hangs_after_a_signal_still_ends_with_the_signals_status(data: Path, tmp_path: Path) -> None:
+    """After Ctrl-C, a thread that never ends (what a W&B start or close that never returns leaves behind)
+    would keep the process alive, and Lightning ignores a second Ctrl-C: the run ends anyway once the
+    shutdown grace has passed, with status 130, its one error line, a warning saying why, and the
+    checkpoint intact."""
+    out = tmp_path / "out"
+    args = [*base_args(data, out), "--trainer.max_epochs", "100000", "--trainer.logger.init_args.id", "stuck",
+            "--trainer.callbacks+=tests.helpers.stuck_shutdown.NeverEndingThread"]
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "TINYML_SHUTDOWN_GRACE_S": "3"}
+    proc = subprocess.Popen([sys.executable, "experiments/train.py", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    last = out / "tinyml-pruning" / "stuck" / "checkpoints" / "last.ckpt"
+    try:
+        while not last.is_file() and proc.poll() is None:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[1]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=600)  # the thread sleeps for an hour: only the deadline ends the run
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert one_error_line(err).startswith("error: stopped by SIGINT")
+    assert "warning: the shutdown after SIGINT did not end within 3 s" in err, err
+    assert torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_a_command_called_from_python_never_arms_the_deadline_that_would_end_its_process(data: Path,
+                                                                                          tmp_path: Path) -> None:
+    """The deadline ends a whole process, so only a script run as ``python experiments/<script>.py`` arms
+    it; a command called in-process (a test, a notebook) stopped by Ctrl-C leaves no timer behind."""
+    import threading
+
+    handler = signal.getsignal(signal.SIGINT)  # Lightning ignores Ctrl-C once it has caught one
+    with pytest.raises(SystemExit) as exc:
+        train.main([*base_args(data, tmp_path / "out"), "--trainer.callbacks+=tests.helpers.interrupt.CtrlCAt",
+                    "--trainer.callbacks.epoch", "0"])
+    signal.signal(signal.SIGINT, handler)
+    assert exc.value.code == 130
+    assert not [t for t in threading.enumerate() if t.name == "shutdown-deadline"]
+
+
 def test_a_stage_that_never_happened_fails_after_the_fit(data: Path, tmp_path: Path) -> None:
     """Early stopping (here a callback that ends the fit after epoch 0) before the cut: exit != 0, no summary."""
     with pytest.raises(SystemExit) as exc:

@@ -44,7 +44,13 @@ from callbacks.throughput import Throughput
 from datamodules import DatasetError
 from experiments.run.checkpoint_io import AtomicCheckpointIO, CheckpointError, check_checkpoint_file
 from experiments.run.checks import ExperimentError, check_channels, check_output_dir, check_resolution
-from experiments.run.run_guard import ResumeHint, check_new_run, forget_hint, interrupted_exit
+from experiments.run.run_guard import (
+    ResumeHint,
+    check_new_run,
+    forget_hint,
+    interrupted_exit,
+    set_script_entry,
+)
 from experiments.run.services import (  # noqa: F401 (the entry points' import path)
     checkpoint_paths,
     close_logger,
@@ -98,6 +104,7 @@ def exits_cleanly(main: Main) -> Main:
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         forget_hint()
+        set_script_entry(main.__module__ == "__main__")  # run as `python experiments/<script>.py`
         try:
             return main(*args, **kwargs)
         except KNOWN_ERRORS as err:

@@ -6,12 +6,18 @@
   shell's status for the signal (143, 130), never 0, and one line naming the last checkpoint and the
   command that resumes from it. Lightning itself turns SIGTERM into a ``SystemExit`` without status (0) and
   Ctrl-C into status 1; it has no setting for either, hence this module.
+- :func:`arm_shutdown_deadline`: once a signal has stopped a command run as a script, its shutdown (the
+  W&B run's close, Lightning's teardown, threads the interpreter waits for) has
+  :data:`SHUTDOWN_GRACE_S` seconds; then the process ends with the signal's status all the same. After a
+  Ctrl-C Lightning ignores further Ctrl-Cs, so a shutdown that hung could otherwise only be killed.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +28,85 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from callbacks.stages import run_dir
 from experiments.run.checks import ExperimentError
 
-__all__ = ["ResumeHint", "check_new_run", "forget_hint", "interrupted_exit", "run_files"]
+__all__ = ["ResumeHint", "arm_shutdown_deadline", "check_new_run", "forget_hint", "interrupted_exit", "run_files",
+           "set_script_entry"]
 
 #: Exit status of a process ended by a signal, as a shell reports it (128 + the signal's number).
 SIGNAL_STATUS: dict[str, int] = {"SIGTERM": 128 + signal.SIGTERM, "SIGINT": 128 + signal.SIGINT}
+
+
+#: Seconds a command stopped by a signal has to shut down before it ends regardless: the wait for a W&B
+#: start still under way (at most 120 s, ``finish_wandb_run``) and the close, with room to spare.
+#: ``TINYML_SHUTDOWN_GRACE_S`` sets another value.
+SHUTDOWN_GRACE_S = 240.0
+
+#: Whether the entry point running now is the process's own script (``python experiments/train.py``), not
+#: a call from other code (a test, a notebook), whose process must never be ended from here.
+_SCRIPT_ENTRY: dict[str, bool] = {"on": False}
+_DEADLINE: dict[str, threading.Timer] = {}
+
+
+def set_script_entry(on: bool) -> None:
+    """Say whether the command now starting is the whole process (see :func:`arm_shutdown_deadline`)."""
+    _SCRIPT_ENTRY["on"] = on
+    if not on:
+        disarm_shutdown_deadline()
+
+
+def shutdown_grace() -> float:
+    """:data:`SHUTDOWN_GRACE_S`, or ``TINYML_SHUTDOWN_GRACE_S`` when it is set to a positive number."""
+    value = os.environ.get("TINYML_SHUTDOWN_GRACE_S", "")
+    try:
+        grace = float(value) if value else SHUTDOWN_GRACE_S
+    except ValueError:
+        return SHUTDOWN_GRACE_S
+    return grace if grace > 0 else SHUTDOWN_GRACE_S
+
+
+def arm_shutdown_deadline(signal_name: str) -> None:
+    """End this process with ``signal_name``'s status if it is still running :func:`shutdown_grace` seconds
+    from now (only when the command is the process's script; armed once).
+
+    A signal's shutdown waits on code this project does not control: a W&B start or close that never
+    returns, a library thread the interpreter joins at exit. Lightning ignores Ctrl-C once its shutdown
+    has begun, so without a deadline such a hang could be ended only by ``kill -9``. The checkpoints are
+    complete by then (each is written to a temporary file and renamed), so ending the process loses no
+    training; the W&B run may be left unfinished, and ``wandb sync`` on its folder uploads it.
+    """
+    if not _SCRIPT_ENTRY["on"] or "timer" in _DEADLINE:
+        return
+    grace = shutdown_grace()
+
+    def expire() -> None:
+        try:
+            sys.stderr.write(f"warning: the shutdown after {signal_name} did not end within {grace:g} s; the "
+                             "process ends now (the W&B run may be left unfinished: wandb sync its folder)\n")
+            sys.stderr.flush()
+        finally:
+            os._exit(SIGNAL_STATUS[signal_name])
+
+    timer = threading.Timer(grace, expire)
+    timer.name, timer.daemon = "shutdown-deadline", True
+    _DEADLINE["timer"] = timer
+    timer.start()
+
+
+def disarm_shutdown_deadline() -> None:
+    """Cancel the deadline (a later command in this process starts without one)."""
+    timer = _DEADLINE.pop("timer", None)
+    if timer is not None:
+        timer.cancel()
+
+
+def signal_name(err: BaseException) -> str | None:
+    """``"SIGTERM"`` or ``"SIGINT"`` when ``err`` is a signal's doing (SIGTERM as Lightning raises it,
+    Ctrl-C as ``KeyboardInterrupt`` or Lightning's ``sys.exit(1)`` after one), else ``None``."""
+    if isinstance(err, SIGTERMException):
+        return "SIGTERM"
+    if isinstance(err, KeyboardInterrupt) or (
+            isinstance(err, SystemExit) and isinstance(err.__context__, KeyboardInterrupt)):
+        return "SIGINT"
+    return None
 
 
 def run_files(folder: Path) -> list[Path]:
@@ -76,6 +157,9 @@ class ResumeHint(L.Callback):
     """Remember, when a fit ends by an exception, where its last checkpoint is and which run it was."""
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        name = signal_name(exception)
+        if name is not None:  # before Lightning's teardown and the loggers' close, which may hang
+            arm_shutdown_deadline(name)
         last = next((cb for cb in trainer.checkpoint_callbacks if getattr(cb, "filename", None) == "last"), None)
         path = getattr(last, "best_model_path", "") if last is not None else ""
         _LAST_HINT.clear()
@@ -101,13 +185,10 @@ def interrupted_exit(err: BaseException) -> SystemExit | None:
     """The ``SystemExit`` for ``err`` when it is a signal's doing (SIGTERM as Lightning raises it, Ctrl-C as
     ``KeyboardInterrupt`` or Lightning's ``sys.exit(1)`` after one), after printing the resume line;
     ``None`` for anything else."""
-    if isinstance(err, SIGTERMException):
-        name = "SIGTERM"
-    elif isinstance(err, KeyboardInterrupt) or (
-            isinstance(err, SystemExit) and isinstance(err.__context__, KeyboardInterrupt)):
-        name = "SIGINT"
-    else:
+    name = signal_name(err)
+    if name is None:
         return None
+    arm_shutdown_deadline(name)
     print(resume_line(name), file=sys.stderr)
     _LAST_HINT.clear()
     return SystemExit(SIGNAL_STATUS[name])

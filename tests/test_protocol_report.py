@@ -208,6 +208,12 @@ def test_runs_of_another_schedule_pair_among_themselves_and_findings_read_the_lo
     text = report.main(["--runs", str(logs), "--out", str(out), "--latency_runs", "0"]).read_text()
     assert "Δ -0.75 ± 0.35 (-1.00 to -0.50, 2 seeds) pp at 32 px, 30-epoch baseline, 5-epoch fine-tune |" in text
     assert "under a longer baseline" not in text  # the verdicts read it now
+    # and the shorter schedule's figures stay in view, marked as superseded, with whether it had converged
+    assert ("| CIFAR-10 @32 px, 10-epoch baseline, 5-epoch fine-tune (the rows above, under a shorter baseline) | "
+            "baseline test 75.00 ± 1.41 (74.00 to 76.00, 2 seeds) %; control − baseline +3.50 ± 0.71 (+3.00 to +4.00, "
+            "2 seeds) pp; Δ +2.50 ± 0.71 (+2.00 to +3.00, 2 seeds) pp; Δ random -2.50 ± 0.71 (-3.00 to -2.00, 2 seeds) "
+            "pp; cut − control -1.00 ± 0.00 (-1.00 to -1.00, 2 seeds) pp | superseded by the 30-epoch baseline; this "
+            "one had not converged |") in text
     # 0.5 and 0.2 points more for 5 more epochs: converged, so the verdicts carry no caveat
     assert ("| CIFAR-10 @32 px, 30-epoch baseline, 5-epoch fine-tune: the baseline had converged (the premise of the Δ rows): the "
             "same-budget unpruned net gains < 1 point on it | control − baseline +0.35 ± 0.21 (+0.20 to +0.50, 2 "

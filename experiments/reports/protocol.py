@@ -288,7 +288,7 @@ def findings(summaries: list[dict], sweep_checks: list[dict] | None = None,
                   present("d_random_original", cifar), at, -0.01, "random − original "),
               row("the gain is not just more epochs: cut@6 ≥ same-budget unpruned net − 1 point",
                   present("d_control", cifar), at, -0.01, "cut − control "),
-              *longer_baseline_rows(summaries, "CIFAR-10", "CIFAR10", 32)]
+              *other_baseline_rows(summaries, "CIFAR-10", "CIFAR10", 32)]
     for name in ("Imagenette", "Imagewoof"):
         cols, schedule = main_columns(summaries, name, 128)
         at = f"at 128 px{baseline_suffix(schedule)}"
@@ -301,37 +301,49 @@ def findings(summaries: list[dict], sweep_checks: list[dict] | None = None,
                       present("d_random", cols), at, 0.0, "Δ random ", qualify),
                   row(f"{name}: the gain is not just more epochs: cut@6 ≥ the same-budget unpruned net",
                       present("d_control", cols), at, 0.0, "cut − control "),
-                  *longer_baseline_rows(summaries, name, name, 128)]
+                  *other_baseline_rows(summaries, name, name, 128)]
     lines += [*(width_lines or ["| TinyNeuralNetwork's width orderings (random < norm-based, distillation helps, "
                                 "iterative > one-shot) | not rerun under the per-stage protocol yet | cannot tell |"]),
               *sweep_findings(sweep_checks or []), ""]
     return lines
 
 
-#: The figures of a longer-baseline schedule shown before it has the seeds for a verdict.
-LONGER_FIGURES: tuple[tuple[str, str], ...] = (("d_original", "Δ "), ("d_random", "Δ random "),
-                                               ("d_control", "cut − control "))
+#: The figures of a schedule other than the one the verdicts read.
+OTHER_FIGURES: tuple[tuple[str, str], ...] = (("d_original", "Δ "), ("d_random", "Δ random "),
+                                              ("d_control", "cut − control "))
 
 
-def longer_baseline_rows(summaries: list[dict], name: str, dataset: str, size: int) -> list[str]:
-    """A row per schedule whose baseline is longer than the one the verdicts read (which needs two seeds),
-    with its figures and no verdict yet: a longer baseline can reverse a Δ read against a short one, and a
-    reader should see that before the second seed lands."""
+def other_baseline_rows(summaries: list[dict], name: str, dataset: str, size: int) -> list[str]:
+    """A row per schedule other than the one the verdicts read, with its figures and no verdict of its own.
+
+    - A longer baseline not yet run on two seeds: a longer baseline can reverse a Δ read against a short
+      one, and a reader should see that before the second seed lands.
+    - A shorter baseline, once a longer one has two seeds: the verdicts have moved to the longer one, and
+      the row keeps the earlier figures in view, with whether their baseline had converged.
+    """
     by_schedule = paired_by_schedule(summaries, dataset, size)
     main = main_schedule(by_schedule)
     rows = []
-    for schedule in sorted(k for k in by_schedule if k is not None and main is not None and k[0] > main[0]):
+    for schedule in sorted(k for k in by_schedule if k is not None and main is not None and k[0] != main[0]):
         cols = columns(by_schedule[schedule])
         seeds = len(by_schedule[schedule])
         gains = [c - b for c, b in zip(cols["control"], cols["baseline_test"], strict=True)
                  if c is not None and b is not None]
         parts = [f"baseline test {fmt_spread(cols['baseline_test'])} %",
                  *([f"control − baseline {fmt_spread(gains, signed=True)} pp"] if gains else []),
-                 *(f"{label}{fmt_spread(values, signed=True)} pp" for key, label in LONGER_FIGURES
+                 *(f"{label}{fmt_spread(values, signed=True)} pp" for key, label in OTHER_FIGURES
                    if (values := [v for v in cols[key] if v is not None]))]
-        rows.append(f"| {name} @{size} px, {schedule_name(schedule)} (the rows above, under a longer baseline) | "
-                    f"{'; '.join(parts)} | cannot tell ({seeds} seed{'s' if seeds > 1 else ''}; "
-                    "a verdict needs 2) |")
+        if schedule[0] > main[0]:
+            where = "under a longer baseline"
+            answer = f"cannot tell ({seeds} seed{'s' if seeds > 1 else ''}; a verdict needs 2)"
+        else:
+            converged = verdict([-g for g in gains], -CONVERGED_GAIN) if gains else "cannot tell"
+            where = "under a shorter baseline"
+            answer = (f"superseded by the {main[0]}-epoch baseline; this one "
+                      + {"holds": "had converged", "does not hold": "had not converged"}.get(
+                          converged, "was not shown to have converged"))
+        rows.append(f"| {name} @{size} px, {schedule_name(schedule)} (the rows above, {where}) | "
+                    f"{'; '.join(parts)} | {answer} |")
     return rows
 
 

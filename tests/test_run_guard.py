@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,19 @@ def one_error_line(err: str) -> str:
     assert len(lines) == 1, err
     assert "Traceback" not in err, err
     return lines[0]
+
+
+@pytest.fixture
+def sigint_reaches_children() -> Iterator[None]:
+    """A shell starts background jobs (``pytest ... &``) with SIGINT ignored, and an ignored signal stays
+    ignored through fork and exec, so a CLI run started from such a test would never see its Ctrl-C. A
+    handler, unlike an ignored disposition, is reset to the default by exec: this process gets one while
+    the test runs."""
+    before = signal.getsignal(signal.SIGINT)
+    if before == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +106,7 @@ def test_a_width_prune_cut_short_writes_no_summary(data: Path, tmp_path: Path) -
     assert not list((tmp_path / "out").rglob("summary.json"))
 
 
+@pytest.mark.usefixtures("sigint_reaches_children")
 def test_a_shutdown_that_hangs_after_a_signal_still_ends_with_the_signals_status(data: Path, tmp_path: Path) -> None:
     """After Ctrl-C, a thread that never ends (what a W&B start or close that never returns leaves behind)
     would keep the process alive, and Lightning ignores a second Ctrl-C: the run ends anyway once the
@@ -146,6 +161,7 @@ def test_a_stage_that_never_happened_fails_after_the_fit(data: Path, tmp_path: P
     assert list(tmp_path.rglob("last.ckpt"))  # what was trained is kept, to resume from
 
 
+@pytest.mark.usefixtures("sigint_reaches_children")
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_mid_epoch_exits_non_zero_with_the_checkpoint_intact(signum: int, status: int, data: Path,
                                                                       tmp_path: Path) -> None:

@@ -134,6 +134,17 @@ def test_a_shutdown_that_hangs_after_a_signal_still_ends_with_the_signals_status
     assert torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
 
 
+@pytest.mark.parametrize("grace", ["abc", "-5"])
+def test_a_shutdown_grace_that_is_no_positive_number_is_refused_before_anything_runs(grace: str, data: Path,
+                                                                                     tmp_path: Path) -> None:
+    env = {**os.environ, "WANDB_MODE": "offline", "TINYML_SHUTDOWN_GRACE_S": grace}
+    proc = subprocess.run([sys.executable, "experiments/train.py", *base_args(data, tmp_path / "out")], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert one_error_line(proc.stderr).startswith(f"error: TINYML_SHUTDOWN_GRACE_S='{grace}': give the seconds")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_command_called_from_python_never_arms_the_deadline_that_would_end_its_process(data: Path,
                                                                                           tmp_path: Path) -> None:
     """The deadline ends a whole process, so only a script run as ``python experiments/<script>.py`` arms

@@ -104,8 +104,8 @@ def exits_cleanly(main: Main) -> Main:
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         forget_hint()
-        set_script_entry(main.__module__ == "__main__")  # run as `python experiments/<script>.py`
         try:
+            set_script_entry(main.__module__ == "__main__")  # run as `python experiments/<script>.py`
             return main(*args, **kwargs)
         except KNOWN_ERRORS as err:
             message = " ".join(str(err).split())  # one line, whatever the source wrote

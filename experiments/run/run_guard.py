@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -47,20 +48,29 @@ _DEADLINE: dict[str, threading.Timer] = {}
 
 
 def set_script_entry(on: bool) -> None:
-    """Say whether the command now starting is the whole process (see :func:`arm_shutdown_deadline`)."""
+    """Say whether the command now starting is the whole process (see :func:`arm_shutdown_deadline`); a
+    script checks its grace setting here, at its start, rather than after a signal."""
     _SCRIPT_ENTRY["on"] = on
-    if not on:
+    if on:
+        shutdown_grace()
+    else:
         disarm_shutdown_deadline()
 
 
 def shutdown_grace() -> float:
-    """:data:`SHUTDOWN_GRACE_S`, or ``TINYML_SHUTDOWN_GRACE_S`` when it is set to a positive number."""
-    value = os.environ.get("TINYML_SHUTDOWN_GRACE_S", "")
-    try:
-        grace = float(value) if value else SHUTDOWN_GRACE_S
-    except ValueError:
+    """:data:`SHUTDOWN_GRACE_S`, or ``TINYML_SHUTDOWN_GRACE_S`` when set (a positive number of seconds;
+    anything else is an :class:`ExperimentError`)."""
+    value = os.environ.get("TINYML_SHUTDOWN_GRACE_S", "").strip()
+    if not value:
         return SHUTDOWN_GRACE_S
-    return grace if grace > 0 else SHUTDOWN_GRACE_S
+    try:
+        grace = float(value)
+    except ValueError:
+        grace = math.nan
+    if not grace > 0 or math.isinf(grace):
+        raise ExperimentError(f"TINYML_SHUTDOWN_GRACE_S={value!r}: give the seconds a run stopped by a signal has "
+                              f"to shut down, a positive number (unset: {SHUTDOWN_GRACE_S:g})")
+    return grace
 
 
 def arm_shutdown_deadline(signal_name: str) -> None:

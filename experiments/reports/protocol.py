@@ -337,7 +337,7 @@ def other_baseline_rows(summaries: list[dict], name: str, dataset: str, size: in
             where = "under a longer baseline"
             answer = f"cannot tell ({seeds} seed{'s' if seeds > 1 else ''}; a verdict needs 2)"
         else:
-            converged = verdict([-g for g in gains], -CONVERGED_GAIN) if gains else "cannot tell"
+            converged = convergence_verdict(gains) if gains else "cannot tell"
             where = "under a shorter baseline"
             answer = (f"superseded by the {main[0]}-epoch baseline; this one "
                       + {"holds": "had converged", "does not hold": "had not converged"}.get(
@@ -360,6 +360,12 @@ def baseline_suffix(schedule: Schedule) -> str:
     return f", {schedule_name(schedule)}" if schedule else ""
 
 
+def convergence_verdict(gains: list[float], bound: float = CONVERGED_GAIN) -> str:
+    """Whether a baseline had converged, from the same-budget control's gain on it per seed: baseline −
+    control ≥ −bound by two standard errors ("more epochs would not have helped the baseline")."""
+    return verdict([-g for g in gains], -bound)
+
+
 def convergence_finding(name: str, cols: dict[str, list[float | None]], image_size: int, schedule: str = "",
                         bound: float = CONVERGED_GAIN) -> tuple[list[str], Callable[[str], str]]:
     """The premise of every "pruned − baseline" verdict: the baseline had converged, i.e. the unpruned net
@@ -371,8 +377,7 @@ def convergence_finding(name: str, cols: dict[str, list[float | None]], image_si
     if not any(b is not None for b in cols["baseline_test"]):
         return [], lambda text: text
     gains = [c - b for c, b in zip(cols["control"], cols["baseline_test"], strict=True) if c is not None and b is not None]
-    # baseline − control ≥ −bound by two standard errors: "more epochs would not have helped the baseline"
-    answer = verdict([-g for g in gains], -bound) if gains else "cannot tell (no same-budget control run)"
+    answer = convergence_verdict(gains, bound) if gains else "cannot tell (no same-budget control run)"
     ours = f"control − baseline {fmt_spread(gains, signed=True)} pp" if gains else "no same-budget control run yet"
     row = f"{claim} | {ours} | {answer} |"
     if answer == "holds":
